@@ -1,0 +1,91 @@
+//! The library's one error type. Every variant renders as a single line a user can act on.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong in the library.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The input is missing, not a file, not a video, or has nothing to decode.
+    #[error("{path}: {reason}")]
+    Input { path: PathBuf, reason: String },
+
+    /// A flag value or a combination of settings that cannot work.
+    #[error("invalid setting: {0}")]
+    Config(String),
+
+    /// Where the output should go is unusable (exists, not writable, same as input, ...).
+    #[error("{path}: {reason}")]
+    Output { path: PathBuf, reason: String },
+
+    /// ffmpeg or ffprobe is not installed (or not where FFMPEG/FFPROBE point).
+    #[error("{program} not found ({tried}); install ffmpeg >= 5 (e.g. `apt-get install ffmpeg`, `brew install ffmpeg`) or set the {env} environment variable to its path")]
+    ToolMissing {
+        program: &'static str,
+        env: &'static str,
+        tried: String,
+    },
+
+    /// ffmpeg/ffprobe ran and failed. `stderr` holds its last lines.
+    #[error("{cmd} failed ({status}): {stderr}")]
+    Ffmpeg {
+        cmd: String,
+        status: String,
+        stderr: String,
+    },
+
+    /// A feature that is part of the product but has not landed yet.
+    #[error("{0} is not available yet in this version of video-stylizer")]
+    NotImplemented(String),
+
+    /// A model could not be built or run.
+    #[error("model: {0}")]
+    Model(String),
+
+    /// Weights missing, unreadable or of the wrong shape.
+    #[error("weights: {0}")]
+    Weights(String),
+
+    /// The run was stopped by Ctrl-C / SIGTERM; finished work is kept for resuming.
+    #[error("interrupted; finished segments are kept in {work_dir}, run the same command again to resume")]
+    Interrupted { work_dir: PathBuf },
+
+    /// A filesystem operation failed (disk full, permission denied, ...).
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn input(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
+        Error::Input {
+            path: path.into(),
+            reason: reason.into(),
+        }
+    }
+
+    pub(crate) fn output(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
+        Error::Output {
+            path: path.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+impl From<candle_core::Error> for Error {
+    fn from(e: candle_core::Error) -> Self {
+        Error::Model(e.to_string())
+    }
+}
+
+/// Shorthand used across the crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,15 @@
+//! video-stylizer: restyle a video with a text prompt.
+//!
+//! ```text
+//! probe ─▶ decode (ffmpeg → rgb24 pipe) ─▶ FrameStage… (stylize, upscale) ─▶ encode (rgb24 → ffmpeg) ─▶ join
+//! ```
+pub mod error;
+pub mod frame;
+pub mod progress;
+pub mod stage;
+pub mod video;
+
+pub use error::{Error, Result};
+pub use frame::Frame;
+pub use progress::{NoProgress, Progress, Stage};
+pub use stage::FrameStage;

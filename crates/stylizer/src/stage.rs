@@ -1,0 +1,76 @@
+//! The seam between video I/O and the models: a [`FrameStage`] turns one frame into another.
+//!
+//! Stylize (Stable Diffusion) and upscale (Real-ESRGAN) are frame stages; the pipeline chains
+//! them between decode and encode and knows nothing else about them.
+
+use crate::{Frame, Result};
+
+/// A per-frame transformation.
+///
+/// Stages are called with frames in order, starting at the first frame of a segment; a
+/// stage that keeps state across frames (temporal consistency) must derive it only from the
+/// frames it was given since [`FrameStage::reset`], so that a resumed or distributed run
+/// renders the same pixels as an uninterrupted one.
+pub trait FrameStage: Send {
+    /// Short name for logs and errors ("identity", "stylize", "upscale").
+    fn name(&self) -> &str;
+
+    /// Size of the frames this stage produces from frames of `width`×`height`.
+    fn output_size(&self, width: u32, height: u32) -> (u32, u32);
+
+    /// Everything about this stage that changes pixels (model, prompt, seed, ...), so that
+    /// resume can tell whether finished segments are still valid.
+    fn fingerprint(&self) -> String;
+
+    /// Loads what the stage needs (weights, prompt embeddings). Called once, only when there
+    /// are frames left to render, so a fully resumed run or a `--segment` share with no work
+    /// never pays for it. Errors here (bad model file) stop the run before any frame.
+    fn prepare(&mut self) -> Result<()> {
+        Ok(())
+    }
+
+    /// Called before the first frame of every segment.
+    fn reset(&mut self) -> Result<()> {
+        Ok(())
+    }
+
+    /// Transforms frame number `index` (0-based, in the whole video).
+    fn process(&mut self, frame: Frame, index: u64) -> Result<Frame>;
+}
+
+/// Passes frames through unchanged: used to re-encode and by the tests.
+pub struct Identity;
+
+impl FrameStage for Identity {
+    fn name(&self) -> &str {
+        "identity"
+    }
+    fn output_size(&self, width: u32, height: u32) -> (u32, u32) {
+        (width, height)
+    }
+    fn fingerprint(&self) -> String {
+        "identity".into()
+    }
+    fn process(&mut self, frame: Frame, _index: u64) -> Result<Frame> {
+        Ok(frame)
+    }
+}
+
+/// Inverts every pixel (255 - v): a stage whose effect a test can check exactly.
+pub struct Invert;
+
+impl FrameStage for Invert {
+    fn name(&self) -> &str {
+        "invert"
+    }
+    fn output_size(&self, width: u32, height: u32) -> (u32, u32) {
+        (width, height)
+    }
+    fn fingerprint(&self) -> String {
+        "invert".into()
+    }
+    fn process(&mut self, mut frame: Frame, _index: u64) -> Result<Frame> {
+        frame.data.iter_mut().for_each(|v| *v = 255 - *v);
+        Ok(frame)
+    }
+}

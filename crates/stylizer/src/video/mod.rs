@@ -1,0 +1,2 @@
+//! The only code that talks to ffmpeg and ffprobe.
+pub mod process;
