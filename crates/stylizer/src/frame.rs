@@ -16,7 +16,11 @@ impl Frame {
 
     /// Wraps existing `rgb24` bytes; panics if the length does not match the size.
     pub fn from_rgb(width: u32, height: u32, data: Vec<u8>) -> Self {
-        assert_eq!(data.len(), Self::byte_len(width, height), "rgb24 buffer size");
+        assert_eq!(
+            data.len(),
+            Self::byte_len(width, height),
+            "rgb24 buffer size"
+        );
         Self {
             width,
             height,

@@ -3,8 +3,11 @@
 //! ```text
 //! probe ─▶ decode (ffmpeg → rgb24 pipe) ─▶ FrameStage… (stylize, upscale) ─▶ encode (rgb24 → ffmpeg) ─▶ join
 //! ```
+pub mod cancel;
+pub mod device;
 pub mod error;
 pub mod frame;
+pub mod pipeline;
 pub mod progress;
 pub mod stage;
 pub mod video;

@@ -1,0 +1,136 @@
+//! The terminal side of `stylizer::Progress`: an indicatif bar on a terminal, a plain line
+//! every few seconds otherwise (logs, CI, Slurm), nothing with `--quiet`.
+
+use std::io::IsTerminal;
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use stylizer::{Progress, Stage};
+
+pub enum Mode {
+    Bar,
+    Lines,
+    Quiet,
+}
+
+impl Mode {
+    pub fn detect(quiet: bool) -> Self {
+        if quiet {
+            Mode::Quiet
+        } else if std::io::stderr().is_terminal() {
+            Mode::Bar
+        } else {
+            Mode::Lines
+        }
+    }
+}
+
+pub struct CliProgress {
+    mode: Mode,
+    bar: Option<ProgressBar>,
+    started: Option<(Instant, u64)>,
+    last_line: Instant,
+}
+
+const LINE_EVERY: Duration = Duration::from_secs(5);
+
+impl CliProgress {
+    pub fn new(mode: Mode) -> Self {
+        Self {
+            mode,
+            bar: None,
+            started: None,
+            last_line: Instant::now() - LINE_EVERY,
+        }
+    }
+
+    fn bar(&mut self, total: u64) -> &ProgressBar {
+        self.bar.get_or_insert_with(|| {
+            let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{spinner} {msg:>9} [{bar:30}] {pos}/{len} frames  {per_sec:.1}  ETA {eta}",
+                )
+                .expect("valid template")
+                .progress_chars("=> "),
+            );
+            bar.enable_steady_tick(Duration::from_millis(200));
+            bar
+        })
+    }
+
+    /// Prints a line without tearing the bar.
+    fn println(&self, line: &str) {
+        match &self.bar {
+            Some(bar) => bar.suspend(|| eprintln!("{line}")),
+            None => eprintln!("{line}"),
+        }
+    }
+
+    pub fn finish(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+impl Progress for CliProgress {
+    fn stage(&mut self, stage: Stage) {
+        match self.mode {
+            Mode::Quiet => {}
+            Mode::Bar => match &self.bar {
+                Some(bar) => bar.set_message(stage.to_string()),
+                None => self.println(&format!("{stage}…")),
+            },
+            Mode::Lines => self.println(&format!("{stage}…")),
+        }
+    }
+
+    fn frame(&mut self, done: u64, total: u64) {
+        let (t0, first) = *self.started.get_or_insert((Instant::now(), done));
+        match self.mode {
+            Mode::Quiet => {}
+            Mode::Bar => {
+                let bar = self.bar(total).clone();
+                bar.set_length(total);
+                if bar.position() == 0 && done > 0 {
+                    // Resumed frames are not part of the rate.
+                    bar.reset_eta();
+                }
+                bar.set_position(done);
+                bar.set_message("rendering");
+            }
+            Mode::Lines => {
+                if self.last_line.elapsed() < LINE_EVERY && done < total {
+                    return;
+                }
+                self.last_line = Instant::now();
+                let secs = t0.elapsed().as_secs_f64();
+                let rate = if secs > 0.0 {
+                    (done - first) as f64 / secs
+                } else {
+                    0.0
+                };
+                let eta = if rate > 0.0 {
+                    format!("{:.0}s", (total.saturating_sub(done)) as f64 / rate)
+                } else {
+                    "?".into()
+                };
+                self.println(&format!(
+                    "frame {done}/{total} ({:.0}%), {rate:.2} frames/s, ETA {eta}",
+                    100.0 * done as f64 / total.max(1) as f64
+                ));
+            }
+        }
+    }
+
+    fn step(&mut self, i: usize, n: usize) {
+        if let (Mode::Bar, Some(bar)) = (&self.mode, &self.bar) {
+            bar.set_message(format!("step {i}/{n}"));
+        }
+    }
+
+    fn warn(&mut self, msg: &str) {
+        self.println(&format!("warning: {msg}"));
+    }
+}

@@ -1,0 +1,485 @@
+//! The video path end to end with the real binary and real ffmpeg: frame rates, sizes,
+//! audio, subtitles, pixel fidelity.
+
+mod common;
+
+use common::*;
+use std::path::Path;
+
+/// Pixel fidelity of the pipeline itself (colour matrix, range, alignment, frame order) is
+/// checked at high quality: on testsrc2's saturated 1-pixel patterns at 320-640 px, x265 at
+/// the default crf 26 alone costs 33-35 dB. The real clip (`real_clip_bigbuckbunny`) is
+/// checked at the default crf.
+const FIDELITY: [&str; 2] = ["--crf", "12"];
+
+/// Output facts every stylized file must satisfy against its input.
+fn assert_matches_input(input: &Path, output: &Path, fps: &str, frames: u64) {
+    let v = video_facts(output);
+    assert_eq!(v.codec, "hevc");
+    assert_eq!(v.pix_fmt, "yuv420p");
+    assert_eq!(v.fps, fps, "exact frame rate");
+    assert_eq!(v.frames, frames, "frame count");
+    let frame = {
+        let (n, d) = fps.split_once('/').unwrap();
+        d.parse::<f64>().unwrap() / n.parse::<f64>().unwrap()
+    };
+    let (din, dout) = (format_duration(input), format_duration(output));
+    assert!(
+        (din - dout).abs() <= frame + 1e-3,
+        "duration {dout} vs input {din}"
+    );
+    if let Some((_, a_in)) = audio_duration(input) {
+        let (_, a_out) = audio_duration(output).expect("audio kept");
+        assert!((a_in - a_out).abs() < 0.05, "audio {a_out} vs {a_in}");
+    }
+}
+
+#[test]
+fn identity_25fps_keeps_pixels_fps_and_audio() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = make_clip(dir.path(), "in.mp4", "640x360", "25", 3.0, Some("aac"), &[]);
+    let output = dir.path().join("out.mp4");
+    stylize_ok(
+        &input,
+        &output,
+        "identity",
+        &["--max-res", "original", FIDELITY[0], FIDELITY[1]],
+    );
+    assert_matches_input(&input, &output, "25/1", 75);
+    let (codec, _) = audio_duration(&output).unwrap();
+    assert_eq!(codec, "aac", "aac is copied, not re-encoded");
+    let p = psnr(
+        &decode_rgb(&input, 640, 360, ""),
+        &decode_rgb(&output, 640, 360, ""),
+    );
+    assert!(p >= 35.0, "PSNR {p:.1} dB");
+    // The work folder is gone, nothing else was left next to the output.
+    assert_eq!(listing(dir.path()), ["in.mp4", "out.mp4"]);
+}
+
+#[test]
+fn ntsc_rate_stays_exact_and_frames_are_downscaled_to_480p() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = make_clip(
+        dir.path(),
+        "in.mp4",
+        "1280x720",
+        "30000/1001",
+        2.5,
+        Some("aac"),
+        &[],
+    );
+    let output = dir.path().join("out.mp4");
+    // Short segments so the join crosses many segment boundaries.
+    stylize_ok(
+        &input,
+        &output,
+        "identity",
+        &["--segment-seconds", "0.5", FIDELITY[0], FIDELITY[1]],
+    );
+    assert_matches_input(&input, &output, "30000/1001", 75);
+    let v = video_facts(&output);
+    assert_eq!((v.width, v.height), (848, 480));
+    let p = psnr(
+        &decode_rgb(&input, 848, 480, ""),
+        &decode_rgb(&output, 848, 480, ""),
+    );
+    assert!(p >= 35.0, "PSNR {p:.1} dB");
+}
+
+#[test]
+fn invert_stage_changes_pixels_as_expected() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = make_clip(dir.path(), "in.mkv", "320x240", "25", 1.0, None, &[]);
+    let output = dir.path().join("out.mkv");
+    stylize_ok(&input, &output, "invert", &FIDELITY);
+    let v = video_facts(&output);
+    assert_eq!(v.frames, 25);
+    let inverted: Vec<Vec<u8>> = decode_rgb(&input, 320, 240, "")
+        .into_iter()
+        .map(|f| f.into_iter().map(|v| 255 - v).collect())
+        .collect();
+    let p = psnr(&inverted, &decode_rgb(&output, 320, 240, ""));
+    assert!(p >= 35.0, "PSNR vs negated input {p:.1} dB");
+    let plain = psnr(
+        &decode_rgb(&input, 320, 240, ""),
+        &decode_rgb(&output, 320, 240, ""),
+    );
+    assert!(
+        plain < 15.0,
+        "the stage really changed the pixels ({plain:.1} dB)"
+    );
+}
+
+#[test]
+fn variable_frame_rate_is_rendered_at_the_average_rate() {
+    let dir = tempfile::tempdir().unwrap();
+    // 45 frames at 1/30 s, then 15 frames at 3/30 s: r_frame_rate 30, average 150/7.
+    let input = make_clip(
+        dir.path(),
+        "vfr.mp4",
+        "320x240",
+        "30",
+        3.0,
+        Some("aac"),
+        &[
+            "-vf",
+            "setpts='if(lt(N,45),N/(30*TB),(45+(N-45)*3)/(30*TB))'",
+            "-fps_mode",
+            "vfr",
+        ],
+    );
+    let probe = run(bin().args(["probe", "--json"]).arg(&input));
+    let j: serde_json::Value = serde_json::from_slice(&probe.stdout).unwrap();
+    assert_eq!(j["vfr"], true);
+    assert_eq!(j["fps"], "150/7");
+    let output = dir.path().join("out.mp4");
+    let out = stylize_ok(&input, &output, "identity", &[]);
+    assert!(stderr(&out).contains("variable frame rate"), "warned");
+    let v = video_facts(&output);
+    assert_eq!(v.fps, "150/7");
+    let expected = (format_duration(&input) * 150.0 / 7.0).round() as i64;
+    assert!(
+        (v.frames as i64 - expected).abs() <= 1,
+        "{} frames, expected ~{expected}",
+        v.frames
+    );
+    assert!((format_duration(&output) - format_duration(&input)).abs() < 0.1);
+}
+
+#[test]
+fn ten_bit_input_is_converted() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = make_clip(
+        dir.path(),
+        "in10.mkv",
+        "320x240",
+        "24",
+        1.0,
+        Some("libopus"),
+        &[
+            "-c:v",
+            "libx265",
+            "-pix_fmt",
+            "yuv420p10le",
+            "-x265-params",
+            "log-level=error",
+        ],
+    );
+    let j: serde_json::Value =
+        serde_json::from_slice(&run(bin().args(["probe", "--json"]).arg(&input)).stdout).unwrap();
+    assert_eq!(j["bit_depth"], 10);
+    let output = dir.path().join("out.mp4");
+    stylize_ok(&input, &output, "identity", &FIDELITY);
+    assert_matches_input(&input, &output, "24/1", 24);
+    assert_eq!(audio_duration(&output).unwrap().0, "opus");
+    let p = psnr(
+        &decode_rgb(&input, 320, 240, ""),
+        &decode_rgb(&output, 320, 240, ""),
+    );
+    assert!(p >= 35.0, "PSNR {p:.1} dB");
+}
+
+#[test]
+fn rotated_input_comes_out_upright() {
+    let dir = tempfile::tempdir().unwrap();
+    let plain = make_clip(
+        dir.path(),
+        "plain.mp4",
+        "320x240",
+        "25",
+        1.0,
+        Some("aac"),
+        &[],
+    );
+    // A phone-style clip: landscape pixels plus a display matrix (set when remuxing).
+    let input = dir.path().join("rot.mp4");
+    ffmpeg(&[
+        "-i",
+        plain.to_str().unwrap(),
+        "-c",
+        "copy",
+        "-metadata:s:v:0",
+        "rotate=90",
+        input.to_str().unwrap(),
+    ]);
+    let j: serde_json::Value =
+        serde_json::from_slice(&run(bin().args(["probe", "--json"]).arg(&input)).stdout).unwrap();
+    assert_eq!(
+        (j["width"].as_u64(), j["height"].as_u64()),
+        (Some(240), Some(320))
+    );
+    let rotation = j["rotation"].as_u64().unwrap();
+    assert!(rotation == 90 || rotation == 270, "{rotation}");
+    let output = dir.path().join("out.mp4");
+    stylize_ok(&input, &output, "identity", &FIDELITY);
+    let v = video_facts(&output);
+    assert_eq!((v.width, v.height), (240, 320));
+    // ffmpeg's autorotate on both sides: same upright picture.
+    let p = psnr(
+        &decode_rgb(&input, 240, 320, ""),
+        &decode_rgb(&output, 240, 320, ""),
+    );
+    assert!(p >= 35.0, "PSNR {p:.1} dB");
+}
+
+#[test]
+fn odd_size_is_rounded_down_to_multiples_of_8() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = make_clip(
+        dir.path(),
+        "odd.mkv",
+        "321x241",
+        "25",
+        1.0,
+        Some("aac"),
+        &["-pix_fmt", "yuv444p"],
+    );
+    let output = dir.path().join("out.mp4");
+    stylize_ok(&input, &output, "identity", &[]);
+    let v = video_facts(&output);
+    assert_eq!((v.width, v.height), (320, 240));
+    assert_eq!(v.frames, 25);
+}
+
+#[test]
+fn single_frame_without_audio() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = make_clip(
+        dir.path(),
+        "one.mp4",
+        "320x240",
+        "25",
+        0.04,
+        None,
+        &["-frames:v", "1"],
+    );
+    let output = dir.path().join("out.mp4");
+    stylize_ok(&input, &output, "identity", &[]);
+    let v = video_facts(&output);
+    assert_eq!(v.frames, 1);
+    assert!(audio_duration(&output).is_none());
+}
+
+#[test]
+fn pcm_audio_in_mov_is_kept_in_mov_and_converted_for_mp4() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = make_clip(
+        dir.path(),
+        "pcm.mov",
+        "320x240",
+        "25",
+        2.0,
+        Some("pcm_s16le"),
+        &[],
+    );
+    let mov = dir.path().join("out.mov");
+    stylize_ok(&input, &mov, "identity", &[]);
+    assert_matches_input(&input, &mov, "25/1", 50);
+    assert_eq!(audio_duration(&mov).unwrap().0, "pcm_s16le");
+    let mp4 = dir.path().join("out.mp4");
+    let out = stylize_ok(&input, &mp4, "identity", &[]);
+    assert!(stderr(&out).contains("converting it to AAC"), "warned");
+    assert_matches_input(&input, &mp4, "25/1", 50);
+    assert_eq!(audio_duration(&mp4).unwrap().0, "aac");
+}
+
+#[test]
+fn subtitles_are_carried_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let srt = dir.path().join("subs.srt");
+    std::fs::write(
+        &srt,
+        "1\n00:00:00,000 --> 00:00:01,000\nHello\n\n2\n00:00:01,000 --> 00:00:02,000\nWorld\n",
+    )
+    .unwrap();
+    let plain = make_clip(
+        dir.path(),
+        "plain.mkv",
+        "320x240",
+        "25",
+        2.0,
+        Some("aac"),
+        &[],
+    );
+    let input = dir.path().join("subs.mkv");
+    ffmpeg(&[
+        "-i",
+        plain.to_str().unwrap(),
+        "-i",
+        srt.to_str().unwrap(),
+        "-map",
+        "0",
+        "-map",
+        "1",
+        "-c",
+        "copy",
+        "-c:s",
+        "srt",
+        input.to_str().unwrap(),
+    ]);
+    let output = dir.path().join("out.mp4");
+    stylize_ok(&input, &output, "identity", &[]);
+    let s = ffprobe_stream(&output, "s:0", "codec_name");
+    assert_eq!(s.get("codec_name").map(String::as_str), Some("mov_text"));
+    let mkv = dir.path().join("out.mkv");
+    stylize_ok(&input, &mkv, "identity", &[]);
+    let s = ffprobe_stream(&mkv, "s:0", "codec_name");
+    assert_eq!(s.get("codec_name").map(String::as_str), Some("subrip"));
+}
+
+#[test]
+fn h264_and_av1_codecs() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = make_clip(
+        dir.path(),
+        "in.mp4",
+        "320x240",
+        "25",
+        1.0,
+        Some("libopus"),
+        &[],
+    );
+    let h264 = dir.path().join("out264.mp4");
+    stylize_ok(
+        &input,
+        &h264,
+        "identity",
+        &["--codec", "h264", "--crf", "18"],
+    );
+    assert_eq!(video_facts(&h264).codec, "h264");
+    let webm = dir.path().join("out.webm");
+    stylize_ok(
+        &input,
+        &webm,
+        "identity",
+        &["--codec", "av1", "--preset", "12"],
+    );
+    let v = video_facts(&webm);
+    assert_eq!(v.codec, "av1");
+    assert_eq!(v.frames, 25);
+    assert_eq!(audio_duration(&webm).map(|a| a.0).as_deref(), Some("opus"));
+}
+
+#[test]
+fn real_clip_bigbuckbunny() {
+    let input = bigbuckbunny();
+    let dir = tempfile::tempdir().unwrap();
+    let j: serde_json::Value =
+        serde_json::from_slice(&run(bin().args(["probe", "--json"]).arg(&input)).stdout).unwrap();
+    let frames = j["frame_count"].as_u64().unwrap();
+    let fps = j["fps"].as_str().unwrap().to_string();
+    assert_eq!(j["has_audio"], true);
+    let output = dir.path().join("bbb_stylized.mp4");
+    stylize_ok(&input, &output, "identity", &[]);
+    assert_matches_input(&input, &output, &fps, frames);
+    let v = video_facts(&output);
+    assert_eq!((v.width, v.height), (848, 480));
+    let p = psnr(
+        &decode_rgb(&input, 848, 480, ""),
+        &decode_rgb(&output, 848, 480, ""),
+    );
+    assert!(p >= 35.0, "PSNR {p:.1} dB");
+}
+
+#[test]
+fn default_output_name_and_folder_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = make_clip(dir.path(), "clip.mov", "320x240", "25", 0.4, None, &[]);
+    let out = run(bin()
+        .arg("stylize")
+        .arg(&input)
+        .args(["--frame-stage", "identity", "--quiet"]));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(dir.path().join("clip_stylized.mp4").exists());
+    let sub = dir.path().join("renders");
+    std::fs::create_dir(&sub).unwrap();
+    let out = run(bin()
+        .arg("stylize")
+        .arg(&input)
+        .args(["--frame-stage", "invert", "--quiet", "-o"])
+        .arg(&sub));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(sub.join("clip_stylized.mp4").exists());
+}
+
+#[test]
+fn probe_reports_the_documented_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = make_clip(
+        dir.path(),
+        "in.mp4",
+        "320x240",
+        "30000/1001",
+        1.0,
+        Some("aac"),
+        &[],
+    );
+    let out = run(bin().args(["probe", "--json"]).arg(&input));
+    assert!(out.status.success());
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for key in [
+        "width",
+        "height",
+        "fps",
+        "frame_count",
+        "duration",
+        "vfr",
+        "has_audio",
+        "audio_codec",
+        "subtitle_streams",
+        "pix_fmt",
+        "bit_depth",
+        "hdr",
+        "rotation",
+    ] {
+        assert!(j.get(key).is_some(), "missing {key}");
+    }
+    assert_eq!(j["fps"], "30000/1001");
+    assert_eq!(j["frame_count"], 30);
+    assert_eq!(j["audio_codec"], "aac");
+    assert_eq!(j["hdr"], false);
+    assert_eq!(j["bit_depth"], 8);
+    let text = run(bin().arg("probe").arg(&input));
+    assert!(String::from_utf8_lossy(&text.stdout).contains("30000/1001"));
+}
+
+#[test]
+fn hdr_input_is_tone_mapped() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = make_clip(
+        dir.path(),
+        "hdr.mkv",
+        "320x240",
+        "25",
+        0.4,
+        None,
+        &[
+            "-c:v",
+            "libx265",
+            "-pix_fmt",
+            "yuv420p10le",
+            "-x265-params",
+            "log-level=error",
+            "-color_primaries",
+            "bt2020",
+            "-color_trc",
+            "smpte2084",
+            "-colorspace",
+            "bt2020nc",
+        ],
+    );
+    let j: serde_json::Value =
+        serde_json::from_slice(&run(bin().args(["probe", "--json"]).arg(&input)).stdout).unwrap();
+    assert_eq!(j["hdr"], true);
+    let output = dir.path().join("out.mp4");
+    stylize_ok(&input, &output, "identity", &[]);
+    let s = ffprobe_stream(&output, "v:0", "color_transfer,color_primaries");
+    assert_eq!(s["color_transfer"], "bt709");
+    // testsrc2 decoded as PQ is very bright; tone mapped, it must keep contrast (not a flat,
+    // washed-out picture): the spread of pixel values stays wide.
+    let frames = decode_rgb(&output, 320, 240, "");
+    let f = &frames[0];
+    let (min, max) = (f.iter().min().unwrap(), f.iter().max().unwrap());
+    assert!(max - min > 150, "contrast kept: {min}..{max}");
+}

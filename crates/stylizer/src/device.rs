@@ -1,0 +1,67 @@
+//! `--device auto|cpu|cuda[:N]|metal` → a candle device.
+
+use candle_core::Device;
+
+use crate::{Error, Result};
+
+/// Parses and opens a device. `auto` takes the first GPU this build supports, else the CPU.
+pub fn select(spec: &str) -> Result<Device> {
+    let spec = spec.trim().to_ascii_lowercase();
+    let gpu = |e: candle_core::Error| Error::Config(format!("--device {spec}: {e}"));
+    match spec.as_str() {
+        "auto" => {
+            if candle_core::utils::cuda_is_available() {
+                Device::new_cuda(0).map_err(gpu)
+            } else if candle_core::utils::metal_is_available() {
+                Device::new_metal(0).map_err(gpu)
+            } else {
+                Ok(Device::Cpu)
+            }
+        }
+        "cpu" => Ok(Device::Cpu),
+        "metal" => {
+            if !candle_core::utils::metal_is_available() {
+                return Err(not_built(&spec, "metal"));
+            }
+            Device::new_metal(0).map_err(gpu)
+        }
+        s if s == "cuda" || s.starts_with("cuda:") => {
+            let ordinal = match s.strip_prefix("cuda:") {
+                Some(n) => n.parse::<usize>().map_err(|_| {
+                    Error::Config(format!(
+                        "--device {s}: expected cuda or cuda:N with N a GPU number"
+                    ))
+                })?,
+                None => 0,
+            };
+            if !candle_core::utils::cuda_is_available() {
+                return Err(not_built(&spec, "cuda"));
+            }
+            Device::new_cuda(ordinal).map_err(gpu)
+        }
+        _ => Err(Error::Config(format!(
+            "unknown device `{spec}` (expected auto, cpu, cuda, cuda:N or metal)"
+        ))),
+    }
+}
+
+fn not_built(spec: &str, feature: &str) -> Error {
+    Error::Config(format!(
+        "--device {spec}: this build of video-stylizer has no {feature} support (rebuild with `cargo install --path crates/cli --features {feature}`)"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_and_errors() {
+        assert!(select("cpu").unwrap().is_cpu());
+        assert!(select("auto").is_ok());
+        let e = select("tpu").unwrap_err().to_string();
+        assert!(e.contains("unknown device `tpu`"), "{e}");
+        let e = select("cuda:x").unwrap_err().to_string();
+        assert!(e.contains("cuda:N"), "{e}");
+    }
+}

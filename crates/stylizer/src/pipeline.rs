@@ -1,0 +1,593 @@
+//! decode → stages → encode, in segments that survive a crash, then join.
+//!
+//! Frames are committed in segments of a few seconds, each encoded with the final codec into
+//! a work folder next to the output (`<output>.work/`). A manifest records the input's
+//! identity and every setting that changes pixels; a rerun with the same settings skips the
+//! finished segments, and `--segment K/N` lets N machines render disjoint shares into one
+//! shared folder. The join stream-copies the segments with the input's audio into a
+//! temporary file in the output folder, renamed to the output name only when complete.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::stage::FrameStage;
+use crate::video::encode::{self, Container};
+use crate::video::{render_size, Decoder, EncodeSettings, Encoder, MaxRes, VideoInfo};
+use crate::{Error, Progress, Result, Stage};
+
+/// One rendering job: where from, where to, and the settings that do not belong to a stage.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub input: PathBuf,
+    /// The final output file (see [`output_path`]).
+    pub output: PathBuf,
+    pub max_res: MaxRes,
+    pub encode: EncodeSettings,
+    /// Replace an existing output file.
+    pub overwrite: bool,
+    /// Keep the work folder after a successful join.
+    pub keep_work: bool,
+    /// Length of a segment in seconds (rounded to whole frames).
+    pub segment_seconds: f64,
+    /// Render only share `k` of `n` (1-based) and do not join.
+    pub share: Option<(u32, u32)>,
+}
+
+impl Job {
+    pub fn new(input: PathBuf, output: PathBuf, encode: EncodeSettings) -> Self {
+        Self {
+            input,
+            output,
+            max_res: MaxRes::P480,
+            encode,
+            overwrite: false,
+            keep_work: false,
+            segment_seconds: 2.0,
+            share: None,
+        }
+    }
+
+    /// `<output>.work`, next to the output.
+    pub fn work_dir(&self) -> PathBuf {
+        let mut name = self.output.file_name().unwrap_or_default().to_os_string();
+        name.push(".work");
+        self.output.with_file_name(name)
+    }
+}
+
+/// The output file for `input`: `-o` as given (a folder gets the default name inside it), or
+/// `<input stem>_stylized.mp4` next to the input.
+pub fn output_path(input: &Path, output: Option<&Path>, suffix: &str) -> PathBuf {
+    let stem = input.file_stem().unwrap_or_default().to_string_lossy();
+    let default_name = format!("{stem}_{suffix}.mp4");
+    match output {
+        Some(o) if o.is_dir() || o.as_os_str().to_string_lossy().ends_with('/') => {
+            o.join(default_name)
+        }
+        Some(o) => o.to_path_buf(),
+        None => input.with_file_name(default_name),
+    }
+}
+
+/// What a run produced.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// The output file is complete.
+    Finished { output: PathBuf, frames: u64 },
+    /// A `--segment K/N` share is rendered; the join happens in a later run.
+    ShareDone {
+        k: u32,
+        n: u32,
+        segments: usize,
+        work_dir: PathBuf,
+    },
+}
+
+/// The input file as the manifest remembers it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct InputIdentity {
+    path: PathBuf,
+    size: u64,
+    modified_ns: u128,
+}
+
+impl InputIdentity {
+    fn of(path: &Path) -> Result<Self> {
+        let meta = std::fs::metadata(path).map_err(|e| Error::input(path, e.to_string()))?;
+        let modified_ns = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos());
+        Ok(Self {
+            path: path.canonicalize().unwrap_or_else(|_| path.to_path_buf()),
+            size: meta.len(),
+            modified_ns,
+        })
+    }
+}
+
+/// Everything that decides the pixels of the segments. Equal manifests ⇒ reusable segments.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Manifest {
+    version: u32,
+    input: InputIdentity,
+    width: u32,
+    height: u32,
+    out_width: u32,
+    out_height: u32,
+    fps: String,
+    tonemap: bool,
+    encode: EncodeSettings,
+    stages: Vec<String>,
+    segment_frames: u64,
+    segments: usize,
+}
+
+const MANIFEST: &str = "manifest.json";
+
+fn segment_path(work: &Path, i: usize) -> PathBuf {
+    work.join(format!("seg_{i:05}.mp4"))
+}
+fn empty_marker(work: &Path, i: usize) -> PathBuf {
+    work.join(format!("seg_{i:05}.empty"))
+}
+fn partial_path(work: &Path, i: usize) -> PathBuf {
+    work.join(format!("seg_{i:05}.partial.mp4"))
+}
+fn is_done(work: &Path, i: usize) -> bool {
+    segment_path(work, i).exists() || empty_marker(work, i).exists()
+}
+
+/// Segments `[first, end)` of `total` that share `k` of `n` renders.
+pub fn share_range(total: usize, k: u32, n: u32) -> (usize, usize) {
+    let (k, n) = (k as usize, n as usize);
+    (total * (k - 1) / n, total * k / n)
+}
+
+/// Checks the output location before any work: not the input, not an existing file unless
+/// overwriting, in an existing writable folder.
+pub fn check_output(job: &Job) -> Result<()> {
+    let out = &job.output;
+    Container::from_path(out)?.check_codec(job.encode.codec, out)?;
+    let parent = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    if !parent.is_dir() {
+        return Err(Error::output(out, "output folder does not exist"));
+    }
+    let same_as_input = match (
+        job.input.canonicalize(),
+        parent.canonicalize(),
+        out.file_name(),
+    ) {
+        (Ok(i), Ok(p), Some(name)) => i == p.join(name),
+        _ => false,
+    };
+    if same_as_input {
+        return Err(Error::output(out, "output would overwrite the input"));
+    }
+    if out.is_dir() {
+        return Err(Error::output(out, "is a folder"));
+    }
+    if out.exists() && !job.overwrite && job.share.is_none() {
+        return Err(Error::output(
+            out,
+            "already exists (use --overwrite to replace it)",
+        ));
+    }
+    let probe = parent.join(format!(".video-stylizer-write-test-{}", std::process::id()));
+    std::fs::write(&probe, b"")
+        .map_err(|e| Error::output(&parent, format!("output folder is not writable: {e}")))?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
+}
+
+/// Frame size after all stages.
+fn chain_size(stages: &[Box<dyn FrameStage>], mut w: u32, mut h: u32) -> (u32, u32) {
+    for s in stages {
+        (w, h) = s.output_size(w, h);
+    }
+    (w, h)
+}
+
+/// Runs the job: renders the missing segments (all, or one share) and joins them.
+pub fn run(
+    job: &Job,
+    info: &VideoInfo,
+    stages: &mut [Box<dyn FrameStage>],
+    progress: &mut dyn Progress,
+) -> Result<Outcome> {
+    check_output(job)?;
+    if let Some((k, n)) = job.share {
+        if n == 0 || k == 0 || k > n {
+            return Err(Error::Config(format!(
+                "--segment {k}/{n}: expected K/N with 1 <= K <= N"
+            )));
+        }
+    }
+    let (width, height) = render_size(info.width, info.height, job.max_res);
+    let (out_width, out_height) = chain_size(stages, width, height);
+    let tonemap = info.hdr && crate::video::decode::can_tonemap();
+    if info.hdr && !tonemap {
+        progress.warn("HDR input, but this ffmpeg lacks zscale/tonemap: colours will look washed out; install an ffmpeg built with libzimg");
+    }
+    if info.vfr {
+        progress.warn(&format!(
+            "variable frame rate input: rendering at its average rate {} fps (frames are repeated or dropped to keep audio in sync)",
+            info.fps
+        ));
+    }
+    let segment_frames = ((job.segment_seconds * info.fps.as_f64()).round() as u64).max(1);
+    let manifest = Manifest {
+        version: 1,
+        input: InputIdentity::of(&job.input)?,
+        width,
+        height,
+        out_width,
+        out_height,
+        fps: info.fps.to_string(),
+        tonemap,
+        encode: job.encode.clone(),
+        stages: stages.iter().map(|s| s.fingerprint()).collect(),
+        segment_frames,
+        segments: info.frame_count.div_ceil(segment_frames) as usize,
+    };
+    let work = job.work_dir();
+    open_work_dir(&work, &manifest, job.share.is_some(), progress)?;
+
+    let total = manifest.segments;
+    let (first, end) = match job.share {
+        Some((k, n)) => share_range(total, k, n),
+        None => (0, total),
+    };
+    let pending: Vec<usize> = (first..end).filter(|&i| !is_done(&work, i)).collect();
+    let done_frames = ((end - first - pending.len()) as u64 * segment_frames).min(info.frame_count);
+    let range_frames = if end == total {
+        info.frame_count
+            .saturating_sub(first as u64 * segment_frames)
+    } else {
+        (end - first) as u64 * segment_frames
+    };
+    if !pending.is_empty() {
+        progress.stage(Stage::LoadModels);
+        for s in stages.iter_mut() {
+            s.prepare()?;
+        }
+        progress.stage(Stage::Render);
+        progress.frame(done_frames, range_frames);
+        let renderer = Renderer {
+            info,
+            work: &work,
+            manifest: &manifest,
+            encode: &job.encode,
+            range_frames,
+        };
+        if let Err(e) = renderer.render(&pending, stages, done_frames, progress) {
+            discard_unfinished(&work, &pending, job.share.is_none());
+            return Err(e);
+        }
+    }
+
+    if let Some((k, n)) = job.share {
+        return Ok(Outcome::ShareDone {
+            k,
+            n,
+            segments: pending.len(),
+            work_dir: work,
+        });
+    }
+    let frames = finish_join(job, info, &work, total, progress)?;
+    Ok(Outcome::Finished {
+        output: job.output.clone(),
+        frames,
+    })
+}
+
+/// Creates the work folder or checks that the one there was made with the same settings.
+fn open_work_dir(
+    work: &Path,
+    manifest: &Manifest,
+    shared: bool,
+    progress: &mut dyn Progress,
+) -> Result<()> {
+    let path = work.join(MANIFEST);
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        let old: Option<Manifest> = serde_json::from_str(&text).ok();
+        if old.as_ref() == Some(manifest) {
+            // Segments cut short by a crash are never valid.
+            for entry in std::fs::read_dir(work).into_iter().flatten().flatten() {
+                let name = entry.file_name();
+                if name.to_string_lossy().contains(".partial.") && !shared {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+            return Ok(());
+        }
+        if shared {
+            return Err(Error::Config(format!(
+                "{} was made with different settings or input; every --segment share must run the same command (remove the folder to start over)",
+                work.display()
+            )));
+        }
+        progress.warn(&format!(
+            "settings or input changed since the unfinished run in {}: starting afresh",
+            work.display()
+        ));
+        std::fs::remove_dir_all(work)
+            .map_err(|e| Error::io(format!("removing {}", work.display()), e))?;
+    }
+    std::fs::create_dir_all(work)
+        .map_err(|e| Error::io(format!("creating {}", work.display()), e))?;
+    let text = serde_json::to_string_pretty(manifest).expect("manifest serialises");
+    // Written under a unique name and renamed: shares starting together never see half a file.
+    let tmp = work.join(format!("{MANIFEST}.{}.tmp", std::process::id()));
+    std::fs::write(&tmp, text)
+        .and_then(|_| std::fs::rename(&tmp, &path))
+        .map_err(|e| Error::io(format!("writing {}", path.display()), e))
+}
+
+/// After a failed run: removes this run's segment in flight and, unless other shares may be
+/// using the folder, the whole work folder when nothing in it is worth resuming.
+fn discard_unfinished(work: &Path, pending: &[usize], alone: bool) {
+    for &i in pending {
+        let _ = std::fs::remove_file(partial_path(work, i));
+    }
+    let finished = std::fs::read_dir(work)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.starts_with("seg_") && name.ends_with(".mp4") && !name.contains(".partial.")
+        });
+    if alone && !finished {
+        let _ = std::fs::remove_dir_all(work);
+    }
+}
+
+struct Renderer<'a> {
+    info: &'a VideoInfo,
+    work: &'a Path,
+    manifest: &'a Manifest,
+    encode: &'a EncodeSettings,
+    range_frames: u64,
+}
+
+impl Renderer<'_> {
+    /// Renders the `pending` segments in order, decoding continuously across neighbours.
+    fn render(
+        &self,
+        pending: &[usize],
+        stages: &mut [Box<dyn FrameStage>],
+        mut done: u64,
+        progress: &mut dyn Progress,
+    ) -> Result<()> {
+        let m = self.manifest;
+        let last = m.segments - 1;
+        let mut decoder: Option<(Decoder, usize)> = None; // decoder and the segment it is at
+        let mut ended_at: Option<u64> = None;
+        for &seg in pending {
+            if ended_at.is_some() {
+                self.mark_empty(seg)?;
+                continue;
+            }
+            let start = seg as u64 * m.segment_frames;
+            let (dec, _) = match decoder.take() {
+                Some((d, at)) if at == seg => decoder.insert((d, at)),
+                _ => decoder.insert((
+                    Decoder::open(self.info, m.width, m.height, start, m.tonemap)?,
+                    seg,
+                )),
+            };
+            for s in stages.iter_mut() {
+                s.reset()?;
+            }
+            // The last segment runs to the end of the video, whatever the container said.
+            let limit = (seg != last).then_some(m.segment_frames);
+            let partial = partial_path(self.work, seg);
+            let mut encoder: Option<Encoder> = None;
+            let mut n = 0u64;
+            while limit.is_none_or(|l| n < l) {
+                if crate::cancel::requested() {
+                    // Stop ffmpeg before its half-written segment is removed.
+                    drop(encoder);
+                    return Err(Error::Interrupted {
+                        work_dir: self.work.to_path_buf(),
+                    });
+                }
+                let Some(mut frame) = dec.next_frame()? else {
+                    ended_at = Some(start + n);
+                    break;
+                };
+                for s in stages.iter_mut() {
+                    frame = s.process(frame, start + n)?;
+                }
+                let enc = match encoder.as_mut() {
+                    Some(e) => e,
+                    None => encoder.insert(Encoder::create(
+                        &partial,
+                        m.out_width,
+                        m.out_height,
+                        self.info.fps,
+                        self.encode,
+                    )?),
+                };
+                enc.write_frame(&frame)?;
+                n += 1;
+                done += 1;
+                progress.frame(done, self.range_frames.max(done));
+            }
+            match encoder {
+                Some(enc) => {
+                    enc.finish()?;
+                    std::fs::rename(&partial, segment_path(self.work, seg))
+                        .map_err(|e| Error::io(format!("finishing segment {seg}"), e))?;
+                }
+                None => self.mark_empty(seg)?,
+            }
+            decoder = Some((decoder.take().expect("decoder is open").0, seg + 1));
+        }
+        if let Some(frames) = ended_at {
+            // The container's frame count, or what its duration promises (a cut Matroska file
+            // still states the full duration, while counting packets finds only what is left).
+            let by_duration = (self.info.duration * self.info.fps.as_f64()).round() as u64;
+            let short_of_count = frames + 1 < self.info.frame_count;
+            let short_of_duration =
+                frames + 2 < by_duration && (frames as f64) < 0.95 * by_duration as f64;
+            if short_of_count || short_of_duration {
+                progress.warn(&format!(
+                    "the input ended after {frames} of {} frames (truncated or damaged file?); the output has {frames} frames",
+                    self.info.frame_count.max(by_duration)
+                ));
+            }
+            if frames == 0 {
+                return Err(Error::input(&self.info.path, "no frame could be decoded"));
+            }
+        }
+        Ok(())
+    }
+
+    fn mark_empty(&self, seg: usize) -> Result<()> {
+        std::fs::write(empty_marker(self.work, seg), b"")
+            .map_err(|e| Error::io(format!("marking segment {seg}"), e))
+    }
+}
+
+/// Joins a work folder whose segments were rendered by `--segment` shares, reading the input
+/// and settings from its manifest (the `join` command).
+pub fn join_work_dir(
+    work: &Path,
+    overwrite: bool,
+    keep_work: bool,
+    progress: &mut dyn Progress,
+) -> Result<Outcome> {
+    let path = work.join(MANIFEST);
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| Error::input(&path, format!("not a work folder of video-stylizer: {e}")))?;
+    let manifest: Manifest = serde_json::from_str(&text)
+        .map_err(|e| Error::input(&path, format!("unreadable manifest: {e}")))?;
+    let input = manifest.input.path.clone();
+    if InputIdentity::of(&input)? != manifest.input {
+        return Err(Error::input(
+            &input,
+            "changed since the segments were rendered; render them again",
+        ));
+    }
+    let info = crate::video::probe(&input)?;
+    let name = work.file_name().unwrap_or_default().to_string_lossy();
+    let output = work.with_file_name(name.strip_suffix(".work").unwrap_or(&name));
+    let mut job = Job::new(input, output, manifest.encode.clone());
+    job.overwrite = overwrite;
+    job.keep_work = keep_work;
+    check_output(&job)?;
+    let frames = finish_join(&job, &info, work, manifest.segments, progress)?;
+    Ok(Outcome::Finished {
+        output: job.output,
+        frames,
+    })
+}
+
+/// Joins all segments with the input's audio into the output, atomically. Returns the number
+/// of frames in the output.
+fn finish_join(
+    job: &Job,
+    info: &VideoInfo,
+    work: &Path,
+    total: usize,
+    progress: &mut dyn Progress,
+) -> Result<u64> {
+    let missing: Vec<usize> = (0..total).filter(|&i| !is_done(work, i)).collect();
+    if !missing.is_empty() {
+        return Err(Error::Config(format!(
+            "{} of {total} segments are not rendered yet (first missing: {}); run the remaining --segment shares or the command without --segment",
+            missing.len(),
+            missing[0]
+        )));
+    }
+    let segments = (0..total)
+        .map(|i| segment_path(work, i))
+        .filter(|p| p.exists())
+        .map(|p| crate::video::probe(&p).map(|info| (p, info.frame_count)))
+        .collect::<Result<Vec<_>>>()?;
+    if segments.is_empty() {
+        return Err(Error::input(&info.path, "no frame could be decoded"));
+    }
+    progress.stage(Stage::Join);
+    let container = Container::from_path(&job.output)?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(job.output.file_name().unwrap_or_default());
+    tmp_name.push(".partial");
+    let tmp = job.output.with_file_name(tmp_name);
+    let result = encode::join(
+        &segments,
+        &work.join("concat.txt"),
+        info,
+        info.fps,
+        job.encode.codec,
+        &tmp,
+        container,
+        &mut |m| progress.warn(m),
+    );
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    let frames = crate::video::probe(&tmp).map(|i| i.frame_count);
+    if job.output.exists() && !job.overwrite {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(Error::output(
+            &job.output,
+            "appeared while rendering (use --overwrite to replace it)",
+        ));
+    }
+    std::fs::rename(&tmp, &job.output)
+        .map_err(|e| Error::io(format!("moving the result to {}", job.output.display()), e))?;
+    if !job.keep_work {
+        let _ = std::fs::remove_dir_all(work);
+    }
+    frames
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shares_cover_all_segments_once() {
+        for total in [1usize, 2, 7, 10, 101] {
+            for n in 1..=5u32 {
+                let mut next = 0;
+                for k in 1..=n {
+                    let (a, b) = share_range(total, k, n);
+                    assert_eq!(a, next);
+                    next = b;
+                }
+                assert_eq!(next, total);
+            }
+        }
+    }
+
+    #[test]
+    fn default_output_names() {
+        assert_eq!(
+            output_path(Path::new("/v/in.mov"), None, "stylized"),
+            PathBuf::from("/v/in_stylized.mp4")
+        );
+        assert_eq!(
+            output_path(
+                Path::new("/v/in.mov"),
+                Some(Path::new("/o/x.mkv")),
+                "stylized"
+            ),
+            PathBuf::from("/o/x.mkv")
+        );
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(
+            output_path(Path::new("in.mp4"), Some(dir.path()), "upscaled"),
+            dir.path().join("in_upscaled.mp4")
+        );
+    }
+}

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# The whole test suite (the README's test command): set-up if needed, then every test of the
+# workspace. Release mode: the model tests run real networks, too slow unoptimised.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash tools/setup.sh
+cargo test --workspace --release -- "$@"
