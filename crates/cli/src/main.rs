@@ -35,7 +35,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Restyle every frame of a video and write `<input>_stylized.mp4`.
-    Stylize(StylizeArgs),
+    Stylize(Box<StylizeArgs>),
     /// Show what is in a video file.
     Probe {
         input: PathBuf,
@@ -229,7 +229,7 @@ fn stylize(a: StylizeArgs, progress: &mut CliProgress) -> anyhow::Result<ExitCod
             a.guidance
         );
     }
-    if !(a.segment_seconds > 0.0) {
+    if !a.segment_seconds.is_finite() || a.segment_seconds <= 0.0 {
         bail!("--segment-seconds must be positive");
     }
     stylizer::device::select(&a.device)?;
@@ -332,7 +332,7 @@ fn print_probe(input: &Path, json: bool) -> anyhow::Result<ExitCode> {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let mut progress = CliProgress::new(Mode::detect(cli.quiet));
     match cli.command {
-        Command::Stylize(a) => stylize(a, &mut progress),
+        Command::Stylize(a) => stylize(*a, &mut progress),
         Command::Probe { input, json } => print_probe(&input, json),
         Command::Join {
             work_dir,

@@ -44,7 +44,7 @@ pub fn make_clip(
         args.extend(["-f", "lavfi", "-i", &sine, "-c:a", codec]);
     }
     args.extend(["-t", &t]);
-    let has_codec = extra.iter().any(|a| *a == "-c:v");
+    let has_codec = extra.contains(&"-c:v");
     if !has_codec {
         args.extend([
             "-c:v", "libx264", "-pix_fmt", "yuv420p", "-preset", "veryfast",

@@ -337,10 +337,11 @@ fn bit_depth_of(pix_fmt: &str) -> u32 {
         .into_iter()
         .rev()
         .collect();
-    match digits.parse::<u32>() {
-        Ok(d @ 9..=16) => d,
-        _ => 8,
-    }
+    digits
+        .parse::<u32>()
+        .ok()
+        .filter(|d| (9..=16).contains(d))
+        .unwrap_or(8)
 }
 
 /// Counts video packets when the container does not store a frame count (Matroska, ...).
