@@ -245,3 +245,17 @@ pub fn bigbuckbunny() -> PathBuf {
     );
     p
 }
+
+/// Asserts the identity path kept the picture: PSNR >= 35 dB against the input as a player
+/// shows it at the output size.
+pub fn assert_same_picture(input: &Path, output: &Path, w: u32, h: u32) {
+    let p = psnr(&decode_rgb(input, w, h, ""), &decode_rgb(output, w, h, ""));
+    assert!(p >= 35.0, "PSNR {p:.1} dB");
+}
+
+/// `video-stylizer probe --json`.
+pub fn probe_json(path: &Path) -> serde_json::Value {
+    let out = run(bin().args(["probe", "--json"]).arg(path));
+    assert!(out.status.success(), "{}", stderr(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
