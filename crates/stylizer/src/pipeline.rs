@@ -32,6 +32,9 @@ pub struct Job {
     pub segment_seconds: f64,
     /// Render only share `k` of `n` (1-based) and do not join.
     pub share: Option<(u32, u32)>,
+    /// The random seed the stages use, recorded so that a rerun without `--seed` can resume
+    /// with the same noise (see [`resume_seed`]).
+    pub seed: Option<u64>,
 }
 
 impl Job {
@@ -45,6 +48,7 @@ impl Job {
             keep_work: false,
             segment_seconds: 2.0,
             share: None,
+            seed: None,
         }
     }
 
@@ -68,6 +72,15 @@ pub fn output_path(input: &Path, output: Option<&Path>, suffix: &str) -> PathBuf
         Some(o) => o.to_path_buf(),
         None => input.with_file_name(default_name),
     }
+}
+
+/// The seed of an unfinished run of the same input into the same output, so that rerunning
+/// a command without `--seed` resumes instead of starting afresh with new noise.
+pub fn resume_seed(job: &Job) -> Option<u64> {
+    let text = std::fs::read_to_string(job.work_dir().join(MANIFEST)).ok()?;
+    let manifest: Manifest = serde_json::from_str(&text).ok()?;
+    let same_input = InputIdentity::of(&job.input).ok()? == manifest.input;
+    same_input.then_some(manifest.seed).flatten()
 }
 
 /// What a run produced.
@@ -121,6 +134,7 @@ struct Manifest {
     tonemap: bool,
     encode: EncodeSettings,
     stages: Vec<String>,
+    seed: Option<u64>,
     segment_frames: u64,
     segments: usize,
 }
@@ -232,6 +246,7 @@ pub fn run(
         tonemap,
         encode: job.encode.clone(),
         stages: stages.iter().map(|s| s.fingerprint()).collect(),
+        seed: job.seed,
         segment_frames,
         segments: info.frame_count.div_ceil(segment_frames) as usize,
     };
@@ -589,5 +604,40 @@ mod tests {
             output_path(Path::new("in.mp4"), Some(dir.path()), "upscaled"),
             dir.path().join("in_upscaled.mp4")
         );
+    }
+
+    #[test]
+    fn a_rerun_without_seed_finds_the_unfinished_runs_seed() {
+        let dir = tempfile::tempdir().unwrap();
+        let input = dir.path().join("in.mp4");
+        std::fs::write(&input, b"video").unwrap();
+        let settings = EncodeSettings::new(crate::video::Codec::H265, None, None).unwrap();
+        let job = Job::new(input.clone(), dir.path().join("out.mp4"), settings.clone());
+        assert_eq!(resume_seed(&job), None);
+        let manifest = Manifest {
+            version: 1,
+            input: InputIdentity::of(&input).unwrap(),
+            width: 8,
+            height: 8,
+            out_width: 8,
+            out_height: 8,
+            fps: "25/1".into(),
+            tonemap: false,
+            encode: settings,
+            stages: vec![],
+            seed: Some(1234),
+            segment_frames: 50,
+            segments: 1,
+        };
+        std::fs::create_dir(job.work_dir()).unwrap();
+        std::fs::write(
+            job.work_dir().join(MANIFEST),
+            serde_json::to_string(&manifest).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(resume_seed(&job), Some(1234));
+        // Another input (changed file) does not inherit it.
+        std::fs::write(&input, b"another video").unwrap();
+        assert_eq!(resume_seed(&job), None);
     }
 }
