@@ -5,8 +5,11 @@
 //! ```
 pub mod error;
 pub mod frame;
+pub mod models;
+pub mod ops;
 pub mod progress;
 pub mod stage;
+pub mod upscale;
 pub mod video;
 
 pub use error::{Error, Result};
