@@ -10,6 +10,7 @@ use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use stylizer::pipeline::{self, Job, Outcome};
 use stylizer::stage::{Identity, Invert};
+use stylizer::upscale::{images, resize::Target, UpscaleOptions, UpscaleStage};
 use stylizer::video::{probe, Codec, EncodeSettings, MaxRes, VideoInfo};
 use stylizer::{Error, FrameStage, Progress, Stage};
 
@@ -43,6 +44,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Upscale a video, an image, or a folder of images with Real-ESRGAN.
+    Upscale(Box<UpscaleArgs>),
+    /// Manage the Real-ESRGAN model cache.
+    Models {
+        #[command(subcommand)]
+        command: ModelsCommand,
+    },
     /// Join the segments that `stylize --segment K/N` runs rendered into a work folder.
     Join {
         /// The work folder (`<output>.work`).
@@ -52,6 +60,108 @@ enum Command {
         #[arg(long)]
         keep_work: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum ModelsCommand {
+    /// Download a model into the cache (checked with sha256, resumable).
+    Fetch { name: String },
+    /// List the downloadable models and the cache folder.
+    List,
+}
+
+/// Real-ESRGAN settings shared by `stylize --upscale` and `upscale`.
+#[derive(Args)]
+struct UpscaleFlags {
+    /// Real-ESRGAN model: a name in the model cache (see `models list`) or a .pth,
+    /// .safetensors or ncnn .param file.
+    #[arg(long, default_value = stylizer::upscale::fetch::DEFAULT_MODEL)]
+    upscale_model: String,
+    /// Size after upscaling: 1080p (fit 1920×1080), 1440p, 2160p, x2 or x4.
+    #[arg(long, default_value = "1080p", value_parser = parse_target)]
+    upscale_to: Target,
+    /// Tile size in input pixels (0 = whole frame; default: the largest that fits in memory).
+    #[arg(long)]
+    tile: Option<usize>,
+    /// Context pixels around each tile.
+    #[arg(long, default_value_t = 10)]
+    tile_pad: usize,
+}
+
+impl UpscaleFlags {
+    fn stage(&self, device: &str) -> anyhow::Result<UpscaleStage> {
+        let opts = UpscaleOptions {
+            tile: self.tile,
+            tile_pad: self.tile_pad,
+            target: self.upscale_to,
+            ..UpscaleOptions::default()
+        };
+        Ok(UpscaleStage::new(
+            &self.upscale_model,
+            stylizer::device::select(device)?,
+            opts,
+        )?)
+    }
+}
+
+/// Output settings shared by the commands that write a video.
+#[derive(Args)]
+struct VideoOut {
+    /// Output file or folder (default: next to the input, named after it).
+    #[arg(short, long)]
+    output: Option<PathBuf>,
+    /// Video codec: h265, h264 or av1.
+    #[arg(long, default_value = "h265", value_parser = parse_codec)]
+    codec: Codec,
+    /// Constant rate factor (default: 26 for h265, 21 for h264, 32 for av1).
+    #[arg(long)]
+    crf: Option<u32>,
+    /// Encoder preset (x264/x265: ultrafast … veryslow; av1: 0 … 13).
+    #[arg(long)]
+    preset: Option<String>,
+    /// Replace the output file if it exists.
+    #[arg(long)]
+    overwrite: bool,
+    /// Where to run the models: auto, cpu, cuda, cuda:N, metal.
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// Keep the work folder (finished segments) after success.
+    #[arg(long)]
+    keep_work: bool,
+    /// Render only share K of N into the work folder (for job arrays); a run without it joins.
+    #[arg(long, value_name = "K/N", value_parser = parse_share)]
+    segment: Option<(u32, u32)>,
+    /// Seconds of video per resumable segment.
+    #[arg(long, default_value_t = 2.0, hide = true)]
+    segment_seconds: f64,
+}
+
+impl VideoOut {
+    /// The job for `input`, with every flag checked before any work.
+    fn job(&self, input: &Path, suffix: &str, max_res: MaxRes) -> anyhow::Result<Job> {
+        if !self.segment_seconds.is_finite() || self.segment_seconds <= 0.0 {
+            bail!("--segment-seconds must be positive");
+        }
+        let encode = EncodeSettings::new(self.codec, self.crf, self.preset.clone())?;
+        let output = pipeline::output_path(input, self.output.as_deref(), suffix);
+        let mut job = Job::new(input.to_path_buf(), output, encode);
+        job.max_res = max_res;
+        job.overwrite = self.overwrite;
+        job.keep_work = self.keep_work;
+        job.segment_seconds = self.segment_seconds;
+        job.share = self.segment;
+        Ok(job)
+    }
+}
+
+#[derive(Args)]
+struct UpscaleArgs {
+    /// A video, an image (png, jpg, webp) or a folder of images.
+    input: PathBuf,
+    #[command(flatten)]
+    upscale: UpscaleFlags,
+    #[command(flatten)]
+    out: VideoOut,
 }
 
 #[derive(Args)]
@@ -88,42 +198,16 @@ struct StylizeArgs {
     /// Sampler: ddim, euler, euler-a, dpmpp-2m, lcm.
     #[arg(long, default_value = "ddim")]
     scheduler: String,
-    /// Upscale the stylized frames ×4 with Real-ESRGAN, to full HD.
+    /// Upscale the stylized frames ×4 with Real-ESRGAN, to full HD (see --upscale-to).
     #[arg(long)]
     upscale: bool,
-    /// Real-ESRGAN model name or file.
-    #[arg(long, default_value = "RealESRGAN_x4plus")]
-    upscale_model: String,
-    /// Output file or folder (default: `<input stem>_stylized.mp4` next to the input).
-    #[arg(short, long)]
-    output: Option<PathBuf>,
-    /// Short side of the frames that are stylized: 480p, 720p, 1080p or original.
+    #[command(flatten)]
+    upscale_flags: UpscaleFlags,
+    /// Short side of the stylized frames: 480p, 720p, 1080p or original.
     #[arg(long, default_value = "480p", value_parser = parse_max_res)]
     max_res: MaxRes,
-    /// Video codec: h265, h264 or av1.
-    #[arg(long, default_value = "h265", value_parser = parse_codec)]
-    codec: Codec,
-    /// Constant rate factor (default: 26 for h265, 21 for h264, 32 for av1).
-    #[arg(long)]
-    crf: Option<u32>,
-    /// Encoder preset (x264/x265: ultrafast … veryslow; av1: 0 … 13).
-    #[arg(long)]
-    preset: Option<String>,
-    /// Replace the output file if it exists.
-    #[arg(long)]
-    overwrite: bool,
-    /// Where to run the models: auto, cpu, cuda, cuda:N, metal.
-    #[arg(long, default_value = "auto")]
-    device: String,
-    /// Keep the work folder (finished segments) after success.
-    #[arg(long)]
-    keep_work: bool,
-    /// Render only share K of N into the work folder (for job arrays); a run without it joins.
-    #[arg(long, value_name = "K/N", value_parser = parse_share)]
-    segment: Option<(u32, u32)>,
-    /// Seconds of video per resumable segment.
-    #[arg(long, default_value_t = 2.0, hide = true)]
-    segment_seconds: f64,
+    #[command(flatten)]
+    out: VideoOut,
     /// Testing: replace the model stages by `identity` or `invert` to exercise the video path.
     #[arg(long, hide = true)]
     frame_stage: Option<String>,
@@ -146,6 +230,10 @@ fn parse_max_res(s: &str) -> Result<MaxRes, String> {
 }
 
 fn parse_codec(s: &str) -> Result<Codec, String> {
+    s.parse().map_err(|e: Error| e.to_string())
+}
+
+fn parse_target(s: &str) -> Result<Target, String> {
     s.parse().map_err(|e: Error| e.to_string())
 }
 
@@ -187,22 +275,6 @@ impl FrameStage for Delayed {
 /// The model stages the flags ask for. Features that have not landed stop here, before any
 /// work, instead of being silently ignored.
 fn build_stages(a: &StylizeArgs) -> anyhow::Result<Vec<Box<dyn FrameStage>>> {
-    if let Some(name) = &a.frame_stage {
-        let inner: Box<dyn FrameStage> = match name.as_str() {
-            "identity" => Box::new(Identity),
-            "invert" => Box::new(Invert),
-            _ => bail!("unknown --frame-stage `{name}` (identity or invert)"),
-        };
-        let stage: Box<dyn FrameStage> = if a.frame_stage_delay_ms > 0 {
-            Box::new(Delayed {
-                inner,
-                delay: std::time::Duration::from_millis(a.frame_stage_delay_ms),
-            })
-        } else {
-            inner
-        };
-        return Ok(vec![stage]);
-    }
     if a.controlnet_id.is_some() {
         return Err(Error::NotImplemented("ControlNet guidance (--controlnet-id)".into()).into());
     }
@@ -212,13 +284,49 @@ fn build_stages(a: &StylizeArgs) -> anyhow::Result<Vec<Box<dyn FrameStage>>> {
         )
         .into());
     }
+    let mut stages: Vec<Box<dyn FrameStage>> = Vec::new();
+    match &a.frame_stage {
+        Some(name) => {
+            let inner: Box<dyn FrameStage> = match name.as_str() {
+                "identity" => Box::new(Identity),
+                "invert" => Box::new(Invert),
+                _ => bail!("unknown --frame-stage `{name}` (identity or invert)"),
+            };
+            stages.push(if a.frame_stage_delay_ms > 0 {
+                Box::new(Delayed {
+                    inner,
+                    delay: std::time::Duration::from_millis(a.frame_stage_delay_ms),
+                })
+            } else {
+                inner
+            });
+        }
+        None => {
+            if a.prompt.is_none() {
+                bail!("--prompt is required (what the frames should look like, e.g. --prompt \"anime style\")");
+            }
+            return Err(
+                Error::NotImplemented("Stable Diffusion img2img (stylize --prompt)".into()).into(),
+            );
+        }
+    }
     if a.upscale {
-        return Err(Error::NotImplemented("Real-ESRGAN upscaling (--upscale)".into()).into());
+        stages.push(Box::new(a.upscale_flags.stage(&a.out.device)?));
     }
-    if a.prompt.is_none() {
-        bail!("--prompt is required (what the frames should look like, e.g. --prompt \"anime style\")");
-    }
-    Err(Error::NotImplemented("Stable Diffusion img2img (stylize --prompt)".into()).into())
+    Ok(stages)
+}
+
+/// Probes the input, runs the job, reports the outcome.
+fn render(
+    job: Job,
+    stages: &mut [Box<dyn FrameStage>],
+    progress: &mut CliProgress,
+) -> anyhow::Result<ExitCode> {
+    progress.stage(Stage::Probe);
+    let info = probe(&job.input)?;
+    let outcome = pipeline::run(&job, &info, stages, progress);
+    progress.finish();
+    report(outcome?)
 }
 
 fn stylize(a: StylizeArgs, progress: &mut CliProgress) -> anyhow::Result<ExitCode> {
@@ -229,25 +337,108 @@ fn stylize(a: StylizeArgs, progress: &mut CliProgress) -> anyhow::Result<ExitCod
             a.guidance
         );
     }
-    if !a.segment_seconds.is_finite() || a.segment_seconds <= 0.0 {
-        bail!("--segment-seconds must be positive");
-    }
-    stylizer::device::select(&a.device)?;
-    let encode = EncodeSettings::new(a.codec, a.crf, a.preset.clone())?;
+    stylizer::device::select(&a.out.device)?;
+    let job = a.out.job(&a.input, "stylized", a.max_res)?;
     let mut stages = build_stages(&a)?;
+    render(job, &mut stages, progress)
+}
 
-    progress.stage(Stage::Probe);
-    let info = probe(&a.input)?;
-    let output = pipeline::output_path(&a.input, a.output.as_deref(), "stylized");
-    let mut job = Job::new(a.input.clone(), output, encode);
-    job.max_res = a.max_res;
-    job.overwrite = a.overwrite;
-    job.keep_work = a.keep_work;
-    job.segment_seconds = a.segment_seconds;
-    job.share = a.segment;
-    let outcome = pipeline::run(&job, &info, &mut stages, progress);
+fn upscale(a: UpscaleArgs, progress: &mut CliProgress) -> anyhow::Result<ExitCode> {
+    let stage = a.upscale.stage(&a.out.device)?;
+    if a.input.is_dir() || images::is_image(&a.input) {
+        return upscale_images(&a, stage, progress);
+    }
+    // Videos are upscaled from their own size: `--max-res` belongs to stylizing.
+    let job = a.out.job(&a.input, "upscaled", MaxRes::Original)?;
+    let mut stages: Vec<Box<dyn FrameStage>> = vec![Box::new(stage)];
+    render(job, &mut stages, progress)
+}
+
+/// `upscale` on an image or a folder of images: `<stem>_upscaled.<ext>` next to each, or in
+/// the `-o` folder (or `-o` file for a single image).
+fn upscale_images(
+    a: &UpscaleArgs,
+    mut stage: UpscaleStage,
+    progress: &mut CliProgress,
+) -> anyhow::Result<ExitCode> {
+    let inputs = if a.input.is_dir() {
+        images::list_images(&a.input)?
+    } else {
+        vec![a.input.clone()]
+    };
+    if inputs.is_empty() {
+        bail!("{}: no png, jpg or webp images in this folder", a.input.display());
+    }
+    let out_dir = a.out.output.as_deref().filter(|o| o.is_dir() || inputs.len() > 1);
+    if let Some(dir) = out_dir {
+        if !dir.is_dir() {
+            bail!("{}: output folder does not exist", dir.display());
+        }
+    }
+    let targets: Vec<PathBuf> = inputs
+        .iter()
+        .map(|i| {
+            let stem = i.file_stem().unwrap_or_default().to_string_lossy();
+            let ext = i.extension().unwrap_or_default().to_string_lossy();
+            let name = format!("{stem}_upscaled.{ext}");
+            match (out_dir, &a.out.output) {
+                (Some(dir), _) => dir.join(name),
+                (None, Some(file)) => file.clone(),
+                (None, None) => i.with_file_name(name),
+            }
+        })
+        .collect();
+    // Checked for all images before the first one is processed.
+    for t in &targets {
+        if t.exists() && !a.out.overwrite {
+            bail!("{}: already exists (use --overwrite to replace it)", t.display());
+        }
+    }
+    progress.stage(Stage::LoadModels);
+    stage.prepare()?;
+    progress.stage(Stage::Render);
+    for (n, (input, target)) in inputs.iter().zip(&targets).enumerate() {
+        if stylizer::cancel::requested() {
+            bail!("interrupted after {n} of {} images", inputs.len());
+        }
+        let frame = images::read_image(input)?;
+        let out = stage.process(frame, n as u64)?;
+        images::write_image(&out, target)?;
+        progress.frame(n as u64 + 1, inputs.len() as u64);
+    }
     progress.finish();
-    report(outcome?)
+    eprintln!("wrote {} image(s)", targets.len());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn models(command: ModelsCommand, progress: &mut CliProgress) -> anyhow::Result<ExitCode> {
+    use stylizer::upscale::fetch;
+    let dir = fetch::models_dir();
+    match command {
+        ModelsCommand::List => {
+            println!("model cache: {} (set {} to move it)", dir.display(), fetch::MODELS_ENV);
+            for m in fetch::KNOWN_MODELS {
+                let have = if dir.join(m.file).is_file() { "cached" } else { "not downloaded" };
+                println!("  {:<28} {:>5} MB  {have}", m.name, m.bytes >> 20);
+            }
+        }
+        ModelsCommand::Fetch { name } => {
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("creating the model cache {}", dir.display()))?;
+            let mut last = 0u64;
+            let path = fetch::fetch_model(&name, &dir, &mut |done, total| {
+                // Progress in frames of 1 MiB.
+                let mib = done >> 20;
+                if mib != last {
+                    last = mib;
+                    progress.frame(mib, total.map_or(mib, |t| t >> 20));
+                }
+            })?;
+            progress.finish();
+            eprintln!("{name}: {}", path.display());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn report(outcome: Outcome) -> anyhow::Result<ExitCode> {
@@ -333,6 +524,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let mut progress = CliProgress::new(Mode::detect(cli.quiet));
     match cli.command {
         Command::Stylize(a) => stylize(*a, &mut progress),
+        Command::Upscale(a) => upscale(*a, &mut progress),
+        Command::Models { command } => models(command, &mut progress),
         Command::Probe { input, json } => print_probe(&input, json),
         Command::Join {
             work_dir,

@@ -41,6 +41,10 @@ pub enum Error {
     #[error("model: {0}")]
     Model(String),
 
+    /// Not enough memory for a model's activations; the upscaler retries with smaller tiles.
+    #[error("out of memory: {0}")]
+    OutOfMemory(String),
+
     /// Weights missing, unreadable or of the wrong shape.
     #[error("weights: {0}")]
     Weights(String),

