@@ -47,7 +47,7 @@ impl Nhwc {
         data.try_reserve_exact(n).map_err(|_| {
             Error::OutOfMemory(format!(
                 "{} MB for a {w}x{h}x{stride} activation",
-                n * 4 >> 20
+                (n * 4) >> 20
             ))
         })?;
         data.resize(n, 0.0);
@@ -221,7 +221,7 @@ unsafe impl Sync for Ptr {}
 
 /// Output pixels per band: large enough that gemm's packing is amortised, small enough that a
 /// band's output stays in L2 between the gemms and the epilogue.
-const BAND_PIXELS: usize = 2048;
+const BAND_PIXELS: usize = 1024;
 
 impl Conv3x3 {
     /// From PyTorch's `[cout, cin, 3, 3]` weight and `[cout]` bias.
