@@ -248,11 +248,6 @@ impl Conv3x3 {
         Ok(Self { cin, cout, w, b })
     }
 
-    /// Multiply-adds per output pixel.
-    pub fn macs_per_pixel(&self) -> usize {
-        9 * self.cin * self.cout
-    }
-
     /// `dst[off..off+cout] = epilogue(conv(src[0..cin]))`, `src` and `dst` distinct.
     pub fn run(
         &self,
