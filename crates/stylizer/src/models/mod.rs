@@ -53,14 +53,14 @@ impl SrConfig {
 
 /// A super-resolution network: RGB `[1, 3, H, W]` in [0, 1] → `[1, 3, H·s, W·s]`, unclamped.
 pub enum SrNet {
-    Rrdb(RrdbNet),
+    Rrdb(Box<RrdbNet>),
     Srvgg(SrvggNet),
 }
 
 impl SrNet {
     pub fn new(vb: VarBuilder, cfg: &SrConfig) -> Result<Self> {
         Ok(match cfg {
-            SrConfig::Rrdb(c) => Self::Rrdb(RrdbNet::new(vb, c)?),
+            SrConfig::Rrdb(c) => Self::Rrdb(Box::new(RrdbNet::new(vb, c)?)),
             SrConfig::Srvgg(c) => Self::Srvgg(SrvggNet::new(vb, c)?),
         })
     }

@@ -47,7 +47,7 @@ impl Nhwc {
         data.try_reserve_exact(n).map_err(|_| {
             Error::OutOfMemory(format!(
                 "{} MB for a {w}x{h}x{stride} activation",
-                n * 4 >> 20
+                (n * 4) >> 20
             ))
         })?;
         data.resize(n, 0.0);
@@ -221,7 +221,7 @@ unsafe impl Sync for Ptr {}
 
 /// Output pixels per band: large enough that gemm's packing is amortised, small enough that a
 /// band's output stays in L2 between the gemms and the epilogue.
-const BAND_PIXELS: usize = 2048;
+const BAND_PIXELS: usize = 1024;
 
 impl Conv3x3 {
     /// From PyTorch's `[cout, cin, 3, 3]` weight and `[cout]` bias.
@@ -246,11 +246,6 @@ impl Conv3x3 {
             )));
         }
         Ok(Self { cin, cout, w, b })
-    }
-
-    /// Multiply-adds per output pixel.
-    pub fn macs_per_pixel(&self) -> usize {
-        9 * self.cin * self.cout
     }
 
     /// `dst[off..off+cout] = epilogue(conv(src[0..cin]))`, `src` and `dst` distinct.

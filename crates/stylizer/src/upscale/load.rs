@@ -186,6 +186,9 @@ impl Bin<'_> {
     }
 }
 
+/// One Convolution or PReLU of the file: (is_conv, values, shape, bias).
+type Weighted = (bool, Vec<f32>, Vec<usize>, Option<Vec<f32>>);
+
 /// Reads an ncnn Real-ESRGAN model into PyTorch-named tensors.
 pub fn load_ncnn(param: &Path, bin: &Path) -> Result<HashMap<String, Tensor>> {
     let text = std::fs::read_to_string(param)
@@ -197,8 +200,7 @@ pub fn load_ncnn(param: &Path, bin: &Path) -> Result<HashMap<String, Tensor>> {
         pos: 0,
         path: bin,
     };
-    // (is_conv, weight, shape, bias) in file order.
-    let mut weighted: Vec<(bool, Vec<f32>, Vec<usize>, Option<Vec<f32>>)> = Vec::new();
+    let mut weighted: Vec<Weighted> = Vec::new();
     for l in &layers {
         match l.ty.as_str() {
             "Convolution" => {
