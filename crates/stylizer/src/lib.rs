@@ -7,6 +7,7 @@ pub mod error;
 pub mod frame;
 pub mod progress;
 pub mod stage;
+pub mod stylize;
 pub mod video;
 
 pub use error::{Error, Result};

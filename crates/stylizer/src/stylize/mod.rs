@@ -1,0 +1,3 @@
+pub mod img2img;
+pub mod noise;
+pub mod schedulers;
