@@ -122,11 +122,8 @@ impl ReplayNoise {
 
     /// Reads a golden `.safetensors` file.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let tensors =
-            candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| Error::Input {
-                path: path.into(),
-                reason: e.to_string(),
-            })?;
+        let tensors = candle_core::safetensors::load(path, &Device::Cpu)
+            .map_err(|e| Error::input(path, e.to_string()))?;
         Ok(Self::new(tensors))
     }
 
