@@ -7,7 +7,9 @@ pub mod error;
 pub mod frame;
 pub mod progress;
 pub mod stage;
+pub mod stylize;
 pub mod video;
+pub mod weights;
 
 pub use error::{Error, Result};
 pub use frame::Frame;
