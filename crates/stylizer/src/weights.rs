@@ -77,19 +77,26 @@ pub struct HubOptions {
 }
 
 fn env_flag(name: &str) -> bool {
-    std::env::var(name).is_ok_and(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
+    std::env::var(name).is_ok_and(|v| {
+        matches!(
+            v.trim().to_ascii_lowercase().as_str(),
+            "1" | "true" | "yes" | "on"
+        )
+    })
 }
 
 impl HubOptions {
     /// Settings from the environment variables `huggingface_hub` reads.
     pub fn from_env() -> Self {
-        let home = std::env::var_os("HF_HOME").map(PathBuf::from).unwrap_or_else(|| {
-            std::env::var_os("XDG_CACHE_HOME")
-                .map(PathBuf::from)
-                .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-                .unwrap_or_else(|| PathBuf::from(".cache"))
-                .join("huggingface")
-        });
+        let home = std::env::var_os("HF_HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                std::env::var_os("XDG_CACHE_HOME")
+                    .map(PathBuf::from)
+                    .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+                    .unwrap_or_else(|| PathBuf::from(".cache"))
+                    .join("huggingface")
+            });
         let cache_dir = std::env::var_os("HF_HUB_CACHE")
             .map(PathBuf::from)
             .unwrap_or_else(|| home.join("hub"));
@@ -141,7 +148,9 @@ impl RepoFiles {
     pub fn hub(id: &str, opts: &HubOptions) -> Result<Self> {
         let rev = opts.revision();
         if opts.offline {
-            let repo_dir = opts.cache_dir.join(format!("models--{}", id.replace('/', "--")));
+            let repo_dir = opts
+                .cache_dir
+                .join(format!("models--{}", id.replace('/', "--")));
             let commit = std::fs::read_to_string(repo_dir.join("refs").join(rev))
                 .map(|c| c.trim().to_string())
                 .unwrap_or_else(|_| rev.to_string());
@@ -158,11 +167,12 @@ impl RepoFiles {
                 kind: RepoKind::Local(snapshot),
             });
         }
-        let api = hf_hub::api::sync::ApiBuilder::from_cache(hf_hub::Cache::new(opts.cache_dir.clone()))
-            .with_token(opts.token.clone())
-            .with_progress(false)
-            .build()
-            .map_err(|e| Error::Weights(format!("hub client: {e}")))?;
+        let api =
+            hf_hub::api::sync::ApiBuilder::from_cache(hf_hub::Cache::new(opts.cache_dir.clone()))
+                .with_token(opts.token.clone())
+                .with_progress(false)
+                .build()
+                .map_err(|e| Error::Weights(format!("hub client: {e}")))?;
         let repo = api.repo(hf_hub::Repo::with_revision(
             id.to_string(),
             hf_hub::RepoType::Model,
@@ -281,7 +291,8 @@ impl TensorFile {
             // that at worst crashes the process, as with every mmap-based loader.
             let mmap = unsafe { memmap2::Mmap::map(&file) }
                 .map_err(|e| Error::io(format!("mapping {}", path.display()), e))?;
-            let (header, meta) = safetensors::SafeTensors::read_metadata(&mmap).map_err(|e| bad(&e))?;
+            let (header, meta) =
+                safetensors::SafeTensors::read_metadata(&mmap).map_err(|e| bad(&e))?;
             let infos = meta
                 .tensors()
                 .into_iter()
@@ -333,8 +344,12 @@ impl TensorFile {
                     safetensors::Dtype::I64 => DType::I64,
                     other => candle_core::bail!("{key}: unsupported dtype {other:?}"),
                 };
-                let (start, end) = (data_start + info.data_offsets.0, data_start + info.data_offsets.1);
-                let t = Tensor::from_raw_buffer(&mmap[start..end], dtype, &info.shape, &Device::Cpu)?;
+                let (start, end) = (
+                    data_start + info.data_offsets.0,
+                    data_start + info.data_offsets.1,
+                );
+                let t =
+                    Tensor::from_raw_buffer(&mmap[start..end], dtype, &info.shape, &Device::Cpu)?;
                 release_pages(mmap, start, end);
                 Ok(Some(t))
             }
@@ -392,7 +407,9 @@ impl TensorStore {
 
     /// Every stored name as the model name.
     pub fn open_plain(paths: &[PathBuf], what: &str) -> Result<Self> {
-        Self::open(paths, what, |name| vec![(name.to_string(), TensorRef::key(name))])
+        Self::open(paths, what, |name| {
+            vec![(name.to_string(), TensorRef::key(name))]
+        })
     }
 
     /// Names of all stored tensors (before renaming) of the first file.
@@ -491,7 +508,13 @@ mod tests {
             cache_dir: dir.path().to_path_buf(),
             ..Default::default()
         };
-        let e = RepoFiles::hub("owner/model", &opts).err().unwrap().to_string();
-        assert!(e.contains("not in the Hugging Face cache") && e.contains("HF_HUB_OFFLINE"), "{e}");
+        let e = RepoFiles::hub("owner/model", &opts)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("not in the Hugging Face cache") && e.contains("HF_HUB_OFFLINE"),
+            "{e}"
+        );
     }
 }

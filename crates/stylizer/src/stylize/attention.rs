@@ -9,7 +9,10 @@
 //! `proj_out` shapes for any inner size, and attention sliced by a memory budget.
 
 use candle_core::{DType, IndexOp, Module, Result, Tensor};
-use candle_nn::{conv2d, group_norm, layer_norm, linear, linear_no_bias, Conv2d, GroupNorm, LayerNorm, Linear, VarBuilder};
+use candle_nn::{
+    conv2d, group_norm, layer_norm, linear, linear_no_bias, Conv2d, GroupNorm, LayerNorm, Linear,
+    VarBuilder,
+};
 
 /// How attention scores are computed: all heads at once, or in slices of (batch × head)
 /// pairs so that the `tokens × tokens` score matrices never exceed a memory budget
@@ -86,9 +89,15 @@ impl CrossAttention {
         let context = context.unwrap_or(xs);
         let in_dtype = xs.dtype();
         // Scores and softmax in f32 (diffusers' upcast_attention/upcast_softmax); a no-op in f32.
-        let q = self.split_heads(&self.to_q.forward(xs)?)?.to_dtype(DType::F32)?;
-        let k = self.split_heads(&self.to_k.forward(context)?)?.to_dtype(DType::F32)?;
-        let v = self.split_heads(&self.to_v.forward(context)?)?.to_dtype(DType::F32)?;
+        let q = self
+            .split_heads(&self.to_q.forward(xs)?)?
+            .to_dtype(DType::F32)?;
+        let k = self
+            .split_heads(&self.to_k.forward(context)?)?
+            .to_dtype(DType::F32)?;
+        let v = self
+            .split_heads(&self.to_v.forward(context)?)?
+            .to_dtype(DType::F32)?;
         let kt = (k.transpose(1, 2)? * self.scale)?.contiguous()?;
         let pairs = q.dim(0)?;
         let step = self.slicing.slice_size(pairs, n, kt.dim(2)?);
@@ -145,7 +154,10 @@ struct BasicTransformerBlock {
 impl BasicTransformerBlock {
     fn forward(&self, xs: &Tensor, context: &Tensor) -> Result<Tensor> {
         let xs = (self.attn1.forward(&self.norm1.forward(xs)?, None)? + xs)?;
-        let xs = (self.attn2.forward(&self.norm2.forward(&xs)?, Some(context))? + xs)?;
+        let xs = (self
+            .attn2
+            .forward(&self.norm2.forward(&xs)?, Some(context))?
+            + xs)?;
         self.ff.forward(&self.norm3.forward(&xs)?)? + xs
     }
 }
@@ -187,8 +199,20 @@ impl SpatialTransformer {
             )
         } else {
             (
-                Proj::Conv(conv2d(c.channels, inner, 1, Default::default(), vb.pp("proj_in"))?),
-                Proj::Conv(conv2d(inner, c.channels, 1, Default::default(), vb.pp("proj_out"))?),
+                Proj::Conv(conv2d(
+                    c.channels,
+                    inner,
+                    1,
+                    Default::default(),
+                    vb.pp("proj_in"),
+                )?),
+                Proj::Conv(conv2d(
+                    inner,
+                    c.channels,
+                    1,
+                    Default::default(),
+                    vb.pp("proj_out"),
+                )?),
             )
         };
         let vbt = vb.pp("transformer_blocks");
@@ -196,7 +220,14 @@ impl SpatialTransformer {
             .map(|i| {
                 let vb = vbt.pp(i);
                 Ok(BasicTransformerBlock {
-                    attn1: CrossAttention::new(vb.pp("attn1"), inner, inner, c.heads, head_dim, c.slicing)?,
+                    attn1: CrossAttention::new(
+                        vb.pp("attn1"),
+                        inner,
+                        inner,
+                        c.heads,
+                        head_dim,
+                        c.slicing,
+                    )?,
                     attn2: CrossAttention::new(
                         vb.pp("attn2"),
                         inner,
@@ -236,7 +267,9 @@ impl SpatialTransformer {
         }
         let inner = tokens.dim(2)?;
         let to_image = |t: &Tensor, ch: usize| -> Result<Tensor> {
-            t.reshape((b, h, w, ch))?.permute((0, 3, 1, 2))?.contiguous()
+            t.reshape((b, h, w, ch))?
+                .permute((0, 3, 1, 2))?
+                .contiguous()
         };
         let out = match &self.proj_out {
             Proj::Conv(p) => p.forward(&to_image(&tokens, inner)?)?,

@@ -213,7 +213,10 @@ pub fn text_encoder_name(key: &str) -> Vec<(String, TensorRef)> {
         _ => {
             if let Some(r) = k.strip_prefix("ln_final.") {
                 format!("text_model.final_layer_norm.{r}")
-            } else if let Some((i, r)) = k.strip_prefix("transformer.resblocks.").and_then(split_index) {
+            } else if let Some((i, r)) = k
+                .strip_prefix("transformer.resblocks.")
+                .and_then(split_index)
+            {
                 let layer = format!("text_model.encoder.layers.{i}");
                 if let Some(kind) = r.strip_prefix("attn.in_proj_") {
                     return ["q_proj", "k_proj", "v_proj"]
@@ -236,7 +239,10 @@ pub fn text_encoder_name(key: &str) -> Vec<(String, TensorRef)> {
                     ("mlp.c_fc.", "mlp.fc1."),
                     ("mlp.c_proj.", "mlp.fc2."),
                 ];
-                match MAP.iter().find_map(|(from, to)| Some(format!("{to}{}", r.strip_prefix(from)?))) {
+                match MAP
+                    .iter()
+                    .find_map(|(from, to)| Some(format!("{to}{}", r.strip_prefix(from)?)))
+                {
                     Some(n) => format!("{layer}.{n}"),
                     None => return vec![],
                 }
@@ -260,16 +266,34 @@ mod tests {
     fn unet_keys_follow_diffusers_conversion() {
         let m = |k: &str| names(unet_name(&format!("{UNET}{k}"), 2));
         assert_eq!(m("input_blocks.0.0.weight"), ["conv_in.weight"]);
-        assert_eq!(m("input_blocks.1.0.in_layers.2.weight"), ["down_blocks.0.resnets.0.conv1.weight"]);
+        assert_eq!(
+            m("input_blocks.1.0.in_layers.2.weight"),
+            ["down_blocks.0.resnets.0.conv1.weight"]
+        );
         assert_eq!(
             m("input_blocks.5.1.transformer_blocks.0.attn2.to_k.weight"),
             ["down_blocks.1.attentions.1.transformer_blocks.0.attn2.to_k.weight"]
         );
-        assert_eq!(m("input_blocks.3.0.op.bias"), ["down_blocks.0.downsamplers.0.conv.bias"]);
-        assert_eq!(m("middle_block.2.skip_connection.weight"), ["mid_block.resnets.1.conv_shortcut.weight"]);
-        assert_eq!(m("output_blocks.2.1.conv.weight"), ["up_blocks.0.upsamplers.0.conv.weight"]);
-        assert_eq!(m("output_blocks.5.2.conv.bias"), ["up_blocks.1.upsamplers.0.conv.bias"]);
-        assert_eq!(m("output_blocks.4.1.proj_in.weight"), ["up_blocks.1.attentions.1.proj_in.weight"]);
+        assert_eq!(
+            m("input_blocks.3.0.op.bias"),
+            ["down_blocks.0.downsamplers.0.conv.bias"]
+        );
+        assert_eq!(
+            m("middle_block.2.skip_connection.weight"),
+            ["mid_block.resnets.1.conv_shortcut.weight"]
+        );
+        assert_eq!(
+            m("output_blocks.2.1.conv.weight"),
+            ["up_blocks.0.upsamplers.0.conv.weight"]
+        );
+        assert_eq!(
+            m("output_blocks.5.2.conv.bias"),
+            ["up_blocks.1.upsamplers.0.conv.bias"]
+        );
+        assert_eq!(
+            m("output_blocks.4.1.proj_in.weight"),
+            ["up_blocks.1.attentions.1.proj_in.weight"]
+        );
         assert_eq!(m("time_embed.2.bias"), ["time_embedding.linear_2.bias"]);
         assert!(unet_name("model_ema.decay", 2).is_empty());
     }
@@ -277,9 +301,18 @@ mod tests {
     #[test]
     fn vae_levels_are_reversed_in_the_decoder() {
         let m = |k: &str| names(vae_name(&format!("{VAE}{k}"), 4));
-        assert_eq!(m("decoder.up.3.block.0.nin_shortcut.weight"), ["decoder.up_blocks.0.resnets.0.conv_shortcut.weight"]);
-        assert_eq!(m("decoder.up.1.upsample.conv.bias"), ["decoder.up_blocks.2.upsamplers.0.conv.bias"]);
-        assert_eq!(m("encoder.down.0.downsample.conv.weight"), ["encoder.down_blocks.0.downsamplers.0.conv.weight"]);
+        assert_eq!(
+            m("decoder.up.3.block.0.nin_shortcut.weight"),
+            ["decoder.up_blocks.0.resnets.0.conv_shortcut.weight"]
+        );
+        assert_eq!(
+            m("decoder.up.1.upsample.conv.bias"),
+            ["decoder.up_blocks.2.upsamplers.0.conv.bias"]
+        );
+        assert_eq!(
+            m("encoder.down.0.downsample.conv.weight"),
+            ["encoder.down_blocks.0.downsamplers.0.conv.weight"]
+        );
         let attn = vae_name(&format!("{VAE}encoder.mid.attn_1.q.weight"), 4);
         assert_eq!(attn[0].0, "encoder.mid_block.attentions.0.to_q.weight");
         assert!(attn[0].1.squeeze);
@@ -287,18 +320,31 @@ mod tests {
 
     #[test]
     fn open_clip_fused_projections_are_split() {
-        let v = text_encoder_name(&format!("{OPEN_CLIP}transformer.resblocks.3.attn.in_proj_weight"));
+        let v = text_encoder_name(&format!(
+            "{OPEN_CLIP}transformer.resblocks.3.attn.in_proj_weight"
+        ));
         let got: Vec<_> = v.iter().map(|(n, r)| (n.as_str(), r.rows)).collect();
         assert_eq!(
             got,
             [
-                ("text_model.encoder.layers.3.self_attn.q_proj.weight", Some((0, 3))),
-                ("text_model.encoder.layers.3.self_attn.k_proj.weight", Some((1, 3))),
-                ("text_model.encoder.layers.3.self_attn.v_proj.weight", Some((2, 3))),
+                (
+                    "text_model.encoder.layers.3.self_attn.q_proj.weight",
+                    Some((0, 3))
+                ),
+                (
+                    "text_model.encoder.layers.3.self_attn.k_proj.weight",
+                    Some((1, 3))
+                ),
+                (
+                    "text_model.encoder.layers.3.self_attn.v_proj.weight",
+                    Some((2, 3))
+                ),
             ]
         );
         assert_eq!(
-            names(text_encoder_name(&format!("{OPEN_CLIP}positional_embedding"))),
+            names(text_encoder_name(&format!(
+                "{OPEN_CLIP}positional_embedding"
+            ))),
             ["text_model.embeddings.position_embedding.weight"]
         );
         assert!(text_encoder_name(&format!("{OPEN_CLIP}text_projection")).is_empty());

@@ -151,7 +151,11 @@ impl ClipTextModel {
                 emb.pp("position_embedding"),
             )?,
             layers,
-            final_layer_norm: layer_norm(c.hidden_size, c.layer_norm_eps, vb.pp("final_layer_norm"))?,
+            final_layer_norm: layer_norm(
+                c.hidden_size,
+                c.layer_norm_eps,
+                vb.pp("final_layer_norm"),
+            )?,
             config: config.clone(),
         })
     }

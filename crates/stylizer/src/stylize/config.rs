@@ -186,7 +186,11 @@ impl UNetConfig {
                 r.mid_block_type.as_deref() != Some("UNetMidBlock2DCrossAttn"),
                 format!("{:?}", r.mid_block_type),
             ),
-            ("class_embed_type", r.class_embed_type.is_some(), format!("{:?}", r.class_embed_type)),
+            (
+                "class_embed_type",
+                r.class_embed_type.is_some(),
+                format!("{:?}", r.class_embed_type),
+            ),
             (
                 "addition_embed_type",
                 r.addition_embed_type.is_some(),
@@ -207,17 +211,31 @@ impl UNetConfig {
                 r.time_cond_proj_dim.is_some(),
                 format!("{:?}", r.time_cond_proj_dim),
             ),
-            ("encoder_hid_dim", r.encoder_hid_dim.is_some(), format!("{:?}", r.encoder_hid_dim)),
-            ("dual_cross_attention", r.dual_cross_attention, "true".into()),
+            (
+                "encoder_hid_dim",
+                r.encoder_hid_dim.is_some(),
+                format!("{:?}", r.encoder_hid_dim),
+            ),
+            (
+                "dual_cross_attention",
+                r.dual_cross_attention,
+                "true".into(),
+            ),
             (
                 "conv_in_kernel/conv_out_kernel",
                 r.conv_in_kernel != 3 || r.conv_out_kernel != 3,
                 format!("{}/{}", r.conv_in_kernel, r.conv_out_kernel),
             ),
-            ("attention_type", r.attention_type != "default", r.attention_type.clone()),
+            (
+                "attention_type",
+                r.attention_type != "default",
+                r.attention_type.clone(),
+            ),
             (
                 "only_cross_attention",
-                r.only_cross_attention.expand(n, "only_cross_attention")?.contains(&true),
+                r.only_cross_attention
+                    .expand(n, "only_cross_attention")?
+                    .contains(&true),
                 "true".into(),
             ),
         ];
@@ -250,7 +268,11 @@ impl UNetConfig {
         for i in 0..n {
             blocks.push(UNetBlock {
                 out_channels: r.block_out_channels[i],
-                down_cross_attn: kind(&r.down_block_types[i], "DownBlock2D", "CrossAttnDownBlock2D")?,
+                down_cross_attn: kind(
+                    &r.down_block_types[i],
+                    "DownBlock2D",
+                    "CrossAttnDownBlock2D",
+                )?,
                 up_cross_attn: kind(
                     &r.up_block_types[n - 1 - i],
                     "UpBlock2D",
@@ -359,7 +381,11 @@ impl VaeConfig {
                 r.up_block_types.len()
             )));
         }
-        if let Some(t) = r.down_block_types.iter().find(|t| *t != "DownEncoderBlock2D") {
+        if let Some(t) = r
+            .down_block_types
+            .iter()
+            .find(|t| *t != "DownEncoderBlock2D")
+        {
             return Err(unsupported("vae", "down_block_types", t));
         }
         if let Some(t) = r.up_block_types.iter().find(|t| *t != "UpDecoderBlock2D") {
@@ -514,7 +540,10 @@ mod tests {
         let e = UNetConfig::from_json(&json!({"time_cond_proj_dim": 256})).unwrap_err();
         assert!(e.to_string().contains("time_cond_proj_dim"), "{e}");
         let e = UNetConfig::from_json(&json!({"attention_head_dim": [8, 8]})).unwrap_err();
-        assert!(e.to_string().contains("attention_head_dim has 2 entries"), "{e}");
+        assert!(
+            e.to_string().contains("attention_head_dim has 2 entries"),
+            "{e}"
+        );
         let e = ClipTextConfig::from_json(&json!({"hidden_act": "relu"})).unwrap_err();
         assert!(e.to_string().contains("hidden_act = relu"), "{e}");
     }

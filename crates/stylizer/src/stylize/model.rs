@@ -112,7 +112,11 @@ fn repo_files(source: &ModelSource, hub: &HubOptions) -> Result<RepoFiles> {
 
 impl SdFiles {
     /// Finds (and downloads, unless offline) what the pipeline needs from `source`.
-    pub fn resolve(source: &ModelSource, opts: &LoadOptions, progress: &mut dyn Progress) -> Result<Self> {
+    pub fn resolve(
+        source: &ModelSource,
+        opts: &LoadOptions,
+        progress: &mut dyn Progress,
+    ) -> Result<Self> {
         let (repo, single) = match source {
             ModelSource::File(path) => {
                 let names = TensorStore::stored_names(path)?;
@@ -138,7 +142,12 @@ impl SdFiles {
             other => (repo_files(other, &opts.hub)?, None),
         };
 
-        let variant = opts.hub.variant.as_deref().map(|v| format!(".{v}")).unwrap_or_default();
+        let variant = opts
+            .hub
+            .variant
+            .as_deref()
+            .map(|v| format!(".{v}"))
+            .unwrap_or_default();
         let has_fast_tokenizer = repo.has("tokenizer/tokenizer.json");
         let mut wanted: Vec<(String, bool)> = [
             ("scheduler/scheduler_config.json", true),
@@ -182,7 +191,8 @@ impl SdFiles {
             .and_then(|p| p.parent())
             .ok_or_else(|| Error::Weights(format!("{}: no tokenizer files", repo.name())))?
             .to_path_buf();
-        let tokenizer = ClipTokenizer::from_dir(&tokenizer_dir, text_config.max_position_embeddings)?;
+        let tokenizer =
+            ClipTokenizer::from_dir(&tokenizer_dir, text_config.max_position_embeddings)?;
         let (unet, vae, text_encoder) = match &single {
             Some(file) => (
                 Weights::SingleFile(file.clone()),
@@ -252,20 +262,33 @@ impl SdFiles {
             }
         };
         if store.is_empty() {
-            return Err(Error::Weights(format!("{}: no {what} tensors found", self.description)));
+            return Err(Error::Weights(format!(
+                "{}: no {what} tensors found",
+                self.description
+            )));
         }
         Ok(store)
     }
 
-    fn var_builder(&self, weights: &Weights, what: &str, dtype: DType) -> Result<VarBuilder<'static>> {
+    fn var_builder(
+        &self,
+        weights: &Weights,
+        what: &str,
+        dtype: DType,
+    ) -> Result<VarBuilder<'static>> {
         let store = self.store(weights, what)?;
-        Ok(VarBuilder::from_backend(Box::new(store), dtype, self.device.clone()))
+        Ok(VarBuilder::from_backend(
+            Box::new(store),
+            dtype,
+            self.device.clone(),
+        ))
     }
 
     /// Loads the CLIP text encoder (the caller drops it when done).
     pub fn text_encoder(&self) -> Result<ClipTextModel> {
         let vb = self.var_builder(&self.text_encoder, "text_encoder", self.dtype)?;
-        ClipTextModel::new(vb, &self.text_config).map_err(|e| Error::Weights(format!("text encoder: {e}")))
+        ClipTextModel::new(vb, &self.text_config)
+            .map_err(|e| Error::Weights(format!("text encoder: {e}")))
     }
 
     /// Text embeddings `[n, tokens, dim]` in the model dtype: `[negative, prompt]` (the
@@ -326,7 +349,10 @@ impl SdModel {
     /// `latents` `[b, c, h, w]` at `timesteps` (one for all, or one per batch element),
     /// conditioned on `text` `[b, tokens, dim]`. Returned in f32.
     pub fn unet(&self, latents: &Tensor, timesteps: &[f64], text: &Tensor) -> Result<Tensor> {
-        Ok(self.unet.forward(latents, timesteps, text)?.to_dtype(DType::F32)?)
+        Ok(self
+            .unet
+            .forward(latents, timesteps, text)?
+            .to_dtype(DType::F32)?)
     }
 
     /// Posterior `(mean, logvar)` of `image` `[b, 3, H, W]` in [-1, 1], raw latent space

@@ -49,7 +49,8 @@ impl ClipTokenizer {
         for name in ["special_tokens_map.json", "tokenizer_config.json"] {
             let path = dir.join(name);
             if path.exists() {
-                if let (Value::Object(all), Value::Object(more)) = (&mut special, read_json(&path)?) {
+                if let (Value::Object(all), Value::Object(more)) = (&mut special, read_json(&path)?)
+                {
                     all.extend(more);
                 }
             }
@@ -60,7 +61,10 @@ impl ClipTokenizer {
                 .and_then(token_text)
                 .unwrap_or_else(|| default.to_string())
         };
-        let (bos, eos) = (get("bos_token", "<|startoftext|>"), get("eos_token", "<|endoftext|>"));
+        let (bos, eos) = (
+            get("bos_token", "<|startoftext|>"),
+            get("eos_token", "<|endoftext|>"),
+        );
         let unk = get("unk_token", "<|endoftext|>");
         let pad = get("pad_token", &eos);
         let max_len = special
@@ -79,7 +83,10 @@ impl ClipTokenizer {
         };
         let id = |t: &str| {
             tokenizer.token_to_id(t).ok_or_else(|| {
-                Error::Weights(format!("{}: token {t:?} is not in the vocabulary", dir.display()))
+                Error::Weights(format!(
+                    "{}: token {t:?} is not in the vocabulary",
+                    dir.display()
+                ))
             })
         };
         Ok(Self {
@@ -117,8 +124,10 @@ impl ClipTokenizer {
                 )));
             };
             if !added.iter().any(|a: &Value| a["content"] == t.as_str()) {
-                added.push(json!({"id": id, "content": t, "single_word": false, "lstrip": false,
-                    "rstrip": false, "normalized": false, "special": true}));
+                added.push(
+                    json!({"id": id, "content": t, "single_word": false, "lstrip": false,
+                    "rstrip": false, "normalized": false, "special": true}),
+                );
             }
         }
         let spec = json!({

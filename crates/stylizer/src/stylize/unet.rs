@@ -18,7 +18,13 @@ use candle_transformers::models::stable_diffusion::resnet::{ResnetBlock2D, Resne
 use super::attention::{AttentionSlicing, SpatialTransformer, SpatialTransformerConfig};
 use super::config::UNetConfig;
 
-fn conv3x3(vb: VarBuilder, cin: usize, cout: usize, stride: usize, padding: usize) -> Result<Conv2d> {
+fn conv3x3(
+    vb: VarBuilder,
+    cin: usize,
+    cout: usize,
+    stride: usize,
+    padding: usize,
+) -> Result<Conv2d> {
     let cfg = Conv2dConfig {
         padding,
         stride,
@@ -38,7 +44,12 @@ struct DownBlock {
 impl DownBlock {
     /// Returns the block output and the states the up path concatenates (one per resnet,
     /// plus the down-sampled one).
-    fn forward(&self, xs: &Tensor, temb: &Tensor, context: &Tensor) -> Result<(Tensor, Vec<Tensor>)> {
+    fn forward(
+        &self,
+        xs: &Tensor,
+        temb: &Tensor,
+        context: &Tensor,
+    ) -> Result<(Tensor, Vec<Tensor>)> {
         let mut xs = xs.clone();
         let mut states = Vec::with_capacity(self.resnets.len() + 1);
         for (i, resnet) in self.resnets.iter().enumerate() {
@@ -142,7 +153,11 @@ impl UNet2DConditionModel {
         let mut down_blocks = Vec::with_capacity(n);
         for (i, block) in c.blocks.iter().enumerate() {
             let vb = vb.pp("down_blocks").pp(i);
-            let cin = if i == 0 { ch0 } else { c.blocks[i - 1].out_channels };
+            let cin = if i == 0 {
+                ch0
+            } else {
+                c.blocks[i - 1].out_channels
+            };
             let cout = block.out_channels;
             let mut resnets = Vec::new();
             let mut attentions = Vec::new();
@@ -181,7 +196,11 @@ impl UNet2DConditionModel {
             let vb = vb.pp("up_blocks").pp(i);
             let level = n - 1 - i;
             let cout = c.blocks[level].out_channels;
-            let prev_out = if i == 0 { ch_last } else { c.blocks[level + 1].out_channels };
+            let prev_out = if i == 0 {
+                ch_last
+            } else {
+                c.blocks[level + 1].out_channels
+            };
             let skip_in = c.blocks[level.saturating_sub(1)].out_channels;
             let layers = c.layers_per_block + 1;
             let mut resnets = Vec::new();
@@ -260,7 +279,8 @@ impl UNet2DConditionModel {
             n => candle_core::bail!("unet: {n} timesteps for a batch of {b}"),
         };
         let dim = self.config.blocks[0].out_channels;
-        let t_emb = Tensor::from_vec(self.timestep_features(&ts), (b, dim), device)?.to_dtype(dtype)?;
+        let t_emb =
+            Tensor::from_vec(self.timestep_features(&ts), (b, dim), device)?.to_dtype(dtype)?;
         let temb = self.time_embedding.forward(&t_emb)?;
         let context = context.to_dtype(dtype)?;
 

@@ -279,7 +279,10 @@ impl AutoencoderKL {
                     tile = blend_edge(&rows[i][j - 1], &tile, blend, 3)?;
                 }
                 let (_, _, th, tw) = tile.dims4()?;
-                out_row.push(tile.narrow(2, 0, th.min(keep))?.narrow(3, 0, tw.min(keep))?);
+                out_row.push(
+                    tile.narrow(2, 0, th.min(keep))?
+                        .narrow(3, 0, tw.min(keep))?,
+                );
                 // The blended tile is what its right/lower neighbours blend with.
                 rows[i][j] = tile;
             }
