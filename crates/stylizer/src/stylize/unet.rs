@@ -11,12 +11,13 @@
 //! f32 exactly as diffusers' `get_timestep_embedding` does.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{conv2d, group_norm, Conv2d, Conv2dConfig, GroupNorm, VarBuilder};
+use candle_nn::{group_norm, Conv2dConfig, GroupNorm, VarBuilder};
 use candle_transformers::models::stable_diffusion::embeddings::TimestepEmbedding;
-use candle_transformers::models::stable_diffusion::resnet::{ResnetBlock2D, ResnetBlock2DConfig};
 
 use super::attention::{AttentionSlicing, SpatialTransformer, SpatialTransformerConfig};
 use super::config::UNetConfig;
+use super::conv::{conv2d, Conv2d};
+use super::resnet::ResnetBlock2D;
 
 fn conv3x3(
     vb: VarBuilder,
@@ -125,16 +126,15 @@ impl UNet2DConditionModel {
         let ch0 = c.blocks[0].out_channels;
         let time_dim = ch0 * 4;
         let resnet = |vb: VarBuilder, cin: usize, cout: usize, scale: f64| {
-            let cfg = ResnetBlock2DConfig {
-                out_channels: Some(cout),
-                temb_channels: Some(time_dim),
-                groups: c.norm_num_groups,
-                groups_out: None,
-                eps: c.norm_eps,
-                use_in_shortcut: None,
-                output_scale_factor: scale,
-            };
-            ResnetBlock2D::new(vb, cin, cfg)
+            ResnetBlock2D::new(
+                vb,
+                cin,
+                cout,
+                Some(time_dim),
+                c.norm_num_groups,
+                c.norm_eps,
+                scale,
+            )
         };
         let transformer = |vb: VarBuilder, channels: usize, level: usize| {
             let b = &c.blocks[level];

@@ -4,18 +4,17 @@
 //! Mirrors diffusers `models/autoencoders/autoencoder_kl.py` (`AutoencoderKL`: `encode`
 //! returning the posterior's mean and log-variance, `decode`, `tiled_encode`,
 //! `tiled_decode`, `blend_v`, `blend_h`) and `models/autoencoders/vae.py` (`Encoder`,
-//! `Decoder`). Adapted from candle-transformers' `stable_diffusion/vae.rs`
-//! (MIT/Apache-2.0), whose `DiagonalGaussianDistribution` exposes no mean and which has no
-//! tiling; the blocks are candle's.
+//! `Decoder`, `UNetMidBlock2D`, `DownEncoderBlock2D`, `UpDecoderBlock2D`). Adapted from
+//! candle-transformers' `stable_diffusion/vae.rs` and `unet_2d_blocks.rs` (MIT/Apache-2.0),
+//! whose `DiagonalGaussianDistribution` exposes no mean and which has no tiling, to use
+//! [`super::conv`].
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{conv2d, group_norm, Conv2d, Conv2dConfig, GroupNorm, VarBuilder};
-use candle_transformers::models::stable_diffusion::unet_2d_blocks::{
-    DownEncoderBlock2D, DownEncoderBlock2DConfig, UNetMidBlock2D, UNetMidBlock2DConfig,
-    UpDecoderBlock2D, UpDecoderBlock2DConfig,
-};
+use candle_nn::{group_norm, linear, Conv2dConfig, GroupNorm, Linear, VarBuilder};
 
 use super::config::VaeConfig;
+use super::conv::{conv2d, Conv2d};
+use super::resnet::ResnetBlock2D;
 
 /// When encode/decode split the image into overlapping tiles (bounded memory, slightly
 /// different pixels where tiles are blended).
@@ -37,22 +36,118 @@ fn conv(vb: VarBuilder, cin: usize, cout: usize, k: usize) -> Result<Conv2d> {
     conv2d(cin, cout, k, cfg, vb)
 }
 
-fn mid_block(vb: VarBuilder, channels: usize, groups: usize) -> Result<UNetMidBlock2D> {
-    let cfg = UNetMidBlock2DConfig {
-        num_layers: 1,
-        resnet_eps: 1e-6,
-        resnet_groups: Some(groups),
-        // One head over all channels (diffusers: attention_head_dim = channels).
-        attn_num_head_channels: None,
-        output_scale_factor: 1.0,
-    };
-    UNetMidBlock2D::new(vb, channels, None, cfg)
+fn resnet(vb: VarBuilder, cin: usize, cout: usize, groups: usize) -> Result<ResnetBlock2D> {
+    ResnetBlock2D::new(vb, cin, cout, None, groups, 1e-6, 1.0)
+}
+
+/// Single-head self-attention over all pixels with a residual (diffusers `Attention` as the
+/// VAE mid block builds it: group norm, q/k/v/out linears, `residual_connection=True`).
+struct AttentionBlock {
+    group_norm: GroupNorm,
+    to_q: Linear,
+    to_k: Linear,
+    to_v: Linear,
+    to_out: Linear,
+}
+
+impl AttentionBlock {
+    fn new(vb: VarBuilder, channels: usize, groups: usize) -> Result<Self> {
+        Ok(Self {
+            group_norm: group_norm(groups, channels, 1e-6, vb.pp("group_norm"))?,
+            to_q: linear(channels, channels, vb.pp("to_q"))?,
+            to_k: linear(channels, channels, vb.pp("to_k"))?,
+            to_v: linear(channels, channels, vb.pp("to_v"))?,
+            to_out: linear(channels, channels, vb.pp("to_out.0"))?,
+        })
+    }
+
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let (b, c, h, w) = xs.dims4()?;
+        let tokens = self
+            .group_norm
+            .forward(xs)?
+            .reshape((b, c, h * w))?
+            .transpose(1, 2)?;
+        let q = self.to_q.forward(&tokens)?;
+        let k = self.to_k.forward(&tokens)?;
+        let v = self.to_v.forward(&tokens)?;
+        let scores = (q.matmul(&k.t()?)? / (c as f64).sqrt())?;
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let out = self.to_out.forward(&probs.matmul(&v)?)?;
+        let out = out.transpose(1, 2)?.reshape((b, c, h, w))?;
+        out + xs
+    }
+}
+
+/// resnet, attention, resnet at the lowest resolution (diffusers `UNetMidBlock2D`).
+struct MidBlock {
+    resnet0: ResnetBlock2D,
+    attention: AttentionBlock,
+    resnet1: ResnetBlock2D,
+}
+
+impl MidBlock {
+    fn new(vb: VarBuilder, channels: usize, groups: usize) -> Result<Self> {
+        Ok(Self {
+            resnet0: resnet(vb.pp("resnets.0"), channels, channels, groups)?,
+            attention: AttentionBlock::new(vb.pp("attentions.0"), channels, groups)?,
+            resnet1: resnet(vb.pp("resnets.1"), channels, channels, groups)?,
+        })
+    }
+
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let xs = self.resnet0.forward(xs, None)?;
+        let xs = self.attention.forward(&xs)?;
+        self.resnet1.forward(&xs, None)
+    }
+}
+
+/// diffusers `DownEncoderBlock2D`: resnets, then a stride-2 conv after padding right and
+/// bottom by one.
+struct DownEncoderBlock {
+    resnets: Vec<ResnetBlock2D>,
+    downsample: Option<Conv2d>,
+}
+
+impl DownEncoderBlock {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let mut xs = xs.clone();
+        for r in &self.resnets {
+            xs = r.forward(&xs, None)?;
+        }
+        match &self.downsample {
+            Some(conv) => conv.forward(&xs.pad_with_zeros(3, 0, 1)?.pad_with_zeros(2, 0, 1)?),
+            None => Ok(xs),
+        }
+    }
+}
+
+/// diffusers `UpDecoderBlock2D`: resnets, then nearest ×2 and a conv.
+struct UpDecoderBlock {
+    resnets: Vec<ResnetBlock2D>,
+    upsample: Option<Conv2d>,
+}
+
+impl UpDecoderBlock {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let mut xs = xs.clone();
+        for r in &self.resnets {
+            xs = r.forward(&xs, None)?;
+        }
+        match &self.upsample {
+            Some(conv) => {
+                let (_, _, h, w) = xs.dims4()?;
+                conv.forward(&xs.upsample_nearest2d(2 * h, 2 * w)?)
+            }
+            None => Ok(xs),
+        }
+    }
 }
 
 struct Encoder {
     conv_in: Conv2d,
-    down_blocks: Vec<DownEncoderBlock2D>,
-    mid_block: UNetMidBlock2D,
+    down_blocks: Vec<DownEncoderBlock>,
+    mid_block: MidBlock,
     conv_norm_out: GroupNorm,
     conv_out: Conv2d,
 }
@@ -60,25 +155,39 @@ struct Encoder {
 impl Encoder {
     fn new(vb: VarBuilder, c: &VaeConfig) -> Result<Self> {
         let ch = &c.block_out_channels;
+        let g = c.norm_num_groups;
         let down_blocks = (0..ch.len())
             .map(|i| {
-                let cfg = DownEncoderBlock2DConfig {
-                    num_layers: c.layers_per_block,
-                    resnet_eps: 1e-6,
-                    resnet_groups: c.norm_num_groups,
-                    output_scale_factor: 1.0,
-                    add_downsample: i + 1 < ch.len(),
-                    downsample_padding: 0,
-                };
+                let vb = vb.pp("down_blocks").pp(i);
                 let cin = if i == 0 { ch[0] } else { ch[i - 1] };
-                DownEncoderBlock2D::new(vb.pp("down_blocks").pp(i), cin, ch[i], cfg)
+                let resnets = (0..c.layers_per_block)
+                    .map(|j| {
+                        resnet(
+                            vb.pp("resnets").pp(j),
+                            if j == 0 { cin } else { ch[i] },
+                            ch[i],
+                            g,
+                        )
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                let stride2 = Conv2dConfig {
+                    stride: 2,
+                    ..Default::default()
+                };
+                let downsample = (i + 1 < ch.len())
+                    .then(|| conv2d(ch[i], ch[i], 3, stride2, vb.pp("downsamplers.0.conv")))
+                    .transpose()?;
+                Ok(DownEncoderBlock {
+                    resnets,
+                    downsample,
+                })
             })
             .collect::<Result<Vec<_>>>()?;
         let last = *ch.last().expect("validated non-empty");
         Ok(Self {
             conv_in: conv(vb.pp("conv_in"), c.in_channels, ch[0], 3)?,
             down_blocks,
-            mid_block: mid_block(vb.pp("mid_block"), last, c.norm_num_groups)?,
+            mid_block: MidBlock::new(vb.pp("mid_block"), last, g)?,
             conv_norm_out: group_norm(c.norm_num_groups, last, 1e-6, vb.pp("conv_norm_out"))?,
             conv_out: conv(vb.pp("conv_out"), last, 2 * c.latent_channels, 3)?,
         })
@@ -89,7 +198,7 @@ impl Encoder {
         for block in &self.down_blocks {
             xs = block.forward(&xs)?;
         }
-        let xs = self.mid_block.forward(&xs, None)?;
+        let xs = self.mid_block.forward(&xs)?;
         let xs = candle_nn::ops::silu(&self.conv_norm_out.forward(&xs)?)?;
         self.conv_out.forward(&xs)
     }
@@ -97,8 +206,8 @@ impl Encoder {
 
 struct Decoder {
     conv_in: Conv2d,
-    mid_block: UNetMidBlock2D,
-    up_blocks: Vec<UpDecoderBlock2D>,
+    mid_block: MidBlock,
+    up_blocks: Vec<UpDecoderBlock>,
     conv_norm_out: GroupNorm,
     conv_out: Conv2d,
 }
@@ -106,23 +215,31 @@ struct Decoder {
 impl Decoder {
     fn new(vb: VarBuilder, c: &VaeConfig) -> Result<Self> {
         let rev: Vec<usize> = c.block_out_channels.iter().rev().copied().collect();
+        let g = c.norm_num_groups;
         let up_blocks = (0..rev.len())
             .map(|i| {
-                let cfg = UpDecoderBlock2DConfig {
-                    num_layers: c.layers_per_block + 1,
-                    resnet_eps: 1e-6,
-                    resnet_groups: c.norm_num_groups,
-                    output_scale_factor: 1.0,
-                    add_upsample: i + 1 < rev.len(),
-                };
+                let vb = vb.pp("up_blocks").pp(i);
                 let cin = if i == 0 { rev[0] } else { rev[i - 1] };
-                UpDecoderBlock2D::new(vb.pp("up_blocks").pp(i), cin, rev[i], cfg)
+                let resnets = (0..c.layers_per_block + 1)
+                    .map(|j| {
+                        resnet(
+                            vb.pp("resnets").pp(j),
+                            if j == 0 { cin } else { rev[i] },
+                            rev[i],
+                            g,
+                        )
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                let upsample = (i + 1 < rev.len())
+                    .then(|| conv(vb.pp("upsamplers.0.conv"), rev[i], rev[i], 3))
+                    .transpose()?;
+                Ok(UpDecoderBlock { resnets, upsample })
             })
             .collect::<Result<Vec<_>>>()?;
         let first = c.block_out_channels[0];
         Ok(Self {
             conv_in: conv(vb.pp("conv_in"), c.latent_channels, rev[0], 3)?,
-            mid_block: mid_block(vb.pp("mid_block"), rev[0], c.norm_num_groups)?,
+            mid_block: MidBlock::new(vb.pp("mid_block"), rev[0], g)?,
             up_blocks,
             conv_norm_out: group_norm(c.norm_num_groups, first, 1e-6, vb.pp("conv_norm_out"))?,
             conv_out: conv(vb.pp("conv_out"), first, c.out_channels, 3)?,
@@ -130,7 +247,7 @@ impl Decoder {
     }
 
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let mut xs = self.mid_block.forward(&self.conv_in.forward(xs)?, None)?;
+        let mut xs = self.mid_block.forward(&self.conv_in.forward(xs)?)?;
         for block in &self.up_blocks {
             xs = block.forward(&xs)?;
         }
