@@ -351,3 +351,20 @@ fn encode_prompts_orders_negative_first_and_sliced_attention_agrees() {
         .unwrap();
     check("unet with attention slices of 1", &out, &g["out"], 1e-4);
 }
+
+#[test]
+fn tiled_vae_matches_diffusers_enable_tiling() {
+    for variant in VARIANTS {
+        let opts = LoadOptions {
+            vae_tiling: VaeTiling::On,
+            ..options()
+        };
+        let model = SdModel::load(&resolve(folder(variant), &opts), &mut NoProgress).unwrap();
+        let g = golden(variant, "vae_tiled");
+        let (mean, logvar) = model.vae_encode(&g["image"]).unwrap();
+        check(&format!("{variant} tiled vae latent_mean"), &mean, &g["latent_mean"], 1e-4);
+        check(&format!("{variant} tiled vae latent_logvar"), &logvar, &g["latent_logvar"], 1e-4);
+        let decoded = model.vae_decode(&g["latent_mean"]).unwrap();
+        check(&format!("{variant} tiled vae decoded"), &decoded, &g["decoded"], 5e-4);
+    }
+}
