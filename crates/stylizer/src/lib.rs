@@ -9,6 +9,7 @@ pub mod progress;
 pub mod stage;
 pub mod stylize;
 pub mod video;
+pub mod weights;
 
 pub use error::{Error, Result};
 pub use frame::Frame;
