@@ -4,7 +4,9 @@
 //!
 //! ```text
 //! cargo run --release --example sd_replay -- --model DIR|FILE|ID --golden IN.safetensors \
-//!     --part text_encoder|unet|vae --out OUT.safetensors
+//!     --part text_encoder|unet|vae|img2img --out OUT.safetensors \
+//!     [--scheduler ddim|euler|euler_a|dpmpp_2m|dpmpp_2m_karras|lcm --prompt TEXT \
+//!      --negative-prompt TEXT --strength S --steps N --guidance G]   (img2img; defaults: golden_sd.py's)
 //! ```
 //! Each part is one function taking the golden's tensors and returning ours.
 
@@ -12,7 +14,10 @@ use std::collections::HashMap;
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
+use stylizer::stylize::img2img::{img2img as run_img2img, Img2ImgParams};
 use stylizer::stylize::model::{LoadOptions, SdFiles, SdModel};
+use stylizer::stylize::noise::ReplayNoise;
+use stylizer::stylize::schedulers::SchedulerConfig;
 use stylizer::stylize::vae::VaeTiling;
 use stylizer::weights::ModelSource;
 use stylizer::NoProgress;
@@ -54,6 +59,60 @@ fn vae(files: &SdFiles, golden: &Tensors) -> Result<Tensors> {
     ]))
 }
 
+/// img2img with the golden's recorded noise: `image_in`, `noise_vae`, `noise_add`, `step{i}.noise`.
+fn img2img(files: &SdFiles, golden: &Tensors, args: &HashMap<String, String>) -> Result<Tensors> {
+    let arg = |k: &str, default: &str| args.get(k).cloned().unwrap_or_else(|| default.to_string());
+    let prompt = arg("prompt", "a photograph of an astronaut riding a horse");
+    let negative = arg("negative-prompt", "");
+    let params = Img2ImgParams {
+        strength: arg("strength", "0.6").parse().context("--strength")?,
+        steps: arg("steps", "10").parse().context("--steps")?,
+        guidance: arg("guidance", "7.5").parse().context("--guidance")?,
+        scheduler: arg("scheduler", "ddim").parse()?,
+    };
+    let ids = |text: &str| -> Result<Tensor> {
+        let ids: Vec<i64> = files
+            .tokenizer()
+            .encode(text)?
+            .into_iter()
+            .map(i64::from)
+            .collect();
+        let n = ids.len();
+        Ok(Tensor::from_vec(ids, (1, n), &Device::Cpu)?)
+    };
+    let text = files.encode_prompts(&prompt, Some(&negative))?;
+    let model = SdModel::load(files, &mut NoProgress)?;
+    let scheduler = SchedulerConfig::from_value(&files.scheduler_config)?;
+    let mut noise = ReplayNoise::new(golden.clone());
+    let mut out = HashMap::from([
+        ("prompt_input_ids".to_string(), ids(&prompt)?),
+        ("negative_input_ids".to_string(), ids(&negative)?),
+        ("prompt_embeds".to_string(), text.to_dtype(DType::F32)?),
+    ]);
+    let (latents, image) = run_img2img(
+        &model,
+        &scheduler,
+        &params,
+        &text,
+        &golden["image_in"],
+        &mut noise,
+        &mut NoProgress,
+        &mut |i, l| {
+            out.insert(format!("step{i}.latents_after"), l.clone());
+            Ok(())
+        },
+    )?;
+    if !noise.unused().is_empty() {
+        eprintln!(
+            "warning: the golden recorded noise this run did not use: {:?}",
+            noise.unused()
+        );
+    }
+    out.insert("final_latents".into(), latents);
+    out.insert("image_out".into(), image);
+    Ok(out)
+}
+
 fn main() -> Result<()> {
     let mut args: HashMap<String, String> = HashMap::new();
     let mut it = std::env::args().skip(1);
@@ -77,7 +136,8 @@ fn main() -> Result<()> {
         "text_encoder" => text_encoder(&files, &golden)?,
         "unet" => unet(&files, &golden)?,
         "vae" => vae(&files, &golden)?,
-        other => bail!("unknown --part {other:?} (text_encoder, unet, vae)"),
+        "img2img" => img2img(&files, &golden, &args)?,
+        other => bail!("unknown --part {other:?} (text_encoder, unet, vae, img2img)"),
     };
     let out_path = arg("out")?;
     candle_core::safetensors::save(&out, out_path)?;
