@@ -130,6 +130,11 @@ pub struct Conv2d {
 }
 
 impl Conv2d {
+    /// Wraps a candle convolution (same weights and settings).
+    pub fn new(inner: candle_nn::Conv2d, config: Conv2dConfig) -> Self {
+        Self { inner, config }
+    }
+
     pub fn weight(&self) -> &Tensor {
         self.inner.weight()
     }
