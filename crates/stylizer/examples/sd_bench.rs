@@ -46,8 +46,13 @@ fn cpu_seconds() -> f64 {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
     // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
     let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<f64> = rest.split_whitespace().filter_map(|x| x.parse().ok()).collect();
-    f.get(11).zip(f.get(12)).map_or(f64::NAN, |(u, s)| (u + s) / 100.0)
+    let f: Vec<f64> = rest
+        .split_whitespace()
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    f.get(11)
+        .zip(f.get(12))
+        .map_or(f64::NAN, |(u, s)| (u + s) / 100.0)
 }
 
 thread_local! {
@@ -58,7 +63,10 @@ thread_local! {
 fn timed<T>(f: impl FnOnce() -> Result<T>) -> Result<(T, f64)> {
     let (t0, c0) = (Instant::now(), cpu_seconds());
     let v = f()?;
-    CPU.with(|c| c.borrow_mut().push(((cpu_seconds() - c0) * 100.0).round() / 100.0));
+    CPU.with(|c| {
+        c.borrow_mut()
+            .push(((cpu_seconds() - c0) * 100.0).round() / 100.0)
+    });
     Ok((v, (t0.elapsed().as_secs_f64() * 1000.0).round() / 1000.0))
 }
 

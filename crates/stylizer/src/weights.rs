@@ -76,13 +76,16 @@ pub struct HubOptions {
     pub cache_dir: PathBuf,
 }
 
+/// huggingface_hub's truthy values for boolean variables such as `HF_HUB_OFFLINE`.
+fn truthy(v: &str) -> bool {
+    matches!(
+        v.trim().to_ascii_lowercase().as_str(),
+        "1" | "true" | "yes" | "on"
+    )
+}
+
 fn env_flag(name: &str) -> bool {
-    std::env::var(name).is_ok_and(|v| {
-        matches!(
-            v.trim().to_ascii_lowercase().as_str(),
-            "1" | "true" | "yes" | "on"
-        )
-    })
+    std::env::var(name).is_ok_and(|v| truthy(&v))
 }
 
 impl HubOptions {
@@ -498,6 +501,16 @@ mod tests {
         );
         let e = ModelSource::parse("./no/such/model").unwrap_err();
         assert!(e.to_string().contains("neither an existing file"), "{e}");
+    }
+
+    #[test]
+    fn offline_flag_values() {
+        for v in ["1", "true", "YES", " on "] {
+            assert!(truthy(v), "{v}");
+        }
+        for v in ["0", "false", "", "off"] {
+            assert!(!truthy(v), "{v}");
+        }
     }
 
     #[test]

@@ -362,9 +362,24 @@ fn tiled_vae_matches_diffusers_enable_tiling() {
         let model = SdModel::load(&resolve(folder(variant), &opts), &mut NoProgress).unwrap();
         let g = golden(variant, "vae_tiled");
         let (mean, logvar) = model.vae_encode(&g["image"]).unwrap();
-        check(&format!("{variant} tiled vae latent_mean"), &mean, &g["latent_mean"], 1e-4);
-        check(&format!("{variant} tiled vae latent_logvar"), &logvar, &g["latent_logvar"], 1e-4);
+        check(
+            &format!("{variant} tiled vae latent_mean"),
+            &mean,
+            &g["latent_mean"],
+            1e-4,
+        );
+        check(
+            &format!("{variant} tiled vae latent_logvar"),
+            &logvar,
+            &g["latent_logvar"],
+            1e-4,
+        );
         let decoded = model.vae_decode(&g["latent_mean"]).unwrap();
-        check(&format!("{variant} tiled vae decoded"), &decoded, &g["decoded"], 5e-4);
+        check(
+            &format!("{variant} tiled vae decoded"),
+            &decoded,
+            &g["decoded"],
+            5e-4,
+        );
     }
 }

@@ -48,7 +48,13 @@ impl AttentionSlicing {
 
 /// softmax(q · kt) · v over `[pairs, queries, d]` inputs (`kt` already transposed and
 /// scaled), `pair_step` pairs and `row_step` query rows at a time.
-fn attend(q: &Tensor, kt: &Tensor, v: &Tensor, pair_step: usize, row_step: usize) -> Result<Tensor> {
+fn attend(
+    q: &Tensor,
+    kt: &Tensor,
+    v: &Tensor,
+    pair_step: usize,
+    row_step: usize,
+) -> Result<Tensor> {
     let (pairs, n, _) = q.dims3()?;
     let mut outs = Vec::with_capacity(pairs.div_ceil(pair_step));
     for p0 in (0..pairs).step_by(pair_step) {
@@ -307,7 +313,11 @@ mod tests {
         let v = Tensor::randn(0f32, 1.0, (6, 29, 8), &dev)?;
         let full = attend(&q, &kt, &v, 6, 37)?;
         for (ps, rs) in [(1, 37), (4, 5), (6, 1)] {
-            let d: f32 = (attend(&q, &kt, &v, ps, rs)? - &full)?.abs()?.flatten_all()?.max(0)?.to_scalar()?;
+            let d: f32 = (attend(&q, &kt, &v, ps, rs)? - &full)?
+                .abs()?
+                .flatten_all()?
+                .max(0)?
+                .to_scalar()?;
             assert!(d < 1e-6, "pairs {ps} rows {rs}: {d}");
         }
         Ok(())
@@ -317,7 +327,10 @@ mod tests {
     fn auto_slices_bound_the_score_memory() {
         // SD 2 at 848×480, level 1: 10 (batch × head) pairs of 6360 × 6360 scores.
         let (pairs, rows) = AttentionSlicing::Auto.slices(10, 6360, 6360);
-        assert!(rows * 6360 * 4 * pairs <= AUTO_SLICE_BYTES && rows > 100, "{pairs} {rows}");
+        assert!(
+            rows * 6360 * 4 * pairs <= AUTO_SLICE_BYTES && rows > 100,
+            "{pairs} {rows}"
+        );
         // Cross-attention on 77 text tokens fits in one slice per few pairs.
         assert_eq!(AttentionSlicing::Auto.slices(10, 6360, 77).1, 6360);
         assert_eq!(AttentionSlicing::Size(3).slices(10, 50, 50), (3, 50));
