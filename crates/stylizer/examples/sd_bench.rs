@@ -197,7 +197,7 @@ fn main() -> Result<()> {
                         ..Default::default()
                     };
                     let theirs = candle_nn::Conv2d::new(wt.clone(), None, cfg);
-                    let ours = stylizer::stylize::conv::Conv2d::new(theirs.clone(), cfg);
+                    let ours = stylizer::stylize::conv::Conv2d::new(theirs.clone(), cfg)?;
                     let flop = 2.0 * (b * cin * cout * 9 * h * w) as f64 * 1e-9;
                     let (a, ta) = timed(|| Ok(candle_core::Module::forward(&ours, &x)?))?;
                     let (c, tc) = timed(|| Ok(candle_core::Module::forward(&theirs, &x)?))?;

@@ -224,9 +224,9 @@ impl RepoFiles {
         }
     }
 
-    /// Local paths of `wanted` files (`None` for optional ones that do not exist). All
+    /// Local paths of the `wanted` files that exist, by their name in the repository; all
     /// missing required files are named in one error.
-    pub fn get_all(&self, wanted: &[(&str, bool)]) -> Result<Vec<Option<PathBuf>>> {
+    pub fn get_all(&self, wanted: &[(&str, bool)]) -> Result<HashMap<String, PathBuf>> {
         let missing: Vec<&str> = wanted
             .iter()
             .filter(|(rel, required)| *required && !self.has(rel))
@@ -241,10 +241,8 @@ impl RepoFiles {
         }
         wanted
             .iter()
-            .map(|(rel, _)| match self.has(rel) {
-                true => self.get(rel).map(Some),
-                false => Ok(None),
-            })
+            .filter(|(rel, _)| self.has(rel))
+            .map(|(rel, _)| Ok((rel.to_string(), self.get(rel)?)))
             .collect()
     }
 }
