@@ -56,6 +56,15 @@ def main():
     print(f"\n{'case':32} {'PyTorch s':>10} {'ours s':>10} {'ours/PyTorch':>13}")
     for name, ts, rs in rows:
         print(f"{name:32} {ts:10.2f} {rs:10.2f} {rs / ts:13.2f}")
+    # CPU seconds (process user+system) in the same order for both: unet b2, b1; vae decode, encode.
+    if "cpu_s" in t["unet"] and "cpu_s" in r["unet"]:
+        r_cpu = r["unet"]["cpu_s"] + r["vae"]["cpu_s"]
+        t_cpu = t["unet"]["cpu_s"] + t["vae"]["cpu_s"]
+        n = a.reps
+        pick = lambda v, i: min(v[i * n:(i + 1) * n])  # noqa: E731
+        print(f"\n{'case (CPU seconds)':32} {'PyTorch':>10} {'ours':>10} {'ours/PyTorch':>13}")
+        for i, (name, _, _) in enumerate(rows):
+            print(f"{name:32} {pick(t_cpu, i):10.1f} {pick(r_cpu, i):10.1f} {pick(r_cpu, i) / pick(t_cpu, i):13.2f}")
     print(f"peak RSS MB  unet: PyTorch {t['unet']['peak_rss_MB']}  ours {r['unet']['peak_rss_MB']:.0f} | "
           f"vae: PyTorch {t['vae']['peak_rss_MB']}  ours {r['vae']['peak_rss_MB']:.0f}")
     print(f"threads: PyTorch {t['unet']['threads']}, ours {r['threads']}; ours: tiling {r['vae_tiling']}, "

@@ -40,10 +40,39 @@ fn randn(shape: &[usize]) -> Result<Tensor> {
     Ok(Tensor::randn(0f32, 1f32, shape, &Device::Cpu)?)
 }
 
+/// User + system CPU seconds of this process (less sensitive than wall time to other
+/// work on a shared machine).
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<f64> = rest
+        .split_whitespace()
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    f.get(11)
+        .zip(f.get(12))
+        .map_or(f64::NAN, |(u, s)| (u + s) / 100.0)
+}
+
+thread_local! {
+    static CPU: std::cell::RefCell<Vec<f64>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `f`, returns its value and wall seconds; its CPU seconds go to [`take_cpu`].
 fn timed<T>(f: impl FnOnce() -> Result<T>) -> Result<(T, f64)> {
-    let t0 = Instant::now();
+    let (t0, c0) = (Instant::now(), cpu_seconds());
     let v = f()?;
+    CPU.with(|c| {
+        c.borrow_mut()
+            .push(((cpu_seconds() - c0) * 100.0).round() / 100.0)
+    });
     Ok((v, (t0.elapsed().as_secs_f64() * 1000.0).round() / 1000.0))
+}
+
+/// CPU seconds of the `timed` calls since the last take.
+fn take_cpu() -> Vec<f64> {
+    CPU.with(|c| std::mem::take(&mut *c.borrow_mut()))
 }
 
 fn main() -> Result<()> {
@@ -122,6 +151,7 @@ fn main() -> Result<()> {
                 .filter_map(|k| m[*k].as_f64())
                 .fold(0.0, f64::max);
                 m.insert("peak_rss_MB".into(), json!(overall));
+                m.insert("cpu_s".into(), json!(take_cpu()));
                 result["memory"] = Value::Object(m);
             }
             "unet" => {
@@ -155,7 +185,31 @@ fn main() -> Result<()> {
                 result["vae"] =
                     json!({"decode_s": dec, "encode_s": enc, "peak_rss_MB": peak_rss_mb()});
             }
-            other => bail!("unknown case {other:?} (memory, unet, vae)"),
+            "conv" => {
+                // 3×3 convolutions of the UNet (level 1, CFG batch) and VAE decoder (full size).
+                let mut rows = vec![];
+                take_cpu();
+                for (cin, cout, h, w, b) in [(320, 320, lh, lw, 2), (128, 128, lh * f, lw * f, 1)] {
+                    let x = randn(&[b, cin, h, w])?;
+                    let wt = (randn(&[cout, cin, 3, 3])? * 0.02)?;
+                    let cfg = candle_nn::Conv2dConfig {
+                        padding: 1,
+                        ..Default::default()
+                    };
+                    let theirs = candle_nn::Conv2d::new(wt.clone(), None, cfg);
+                    let ours = stylizer::stylize::conv::Conv2d::new(theirs.clone(), cfg)?;
+                    let flop = 2.0 * (b * cin * cout * 9 * h * w) as f64 * 1e-9;
+                    let (a, ta) = timed(|| Ok(candle_core::Module::forward(&ours, &x)?))?;
+                    let (c, tc) = timed(|| Ok(candle_core::Module::forward(&theirs, &x)?))?;
+                    let diff: f32 = (a - c)?.abs()?.flatten_all()?.max(0)?.to_scalar()?;
+                    let cpu = take_cpu();
+                    rows.push(json!({"shape": format!("{cin}->{cout} {h}x{w} b{b}"),
+                        "ours_GFLOPs": (flop / ta).round(), "candle_GFLOPs": (flop / tc).round(),
+                        "ours_cpu_s": cpu[0], "candle_cpu_s": cpu[1], "max_abs_diff": diff}));
+                }
+                result["conv"] = json!(rows);
+            }
+            other => bail!("unknown case {other:?} (memory, unet, vae, conv)"),
         }
     }
     println!("RESULT {result}");

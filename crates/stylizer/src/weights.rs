@@ -76,13 +76,16 @@ pub struct HubOptions {
     pub cache_dir: PathBuf,
 }
 
+/// huggingface_hub's truthy values for boolean variables such as `HF_HUB_OFFLINE`.
+fn truthy(v: &str) -> bool {
+    matches!(
+        v.trim().to_ascii_lowercase().as_str(),
+        "1" | "true" | "yes" | "on"
+    )
+}
+
 fn env_flag(name: &str) -> bool {
-    std::env::var(name).is_ok_and(|v| {
-        matches!(
-            v.trim().to_ascii_lowercase().as_str(),
-            "1" | "true" | "yes" | "on"
-        )
-    })
+    std::env::var(name).is_ok_and(|v| truthy(&v))
 }
 
 impl HubOptions {
@@ -221,9 +224,9 @@ impl RepoFiles {
         }
     }
 
-    /// Local paths of `wanted` files (`None` for optional ones that do not exist). All
+    /// Local paths of the `wanted` files that exist, by their name in the repository; all
     /// missing required files are named in one error.
-    pub fn get_all(&self, wanted: &[(&str, bool)]) -> Result<Vec<Option<PathBuf>>> {
+    pub fn get_all(&self, wanted: &[(&str, bool)]) -> Result<HashMap<String, PathBuf>> {
         let missing: Vec<&str> = wanted
             .iter()
             .filter(|(rel, required)| *required && !self.has(rel))
@@ -238,10 +241,8 @@ impl RepoFiles {
         }
         wanted
             .iter()
-            .map(|(rel, _)| match self.has(rel) {
-                true => self.get(rel).map(Some),
-                false => Ok(None),
-            })
+            .filter(|(rel, _)| self.has(rel))
+            .map(|(rel, _)| Ok((rel.to_string(), self.get(rel)?)))
             .collect()
     }
 }
@@ -498,6 +499,16 @@ mod tests {
         );
         let e = ModelSource::parse("./no/such/model").unwrap_err();
         assert!(e.to_string().contains("neither an existing file"), "{e}");
+    }
+
+    #[test]
+    fn offline_flag_values() {
+        for v in ["1", "true", "YES", " on "] {
+            assert!(truthy(v), "{v}");
+        }
+        for v in ["0", "false", "", "off"] {
+            assert!(!truthy(v), "{v}");
+        }
     }
 
     #[test]

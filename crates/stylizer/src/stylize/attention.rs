@@ -14,33 +14,62 @@ use candle_nn::{
     VarBuilder,
 };
 
-/// How attention scores are computed: all heads at once, or in slices of (batch × head)
-/// pairs so that the `tokens × tokens` score matrices never exceed a memory budget
-/// (diffusers `enable_attention_slicing`).
+/// How attention scores are computed: all at once, or in slices so that the
+/// `queries × keys` score matrices never exceed a memory budget (diffusers
+/// `enable_attention_slicing`). Slices give identical results.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AttentionSlicing {
-    /// Slice only when the scores of one call would exceed 256 MiB.
+    /// Blocks of query rows whose scores fit in 16 MiB: bounded memory, and the scores stay
+    /// in the CPU caches between the two products and the softmax.
     Auto,
-    /// Never slice (fastest when memory allows).
+    /// Never slice.
     Off,
-    /// Slices of this many (batch × head) pairs.
+    /// Slices of this many (batch × head) pairs, all queries at once (diffusers' slice_size).
     Size(usize),
 }
 
-/// Score memory above which [`AttentionSlicing::Auto`] slices.
-const AUTO_SLICE_BYTES: usize = 256 << 20;
+/// Score memory per slice for [`AttentionSlicing::Auto`].
+const AUTO_SLICE_BYTES: usize = 16 << 20;
 
 impl AttentionSlicing {
-    fn slice_size(self, pairs: usize, queries: usize, keys: usize) -> usize {
+    /// (pairs per slice, query rows per slice)
+    fn slices(self, pairs: usize, queries: usize, keys: usize) -> (usize, usize) {
         match self {
-            AttentionSlicing::Off => pairs,
-            AttentionSlicing::Size(n) => n.clamp(1, pairs),
+            AttentionSlicing::Off => (pairs, queries),
+            AttentionSlicing::Size(n) => (n.clamp(1, pairs), queries),
             AttentionSlicing::Auto => {
-                let per_pair = queries * keys * 4;
-                (AUTO_SLICE_BYTES / per_pair.max(1)).clamp(1, pairs)
+                let rows = (AUTO_SLICE_BYTES / (keys * 4).max(1)).clamp(1, queries);
+                let pairs_per = (AUTO_SLICE_BYTES / (rows * keys * 4).max(1)).clamp(1, pairs);
+                (pairs_per, rows)
             }
         }
     }
+}
+
+/// softmax(q · kt) · v over `[pairs, queries, d]` inputs (`kt` already transposed and
+/// scaled), `pair_step` pairs and `row_step` query rows at a time.
+fn attend(
+    q: &Tensor,
+    kt: &Tensor,
+    v: &Tensor,
+    pair_step: usize,
+    row_step: usize,
+) -> Result<Tensor> {
+    let (pairs, n, _) = q.dims3()?;
+    let mut outs = Vec::with_capacity(pairs.div_ceil(pair_step));
+    for p0 in (0..pairs).step_by(pair_step) {
+        let p = p0..(p0 + pair_step).min(pairs);
+        let (kt, v) = (kt.i(p.clone())?, v.i(p.clone())?);
+        let mut rows = Vec::with_capacity(n.div_ceil(row_step));
+        for r0 in (0..n).step_by(row_step) {
+            let r = r0..(r0 + row_step).min(n);
+            let scores = q.i((p.clone(), r))?.matmul(&kt)?;
+            let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+            rows.push(probs.matmul(&v)?);
+        }
+        outs.push(Tensor::cat(&rows, 1)?);
+    }
+    Tensor::cat(&outs, 0)
 }
 
 /// Multi-head (cross-)attention without bias on q/k/v (diffusers `Attention`).
@@ -99,16 +128,8 @@ impl CrossAttention {
             .split_heads(&self.to_v.forward(context)?)?
             .to_dtype(DType::F32)?;
         let kt = (k.transpose(1, 2)? * self.scale)?.contiguous()?;
-        let pairs = q.dim(0)?;
-        let step = self.slicing.slice_size(pairs, n, kt.dim(2)?);
-        let mut outs = Vec::with_capacity(pairs.div_ceil(step));
-        for start in (0..pairs).step_by(step) {
-            let end = (start + step).min(pairs);
-            let scores = q.i(start..end)?.matmul(&kt.i(start..end)?)?;
-            let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-            outs.push(probs.matmul(&v.i(start..end)?)?);
-        }
-        let out = Tensor::cat(&outs, 0)?.to_dtype(in_dtype)?;
+        let (pair_step, row_step) = self.slicing.slices(q.dim(0)?, n, kt.dim(2)?);
+        let out = attend(&q, &kt, &v, pair_step, row_step)?.to_dtype(in_dtype)?;
         let d = out.dim(2)?;
         let out = out
             .reshape((b, self.heads, n, d))?
@@ -276,5 +297,43 @@ impl SpatialTransformer {
             Proj::Linear(p) => to_image(&p.forward(&tokens)?, c)?,
         };
         out + xs
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn slices_give_the_same_attention() -> Result<()> {
+        let dev = Device::Cpu;
+        let q = Tensor::randn(0f32, 1.0, (6, 37, 8), &dev)?;
+        let kt = Tensor::randn(0f32, 1.0, (6, 8, 29), &dev)?;
+        let v = Tensor::randn(0f32, 1.0, (6, 29, 8), &dev)?;
+        let full = attend(&q, &kt, &v, 6, 37)?;
+        for (ps, rs) in [(1, 37), (4, 5), (6, 1)] {
+            let d: f32 = (attend(&q, &kt, &v, ps, rs)? - &full)?
+                .abs()?
+                .flatten_all()?
+                .max(0)?
+                .to_scalar()?;
+            assert!(d < 1e-6, "pairs {ps} rows {rs}: {d}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn auto_slices_bound_the_score_memory() {
+        // SD 2 at 848×480, level 1: 10 (batch × head) pairs of 6360 × 6360 scores.
+        let (pairs, rows) = AttentionSlicing::Auto.slices(10, 6360, 6360);
+        assert!(
+            rows * 6360 * 4 * pairs <= AUTO_SLICE_BYTES && rows > 100,
+            "{pairs} {rows}"
+        );
+        // Cross-attention on 77 text tokens fits in one slice per few pairs.
+        assert_eq!(AttentionSlicing::Auto.slices(10, 6360, 77).1, 6360);
+        assert_eq!(AttentionSlicing::Size(3).slices(10, 50, 50), (3, 50));
+        assert_eq!(AttentionSlicing::Off.slices(10, 50, 50), (10, 50));
     }
 }

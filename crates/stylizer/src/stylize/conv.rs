@@ -11,7 +11,7 @@
 use candle_core::{CpuStorage, CustomOp2, DType, Device, Layout, Module, Result, Shape, Tensor};
 use candle_nn::{Conv2dConfig, VarBuilder};
 
-/// The GEMM convolution as a candle op on (input, weight).
+/// The GEMM convolution as a candle op on (input, taps `[k·k, out, in]`).
 struct ShiftedGemmConv {
     padding: usize,
 }
@@ -35,12 +35,13 @@ impl CustomOp2 for ShiftedGemmConv {
         else {
             candle_core::bail!("shifted-gemm-conv2d: contiguous tensors only")
         };
-        let (x, w) = (&x[xs..xe], &w[ws..we]);
+        let (x, taps) = (&x[xs..xe], &w[ws..we]);
         let (b, cin, h, wd) = l1.shape().dims4()?;
-        let (cout, cin_w, k, k2) = l2.shape().dims4()?;
-        if cin_w != cin || k != k2 {
+        let (kk, cout, cin_w) = l2.shape().dims3()?;
+        let k = (kk as f64).sqrt() as usize;
+        if cin_w != cin || k * k != kk {
             candle_core::bail!(
-                "shifted-gemm-conv2d: weight {:?} for input {:?}",
+                "shifted-gemm-conv2d: taps {:?} for input {:?}",
                 l2.dims(),
                 l1.dims()
             )
@@ -53,15 +54,6 @@ impl CustomOp2 for ShiftedGemmConv {
         let (ho, wo) = (hp - k + 1, wp - k + 1);
         let plane = hp * wp;
         let n = ho * wp;
-        // Taps as contiguous [Cout, Cin] matrices.
-        let mut taps = vec![0f32; k * k * cout * cin];
-        for co in 0..cout {
-            for ci in 0..cin {
-                for t in 0..k * k {
-                    taps[(t * cout + co) * cin + ci] = w[(co * cin + ci) * k * k + t];
-                }
-            }
-        }
         // The last tap's view runs k - 1 elements past the last plane.
         let mut padded = vec![0f32; cin * plane + k];
         let mut wide = vec![0f32; cout * n];
@@ -124,35 +116,65 @@ impl CustomOp2 for ShiftedGemmConv {
 
 /// A 2-D convolution layer (weights `weight` [out, in, k, k] and `bias`, as in PyTorch).
 #[derive(Debug, Clone)]
-pub struct Conv2d {
-    inner: candle_nn::Conv2d,
-    config: Conv2dConfig,
+pub enum Conv2d {
+    /// f32 on the CPU, stride 1: the weight kept only as taps `[k·k, out, in]`.
+    Gemm {
+        taps: Tensor,
+        bias: Option<Tensor>,
+        padding: usize,
+    },
+    /// Everything else: candle's convolution.
+    Candle(candle_nn::Conv2d),
 }
 
 impl Conv2d {
-    pub fn weight(&self) -> &Tensor {
-        self.inner.weight()
+    /// Takes over a candle convolution (same weights and settings).
+    pub fn new(inner: candle_nn::Conv2d, config: Conv2dConfig) -> Result<Self> {
+        let w = inner.weight();
+        let (cout, cin, kh, kw) = w.dims4()?;
+        let gemm = matches!(w.device(), Device::Cpu)
+            && w.dtype() == DType::F32
+            && config.stride == 1
+            && config.dilation == 1
+            && config.groups == 1
+            && kh == kw
+            && kh > 1;
+        if !gemm {
+            return Ok(Self::Candle(inner));
+        }
+        Ok(Self::Gemm {
+            taps: w
+                .permute((2, 3, 0, 1))?
+                .reshape((kh * kw, cout, cin))?
+                .contiguous()?,
+            bias: inner.bias().cloned(),
+            padding: config.padding,
+        })
+    }
+
+    pub fn dtype(&self) -> DType {
+        match self {
+            Self::Gemm { taps, .. } => taps.dtype(),
+            Self::Candle(c) => c.weight().dtype(),
+        }
     }
 }
 
 impl Module for Conv2d {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let c = &self.config;
-        let w = self.inner.weight();
-        let (_, _, k, _) = w.dims4()?;
-        let fast = matches!(xs.device(), Device::Cpu)
-            && xs.dtype() == DType::F32
-            && c.stride == 1
-            && c.dilation == 1
-            && c.groups == 1
-            && k > 1;
-        if !fast {
-            return self.inner.forward(xs);
-        }
+        let (taps, bias, padding) = match self {
+            Self::Candle(c) => return c.forward(xs),
+            Self::Gemm {
+                taps,
+                bias,
+                padding,
+            } => (taps, bias, *padding),
+        };
         let ys = xs
+            .to_dtype(DType::F32)?
             .contiguous()?
-            .apply_op2_no_bwd(w, &ShiftedGemmConv { padding: c.padding })?;
-        match self.inner.bias() {
+            .apply_op2_no_bwd(taps, &ShiftedGemmConv { padding })?;
+        match bias {
             Some(bias) => ys.broadcast_add(&bias.reshape((1, (), 1, 1))?),
             None => Ok(ys),
         }
@@ -167,10 +189,7 @@ pub fn conv2d(
     config: Conv2dConfig,
     vb: VarBuilder,
 ) -> Result<Conv2d> {
-    Ok(Conv2d {
-        inner: candle_nn::conv2d(cin, cout, k, config, vb)?,
-        config,
-    })
+    Conv2d::new(candle_nn::conv2d(cin, cout, k, config, vb)?, config)
 }
 
 #[cfg(test)]
@@ -191,11 +210,9 @@ mod tests {
                 ..Default::default()
             };
             let inner = candle_nn::Conv2d::new(wt, Some(bias), config);
-            let ours = Conv2d {
-                inner: inner.clone(),
-                config,
-            }
-            .forward(&x)?;
+            let ours = Conv2d::new(inner.clone(), config)?;
+            assert!(matches!(ours, Conv2d::Gemm { .. }));
+            let ours = ours.forward(&x)?;
             let theirs = inner.forward(&x)?;
             assert_eq!(ours.dims(), theirs.dims());
             let d: f32 = (ours - theirs)?.abs()?.flatten_all()?.max(0)?.to_scalar()?;

@@ -163,6 +163,8 @@ impl SdFiles {
         .into_iter()
         .map(|(f, r)| (f.to_string(), r))
         .collect();
+        // unet, vae, text_encoder weights: safetensors, else the older PyTorch .bin
+        let mut weight_files = Vec::new();
         if single.is_none() {
             for (component, stem) in [
                 ("unet", "diffusion_pytorch_model"),
@@ -171,39 +173,39 @@ impl SdFiles {
             ] {
                 let st = format!("{component}/{stem}{variant}.safetensors");
                 let bin = format!("{component}/{stem}{variant}.bin");
-                wanted.push(match !repo.has(&st) && repo.has(&bin) {
-                    true => (bin, true),
-                    false => (st, true),
-                });
+                let file = if !repo.has(&st) && repo.has(&bin) {
+                    bin
+                } else {
+                    st
+                };
+                wanted.push((file.clone(), true));
+                weight_files.push(file);
             }
         }
         let refs: Vec<(&str, bool)> = wanted.iter().map(|(f, r)| (f.as_str(), *r)).collect();
-        let paths = repo.get_all(&refs)?;
-        let path = |i: usize| paths[i].clone().expect("required files are present");
+        let found = repo.get_all(&refs)?;
+        let path = |rel: &str| found[rel].clone();
 
-        let unet_config = UNetConfig::from_json(&read_json(&path(1))?)?;
-        let vae_config = VaeConfig::from_json(&read_json(&path(2))?)?;
-        let text_config = ClipTextConfig::from_json(&read_json(&path(3))?)?;
-        let tokenizer_dir = paths[4..9]
+        let unet_config = UNetConfig::from_json(&read_json(&path("unet/config.json"))?)?;
+        let vae_config = VaeConfig::from_json(&read_json(&path("vae/config.json"))?)?;
+        let text_config =
+            ClipTextConfig::from_json(&read_json(&path("text_encoder/config.json"))?)?;
+        let tokenizer_dir = found
             .iter()
-            .flatten()
-            .next()
-            .and_then(|p| p.parent())
+            .find(|(rel, _)| rel.starts_with("tokenizer/"))
+            .and_then(|(_, p)| p.parent())
             .ok_or_else(|| Error::Weights(format!("{}: no tokenizer files", repo.name())))?
             .to_path_buf();
         let tokenizer =
             ClipTokenizer::from_dir(&tokenizer_dir, text_config.max_position_embeddings)?;
+        let diffusers = |i: usize| Weights::Diffusers(vec![path(&weight_files[i])]);
         let (unet, vae, text_encoder) = match &single {
             Some(file) => (
                 Weights::SingleFile(file.clone()),
                 Weights::SingleFile(file.clone()),
                 Weights::SingleFile(file.clone()),
             ),
-            None => (
-                Weights::Diffusers(vec![path(9)]),
-                Weights::Diffusers(vec![path(10)]),
-                Weights::Diffusers(vec![path(11)]),
-            ),
+            None => (diffusers(0), diffusers(1), diffusers(2)),
         };
         let description = match &single {
             Some(f) => format!("{} (configs from {})", f.display(), repo.name()),
@@ -213,7 +215,7 @@ impl SdFiles {
             unet_config,
             vae_config,
             text_config,
-            scheduler_config: read_json(&path(0))?,
+            scheduler_config: read_json(&path("scheduler/scheduler_config.json"))?,
             tokenizer,
             unet,
             vae,

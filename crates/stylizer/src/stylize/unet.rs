@@ -271,7 +271,7 @@ impl UNet2DConditionModel {
     /// the skip connections' sizes as diffusers does.
     pub fn forward(&self, xs: &Tensor, timesteps: &[f64], context: &Tensor) -> Result<Tensor> {
         let (b, _, h, w) = xs.dims4()?;
-        let dtype = self.conv_in.weight().dtype();
+        let dtype = self.conv_in.dtype();
         let device = xs.device();
         let ts: Vec<f64> = match timesteps.len() {
             1 => vec![timesteps[0]; b],

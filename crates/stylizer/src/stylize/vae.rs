@@ -295,7 +295,7 @@ impl AutoencoderKL {
     }
 
     fn dtype(&self) -> candle_core::DType {
-        self.encoder.conv_in.weight().dtype()
+        self.encoder.conv_in.dtype()
     }
 
     fn tiled(&self, h: usize, w: usize) -> bool {
