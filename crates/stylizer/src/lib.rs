@@ -12,8 +12,10 @@ pub mod ops;
 pub mod pipeline;
 pub mod progress;
 pub mod stage;
+pub mod stylize;
 pub mod upscale;
 pub mod video;
+pub mod weights;
 
 pub use error::{Error, Result};
 pub use frame::Frame;

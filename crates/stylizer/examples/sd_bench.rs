@@ -1,0 +1,217 @@
+//! Time and peak memory of the SD components at a real frame size, on the CPU.
+//!
+//! ```text
+//! cargo run --release --example sd_bench -- --model DIR [--cases memory,unet,vae]
+//!     [--latent 60x106] [--reps 1] [--vae-tiling auto|on|off] [--slicing auto|off|N]
+//! ```
+//! `memory` runs one frame's worth of work in the order the pipeline does it (text encoder
+//! loaded, used, freed; UNet + VAE loaded; VAE encode; one CFG UNet call; VAE decode) and
+//! prints the peak resident set of each stage. `unet` times one call at batch 2 (CFG) and
+//! batch 1, `vae` one decode and one encode. Prints one JSON line starting with `RESULT `.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor};
+use serde_json::{json, Value};
+use stylizer::stylize::attention::AttentionSlicing;
+use stylizer::stylize::model::{LoadOptions, SdFiles, SdModel};
+use stylizer::stylize::vae::VaeTiling;
+use stylizer::weights::ModelSource;
+use stylizer::NoProgress;
+
+/// Peak resident set (VmHWM) in MB since the last reset.
+fn peak_rss_mb() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+/// Restarts the peak (Linux: writing 5 to clear_refs resets VmHWM to the current RSS).
+fn reset_peak() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+fn randn(shape: &[usize]) -> Result<Tensor> {
+    Ok(Tensor::randn(0f32, 1f32, shape, &Device::Cpu)?)
+}
+
+/// User + system CPU seconds of this process (less sensitive than wall time to other
+/// work on a shared machine).
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<f64> = rest
+        .split_whitespace()
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    f.get(11)
+        .zip(f.get(12))
+        .map_or(f64::NAN, |(u, s)| (u + s) / 100.0)
+}
+
+thread_local! {
+    static CPU: std::cell::RefCell<Vec<f64>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `f`, returns its value and wall seconds; its CPU seconds go to [`take_cpu`].
+fn timed<T>(f: impl FnOnce() -> Result<T>) -> Result<(T, f64)> {
+    let (t0, c0) = (Instant::now(), cpu_seconds());
+    let v = f()?;
+    CPU.with(|c| {
+        c.borrow_mut()
+            .push(((cpu_seconds() - c0) * 100.0).round() / 100.0)
+    });
+    Ok((v, (t0.elapsed().as_secs_f64() * 1000.0).round() / 1000.0))
+}
+
+/// CPU seconds of the `timed` calls since the last take.
+fn take_cpu() -> Vec<f64> {
+    CPU.with(|c| std::mem::take(&mut *c.borrow_mut()))
+}
+
+fn main() -> Result<()> {
+    let mut args: HashMap<String, String> = HashMap::new();
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let Some(key) = flag.strip_prefix("--") else {
+            bail!("unexpected argument {flag:?}")
+        };
+        args.insert(
+            key.into(),
+            it.next().with_context(|| format!("{flag} needs a value"))?,
+        );
+    }
+    let get = |k: &str, d: &str| args.get(k).cloned().unwrap_or_else(|| d.to_string());
+    let source = ModelSource::parse(args.get("model").context("--model is required")?)?;
+    let (lh, lw) = get("latent", "60x106")
+        .split_once('x')
+        .and_then(|(h, w)| Some((h.parse::<usize>().ok()?, w.parse::<usize>().ok()?)))
+        .context("--latent HxW")?;
+    let reps: usize = get("reps", "1").parse()?;
+    let opts = LoadOptions {
+        vae_tiling: match get("vae-tiling", "auto").as_str() {
+            "on" => VaeTiling::On,
+            "off" => VaeTiling::Off,
+            _ => VaeTiling::Auto,
+        },
+        attention_slicing: match get("slicing", "auto").as_str() {
+            "auto" => AttentionSlicing::Auto,
+            "off" => AttentionSlicing::Off,
+            n => AttentionSlicing::Size(n.parse()?),
+        },
+        ..LoadOptions::new(Device::Cpu)
+    };
+    let mut result = json!({"latent_hw": [lh, lw], "threads": candle_core::utils::get_num_threads(),
+        "vae_tiling": format!("{:?}", opts.vae_tiling), "slicing": format!("{:?}", opts.attention_slicing)});
+    let files = SdFiles::resolve(&source, &opts, &mut NoProgress)?;
+    let f = files.vae_config.scale_factor();
+    let dim = files.unet_config.cross_attention_dim();
+
+    for case in get("cases", "memory").split(',') {
+        match case {
+            "memory" => {
+                let mut m = serde_json::Map::new();
+                reset_peak();
+                let (emb, s) =
+                    timed(|| Ok(files.encode_prompts("a photograph of an astronaut", Some(""))?))?;
+                m.insert("text_encoder_peak_MB".into(), json!(peak_rss_mb()));
+                m.insert("text_encoder_s".into(), json!(s));
+                reset_peak();
+                let (model, s) = timed(|| Ok(SdModel::load(&files, &mut NoProgress)?))?;
+                m.insert("load_unet_vae_peak_MB".into(), json!(peak_rss_mb()));
+                m.insert("load_unet_vae_s".into(), json!(s));
+                reset_peak();
+                let image = (randn(&[1, 3, lh * f, lw * f])? * 0.5)?;
+                let (_, s) = timed(|| Ok(model.vae_encode(&image)?))?;
+                m.insert("vae_encode_peak_MB".into(), json!(peak_rss_mb()));
+                m.insert("vae_encode_s".into(), json!(s));
+                reset_peak();
+                let latents = randn(&[2, 4, lh, lw])?;
+                let (_, s) = timed(|| Ok(model.unet(&latents, &[501.0], &emb)?))?;
+                m.insert("unet_b2_peak_MB".into(), json!(peak_rss_mb()));
+                m.insert("unet_b2_s".into(), json!(s));
+                reset_peak();
+                let (_, s) = timed(|| Ok(model.vae_decode(&latents.narrow(0, 0, 1)?)?))?;
+                m.insert("vae_decode_peak_MB".into(), json!(peak_rss_mb()));
+                m.insert("vae_decode_s".into(), json!(s));
+                let overall = [
+                    "text_encoder_peak_MB",
+                    "load_unet_vae_peak_MB",
+                    "vae_encode_peak_MB",
+                    "unet_b2_peak_MB",
+                    "vae_decode_peak_MB",
+                ]
+                .iter()
+                .filter_map(|k| m[*k].as_f64())
+                .fold(0.0, f64::max);
+                m.insert("peak_rss_MB".into(), json!(overall));
+                m.insert("cpu_s".into(), json!(take_cpu()));
+                result["memory"] = Value::Object(m);
+            }
+            "unet" => {
+                let model = SdModel::load(&files, &mut NoProgress)?;
+                let emb = randn(&[2, 77, dim])?;
+                let x = randn(&[2, 4, lh, lw])?;
+                let mut b2 = vec![];
+                let mut b1 = vec![];
+                for _ in 0..reps {
+                    b2.push(timed(|| Ok(model.unet(&x, &[501.0], &emb)?))?.1);
+                }
+                for _ in 0..reps {
+                    let (x1, e1) = (x.narrow(0, 0, 1)?, emb.narrow(0, 0, 1)?);
+                    b1.push(timed(|| Ok(model.unet(&x1, &[501.0], &e1)?))?.1);
+                }
+                result["unet"] =
+                    json!({"batch2_s": b2, "batch1_s": b1, "peak_rss_MB": peak_rss_mb()});
+            }
+            "vae" => {
+                let model = SdModel::load(&files, &mut NoProgress)?;
+                let z = randn(&[1, 4, lh, lw])?;
+                let img = (randn(&[1, 3, lh * f, lw * f])? * 0.5)?.to_dtype(DType::F32)?;
+                let mut dec = vec![];
+                let mut enc = vec![];
+                for _ in 0..reps {
+                    dec.push(timed(|| Ok(model.vae_decode(&z)?))?.1);
+                }
+                for _ in 0..reps {
+                    enc.push(timed(|| Ok(model.vae_encode(&img)?))?.1);
+                }
+                result["vae"] =
+                    json!({"decode_s": dec, "encode_s": enc, "peak_rss_MB": peak_rss_mb()});
+            }
+            "conv" => {
+                // 3×3 convolutions of the UNet (level 1, CFG batch) and VAE decoder (full size).
+                let mut rows = vec![];
+                take_cpu();
+                for (cin, cout, h, w, b) in [(320, 320, lh, lw, 2), (128, 128, lh * f, lw * f, 1)] {
+                    let x = randn(&[b, cin, h, w])?;
+                    let wt = (randn(&[cout, cin, 3, 3])? * 0.02)?;
+                    let cfg = candle_nn::Conv2dConfig {
+                        padding: 1,
+                        ..Default::default()
+                    };
+                    let theirs = candle_nn::Conv2d::new(wt.clone(), None, cfg);
+                    let ours = stylizer::stylize::conv::Conv2d::new(theirs.clone(), cfg)?;
+                    let flop = 2.0 * (b * cin * cout * 9 * h * w) as f64 * 1e-9;
+                    let (a, ta) = timed(|| Ok(candle_core::Module::forward(&ours, &x)?))?;
+                    let (c, tc) = timed(|| Ok(candle_core::Module::forward(&theirs, &x)?))?;
+                    let diff: f32 = (a - c)?.abs()?.flatten_all()?.max(0)?.to_scalar()?;
+                    let cpu = take_cpu();
+                    rows.push(json!({"shape": format!("{cin}->{cout} {h}x{w} b{b}"),
+                        "ours_GFLOPs": (flop / ta).round(), "candle_GFLOPs": (flop / tc).round(),
+                        "ours_cpu_s": cpu[0], "candle_cpu_s": cpu[1], "max_abs_diff": diff}));
+                }
+                result["conv"] = json!(rows);
+            }
+            other => bail!("unknown case {other:?} (memory, unet, vae, conv)"),
+        }
+    }
+    println!("RESULT {result}");
+    Ok(())
+}

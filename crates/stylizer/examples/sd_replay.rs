@@ -1,0 +1,146 @@
+//! Replays a golden file from tools/reference/golden_sd.py through the Rust models: reads the
+//! golden's inputs, writes our outputs under the same key names, for
+//! `tools/reference/compare.py GOLDEN OUT` to judge.
+//!
+//! ```text
+//! cargo run --release --example sd_replay -- --model DIR|FILE|ID --golden IN.safetensors \
+//!     --part text_encoder|unet|vae|img2img --out OUT.safetensors \
+//!     [--scheduler ddim|euler|euler_a|dpmpp_2m|dpmpp_2m_karras|lcm --prompt TEXT \
+//!      --negative-prompt TEXT --strength S --steps N --guidance G]   (img2img; defaults: golden_sd.py's)
+//! ```
+//! Each part is one function taking the golden's tensors and returning ours.
+
+use std::collections::HashMap;
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor};
+use stylizer::stylize::img2img::{img2img as run_img2img, Img2ImgParams};
+use stylizer::stylize::model::{LoadOptions, SdFiles, SdModel};
+use stylizer::stylize::noise::ReplayNoise;
+use stylizer::stylize::schedulers::SchedulerConfig;
+use stylizer::stylize::vae::VaeTiling;
+use stylizer::weights::ModelSource;
+use stylizer::NoProgress;
+
+type Tensors = HashMap<String, Tensor>;
+
+fn text_encoder(files: &SdFiles, golden: &Tensors) -> Result<Tensors> {
+    let ids = golden["input_ids"].to_dtype(DType::U32)?;
+    let out = files.text_encoder()?.forward(&ids)?;
+    Ok(HashMap::from([
+        ("last_hidden_state".into(), out.last_hidden_state),
+        ("pooler_output".into(), out.pooler_output),
+    ]))
+}
+
+fn unet(files: &SdFiles, golden: &Tensors) -> Result<Tensors> {
+    let model = SdModel::load(files, &mut NoProgress)?;
+    let (sample, context) = (&golden["sample"], &golden["encoder_hidden_states"]);
+    let t = golden["timestep"]
+        .to_dtype(DType::F64)?
+        .flatten_all()?
+        .to_vec1::<f64>()?;
+    let mut out = HashMap::from([("out".into(), model.unet(sample, &t, context)?)]);
+    if let Some(ts) = golden.get("timesteps2") {
+        let ts = ts.to_dtype(DType::F64)?.to_vec1::<f64>()?;
+        out.insert("out2".into(), model.unet(sample, &ts, context)?);
+    }
+    Ok(out)
+}
+
+fn vae(files: &SdFiles, golden: &Tensors) -> Result<Tensors> {
+    let model = SdModel::load(files, &mut NoProgress)?;
+    let (mean, logvar) = model.vae_encode(&golden["image"])?;
+    let decoded = model.vae_decode(&golden["latent_mean"])?;
+    Ok(HashMap::from([
+        ("latent_mean".into(), mean),
+        ("latent_logvar".into(), logvar),
+        ("decoded".into(), decoded),
+    ]))
+}
+
+/// img2img with the golden's recorded noise: `image_in`, `noise_vae`, `noise_add`, `step{i}.noise`.
+fn img2img(files: &SdFiles, golden: &Tensors, args: &HashMap<String, String>) -> Result<Tensors> {
+    let arg = |k: &str, default: &str| args.get(k).cloned().unwrap_or_else(|| default.to_string());
+    let prompt = arg("prompt", "a photograph of an astronaut riding a horse");
+    let negative = arg("negative-prompt", "");
+    let params = Img2ImgParams {
+        strength: arg("strength", "0.6").parse().context("--strength")?,
+        steps: arg("steps", "10").parse().context("--steps")?,
+        guidance: arg("guidance", "7.5").parse().context("--guidance")?,
+        scheduler: arg("scheduler", "ddim").parse()?,
+    };
+    let ids = |text: &str| -> Result<Tensor> {
+        let ids: Vec<i64> = files
+            .tokenizer()
+            .encode(text)?
+            .into_iter()
+            .map(i64::from)
+            .collect();
+        let n = ids.len();
+        Ok(Tensor::from_vec(ids, (1, n), &Device::Cpu)?)
+    };
+    let text = files.encode_prompts(&prompt, Some(&negative))?;
+    let model = SdModel::load(files, &mut NoProgress)?;
+    let scheduler = SchedulerConfig::from_value(&files.scheduler_config)?;
+    let mut noise = ReplayNoise::new(golden.clone());
+    let mut out = HashMap::from([
+        ("prompt_input_ids".to_string(), ids(&prompt)?),
+        ("negative_input_ids".to_string(), ids(&negative)?),
+        ("prompt_embeds".to_string(), text.to_dtype(DType::F32)?),
+    ]);
+    let (latents, image) = run_img2img(
+        &model,
+        &scheduler,
+        &params,
+        &text,
+        &golden["image_in"],
+        &mut noise,
+        &mut NoProgress,
+        &mut |i, l| {
+            out.insert(format!("step{i}.latents_after"), l.clone());
+            Ok(())
+        },
+    )?;
+    if !noise.unused().is_empty() {
+        eprintln!(
+            "warning: the golden recorded noise this run did not use: {:?}",
+            noise.unused()
+        );
+    }
+    out.insert("final_latents".into(), latents);
+    out.insert("image_out".into(), image);
+    Ok(out)
+}
+
+fn main() -> Result<()> {
+    let mut args: HashMap<String, String> = HashMap::new();
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let Some(key) = flag.strip_prefix("--") else {
+            bail!("unexpected argument {flag:?}")
+        };
+        let value = it.next().with_context(|| format!("{flag} needs a value"))?;
+        args.insert(key.to_string(), value);
+    }
+    let arg = |k: &str| args.get(k).with_context(|| format!("--{k} is required"));
+    let source = ModelSource::parse(arg("model")?)?;
+    let golden = candle_core::safetensors::load(arg("golden")?, &Device::Cpu)?;
+    let opts = LoadOptions {
+        // The goldens are whole-image references.
+        vae_tiling: VaeTiling::Off,
+        ..LoadOptions::new(Device::Cpu)
+    };
+    let files = SdFiles::resolve(&source, &opts, &mut NoProgress)?;
+    let out = match arg("part")?.as_str() {
+        "text_encoder" => text_encoder(&files, &golden)?,
+        "unet" => unet(&files, &golden)?,
+        "vae" => vae(&files, &golden)?,
+        "img2img" => img2img(&files, &golden, &args)?,
+        other => bail!("unknown --part {other:?} (text_encoder, unet, vae, img2img)"),
+    };
+    let out_path = arg("out")?;
+    candle_core::safetensors::save(&out, out_path)?;
+    println!("wrote {} tensors to {out_path}", out.len());
+    Ok(())
+}

@@ -1,0 +1,339 @@
+//! The UNet's spatial transformer: "High-Resolution Image Synthesis with Latent Diffusion
+//! Models", Rombach et al. 2022 (arXiv:2112.10752), section 3.3.
+//!
+//! Mirrors diffusers `models/transformers/transformer_2d.py` (`Transformer2DModel`),
+//! `models/attention.py` (`BasicTransformerBlock`, `FeedForward`, `GEGLU`) and
+//! `models/attention_processor.py` (`Attention` with `AttnProcessor`, attention slicing).
+//! Adapted from candle-transformers' `stable_diffusion/attention.rs` (MIT/Apache-2.0): the
+//! erf GELU of diffusers' GEGLU (candle uses the tanh approximation, off by up to 5e-4),
+//! `proj_out` shapes for any inner size, and attention sliced by a memory budget.
+
+use candle_core::{DType, IndexOp, Module, Result, Tensor};
+use candle_nn::{
+    conv2d, group_norm, layer_norm, linear, linear_no_bias, Conv2d, GroupNorm, LayerNorm, Linear,
+    VarBuilder,
+};
+
+/// How attention scores are computed: all at once, or in slices so that the
+/// `queries × keys` score matrices never exceed a memory budget (diffusers
+/// `enable_attention_slicing`). Slices give identical results.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttentionSlicing {
+    /// Blocks of query rows whose scores fit in 16 MiB: bounded memory, and the scores stay
+    /// in the CPU caches between the two products and the softmax.
+    Auto,
+    /// Never slice.
+    Off,
+    /// Slices of this many (batch × head) pairs, all queries at once (diffusers' slice_size).
+    Size(usize),
+}
+
+/// Score memory per slice for [`AttentionSlicing::Auto`].
+const AUTO_SLICE_BYTES: usize = 16 << 20;
+
+impl AttentionSlicing {
+    /// (pairs per slice, query rows per slice)
+    fn slices(self, pairs: usize, queries: usize, keys: usize) -> (usize, usize) {
+        match self {
+            AttentionSlicing::Off => (pairs, queries),
+            AttentionSlicing::Size(n) => (n.clamp(1, pairs), queries),
+            AttentionSlicing::Auto => {
+                let rows = (AUTO_SLICE_BYTES / (keys * 4).max(1)).clamp(1, queries);
+                let pairs_per = (AUTO_SLICE_BYTES / (rows * keys * 4).max(1)).clamp(1, pairs);
+                (pairs_per, rows)
+            }
+        }
+    }
+}
+
+/// softmax(q · kt) · v over `[pairs, queries, d]` inputs (`kt` already transposed and
+/// scaled), `pair_step` pairs and `row_step` query rows at a time.
+fn attend(
+    q: &Tensor,
+    kt: &Tensor,
+    v: &Tensor,
+    pair_step: usize,
+    row_step: usize,
+) -> Result<Tensor> {
+    let (pairs, n, _) = q.dims3()?;
+    let mut outs = Vec::with_capacity(pairs.div_ceil(pair_step));
+    for p0 in (0..pairs).step_by(pair_step) {
+        let p = p0..(p0 + pair_step).min(pairs);
+        let (kt, v) = (kt.i(p.clone())?, v.i(p.clone())?);
+        let mut rows = Vec::with_capacity(n.div_ceil(row_step));
+        for r0 in (0..n).step_by(row_step) {
+            let r = r0..(r0 + row_step).min(n);
+            let scores = q.i((p.clone(), r))?.matmul(&kt)?;
+            let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+            rows.push(probs.matmul(&v)?);
+        }
+        outs.push(Tensor::cat(&rows, 1)?);
+    }
+    Tensor::cat(&outs, 0)
+}
+
+/// Multi-head (cross-)attention without bias on q/k/v (diffusers `Attention`).
+struct CrossAttention {
+    to_q: Linear,
+    to_k: Linear,
+    to_v: Linear,
+    to_out: Linear,
+    heads: usize,
+    scale: f64,
+    slicing: AttentionSlicing,
+}
+
+impl CrossAttention {
+    fn new(
+        vb: VarBuilder,
+        query_dim: usize,
+        context_dim: usize,
+        heads: usize,
+        head_dim: usize,
+        slicing: AttentionSlicing,
+    ) -> Result<Self> {
+        let inner = heads * head_dim;
+        Ok(Self {
+            to_q: linear_no_bias(query_dim, inner, vb.pp("to_q"))?,
+            to_k: linear_no_bias(context_dim, inner, vb.pp("to_k"))?,
+            to_v: linear_no_bias(context_dim, inner, vb.pp("to_v"))?,
+            to_out: linear(inner, query_dim, vb.pp("to_out.0"))?,
+            heads,
+            scale: 1.0 / (head_dim as f64).sqrt(),
+            slicing,
+        })
+    }
+
+    /// (b, n, h·d) -> (b·h, n, d)
+    fn split_heads(&self, xs: &Tensor) -> Result<Tensor> {
+        let (b, n, dim) = xs.dims3()?;
+        xs.reshape((b, n, self.heads, dim / self.heads))?
+            .transpose(1, 2)?
+            .reshape((b * self.heads, n, dim / self.heads))?
+            .contiguous()
+    }
+
+    fn forward(&self, xs: &Tensor, context: Option<&Tensor>) -> Result<Tensor> {
+        let (b, n, _) = xs.dims3()?;
+        let context = context.unwrap_or(xs);
+        let in_dtype = xs.dtype();
+        // Scores and softmax in f32 (diffusers' upcast_attention/upcast_softmax); a no-op in f32.
+        let q = self
+            .split_heads(&self.to_q.forward(xs)?)?
+            .to_dtype(DType::F32)?;
+        let k = self
+            .split_heads(&self.to_k.forward(context)?)?
+            .to_dtype(DType::F32)?;
+        let v = self
+            .split_heads(&self.to_v.forward(context)?)?
+            .to_dtype(DType::F32)?;
+        let kt = (k.transpose(1, 2)? * self.scale)?.contiguous()?;
+        let (pair_step, row_step) = self.slicing.slices(q.dim(0)?, n, kt.dim(2)?);
+        let out = attend(&q, &kt, &v, pair_step, row_step)?.to_dtype(in_dtype)?;
+        let d = out.dim(2)?;
+        let out = out
+            .reshape((b, self.heads, n, d))?
+            .transpose(1, 2)?
+            .reshape((b, n, self.heads * d))?;
+        self.to_out.forward(&out)
+    }
+}
+
+/// `FeedForward` with a GEGLU input projection (`net.0.proj`) and an output linear (`net.2`).
+struct FeedForward {
+    proj_in: Linear,
+    proj_out: Linear,
+}
+
+impl FeedForward {
+    fn new(vb: VarBuilder, dim: usize) -> Result<Self> {
+        let inner = dim * 4;
+        Ok(Self {
+            proj_in: linear(dim, inner * 2, vb.pp("net.0.proj"))?,
+            proj_out: linear(inner, dim, vb.pp("net.2"))?,
+        })
+    }
+
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let h = self.proj_in.forward(xs)?;
+        let half = h.dim(2)? / 2;
+        let gated = (h.narrow(2, 0, half)? * h.narrow(2, half, half)?.gelu_erf()?)?;
+        self.proj_out.forward(&gated)
+    }
+}
+
+/// Self-attention, cross-attention on the text, feed-forward; each pre-normed, residual.
+struct BasicTransformerBlock {
+    attn1: CrossAttention,
+    attn2: CrossAttention,
+    ff: FeedForward,
+    norm1: LayerNorm,
+    norm2: LayerNorm,
+    norm3: LayerNorm,
+}
+
+impl BasicTransformerBlock {
+    fn forward(&self, xs: &Tensor, context: &Tensor) -> Result<Tensor> {
+        let xs = (self.attn1.forward(&self.norm1.forward(xs)?, None)? + xs)?;
+        let xs = (self
+            .attn2
+            .forward(&self.norm2.forward(&xs)?, Some(context))?
+            + xs)?;
+        self.ff.forward(&self.norm3.forward(&xs)?)? + xs
+    }
+}
+
+enum Proj {
+    Conv(Conv2d),
+    Linear(Linear),
+}
+
+/// Where the transformer sits in the UNet and how it is built.
+#[derive(Debug, Clone, Copy)]
+pub struct SpatialTransformerConfig {
+    pub channels: usize,
+    pub heads: usize,
+    pub depth: usize,
+    pub context_dim: usize,
+    pub norm_groups: usize,
+    pub use_linear_projection: bool,
+    pub slicing: AttentionSlicing,
+}
+
+/// diffusers `Transformer2DModel` (continuous input): group norm, project in, transformer
+/// blocks over the h·w tokens, project out, residual.
+pub struct SpatialTransformer {
+    norm: GroupNorm,
+    proj_in: Proj,
+    blocks: Vec<BasicTransformerBlock>,
+    proj_out: Proj,
+}
+
+impl SpatialTransformer {
+    pub fn new(vb: VarBuilder, c: &SpatialTransformerConfig) -> Result<Self> {
+        let inner = c.channels;
+        let head_dim = inner / c.heads;
+        let (proj_in, proj_out) = if c.use_linear_projection {
+            (
+                Proj::Linear(linear(c.channels, inner, vb.pp("proj_in"))?),
+                Proj::Linear(linear(inner, c.channels, vb.pp("proj_out"))?),
+            )
+        } else {
+            (
+                Proj::Conv(conv2d(
+                    c.channels,
+                    inner,
+                    1,
+                    Default::default(),
+                    vb.pp("proj_in"),
+                )?),
+                Proj::Conv(conv2d(
+                    inner,
+                    c.channels,
+                    1,
+                    Default::default(),
+                    vb.pp("proj_out"),
+                )?),
+            )
+        };
+        let vbt = vb.pp("transformer_blocks");
+        let blocks = (0..c.depth)
+            .map(|i| {
+                let vb = vbt.pp(i);
+                Ok(BasicTransformerBlock {
+                    attn1: CrossAttention::new(
+                        vb.pp("attn1"),
+                        inner,
+                        inner,
+                        c.heads,
+                        head_dim,
+                        c.slicing,
+                    )?,
+                    attn2: CrossAttention::new(
+                        vb.pp("attn2"),
+                        inner,
+                        c.context_dim,
+                        c.heads,
+                        head_dim,
+                        c.slicing,
+                    )?,
+                    ff: FeedForward::new(vb.pp("ff"), inner)?,
+                    norm1: layer_norm(inner, 1e-5, vb.pp("norm1"))?,
+                    norm2: layer_norm(inner, 1e-5, vb.pp("norm2"))?,
+                    norm3: layer_norm(inner, 1e-5, vb.pp("norm3"))?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            norm: group_norm(c.norm_groups, c.channels, 1e-6, vb.pp("norm"))?,
+            proj_in,
+            blocks,
+            proj_out,
+        })
+    }
+
+    pub fn forward(&self, xs: &Tensor, context: &Tensor) -> Result<Tensor> {
+        let (b, c, h, w) = xs.dims4()?;
+        let to_tokens = |t: &Tensor| -> Result<Tensor> {
+            let ch = t.dim(1)?;
+            t.permute((0, 2, 3, 1))?.reshape((b, h * w, ch))
+        };
+        let normed = self.norm.forward(xs)?;
+        let mut tokens = match &self.proj_in {
+            Proj::Conv(p) => to_tokens(&p.forward(&normed)?)?,
+            Proj::Linear(p) => p.forward(&to_tokens(&normed)?)?,
+        };
+        for block in &self.blocks {
+            tokens = block.forward(&tokens, context)?;
+        }
+        let inner = tokens.dim(2)?;
+        let to_image = |t: &Tensor, ch: usize| -> Result<Tensor> {
+            t.reshape((b, h, w, ch))?
+                .permute((0, 3, 1, 2))?
+                .contiguous()
+        };
+        let out = match &self.proj_out {
+            Proj::Conv(p) => p.forward(&to_image(&tokens, inner)?)?,
+            Proj::Linear(p) => to_image(&p.forward(&tokens)?, c)?,
+        };
+        out + xs
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn slices_give_the_same_attention() -> Result<()> {
+        let dev = Device::Cpu;
+        let q = Tensor::randn(0f32, 1.0, (6, 37, 8), &dev)?;
+        let kt = Tensor::randn(0f32, 1.0, (6, 8, 29), &dev)?;
+        let v = Tensor::randn(0f32, 1.0, (6, 29, 8), &dev)?;
+        let full = attend(&q, &kt, &v, 6, 37)?;
+        for (ps, rs) in [(1, 37), (4, 5), (6, 1)] {
+            let d: f32 = (attend(&q, &kt, &v, ps, rs)? - &full)?
+                .abs()?
+                .flatten_all()?
+                .max(0)?
+                .to_scalar()?;
+            assert!(d < 1e-6, "pairs {ps} rows {rs}: {d}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn auto_slices_bound_the_score_memory() {
+        // SD 2 at 848×480, level 1: 10 (batch × head) pairs of 6360 × 6360 scores.
+        let (pairs, rows) = AttentionSlicing::Auto.slices(10, 6360, 6360);
+        assert!(
+            rows * 6360 * 4 * pairs <= AUTO_SLICE_BYTES && rows > 100,
+            "{pairs} {rows}"
+        );
+        // Cross-attention on 77 text tokens fits in one slice per few pairs.
+        assert_eq!(AttentionSlicing::Auto.slices(10, 6360, 77).1, 6360);
+        assert_eq!(AttentionSlicing::Size(3).slices(10, 50, 50), (3, 50));
+        assert_eq!(AttentionSlicing::Off.slices(10, 50, 50), (10, 50));
+    }
+}

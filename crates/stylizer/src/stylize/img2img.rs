@@ -1,0 +1,163 @@
+//! The img2img sampling loop, as diffusers' `StableDiffusionImg2ImgPipeline.__call__`
+//! (`pipelines/stable_diffusion/pipeline_stable_diffusion_img2img.py`; SDEdit, Meng et al. 2021,
+//! arXiv 2108.01073): encode the frame, noise it to the timestep `strength` picks, denoise the
+//! rest of the schedule with classifier-free guidance, decode.
+
+use candle_core::{DType, Tensor};
+
+use super::noise::{NoiseDraw, NoiseSource};
+use super::schedulers::{SchedulerConfig, SchedulerKind};
+use crate::{Error, Progress, Result};
+
+/// The networks the loop runs. Tensors crossing this trait are f32; an implementation that
+/// runs in f16 converts at its boundary. The loop itself keeps latents in f32.
+pub trait Img2ImgModel {
+    /// VAE posterior of `image` [1,3,H,W] in [-1, 1]: (mean, logvar), unscaled latent space.
+    fn vae_encode(&self, image: &Tensor) -> Result<(Tensor, Tensor)>;
+    /// UNet output for `latents` [B,4,h,w] at `timestep`, conditioned on `text` [B,77,D].
+    fn unet(&self, latents: &Tensor, timestep: f64, text: &Tensor) -> Result<Tensor>;
+    /// VAE decode of unscaled latents to an image [1,3,H,W], about [-1, 1], not clamped.
+    fn vae_decode(&self, latents: &Tensor) -> Result<Tensor>;
+    /// The VAE's `scaling_factor` (0.18215 for SD 1.x/2.x).
+    fn scaling_factor(&self) -> f64;
+}
+
+/// The knobs of one img2img call.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Img2ImgParams {
+    /// How much of the schedule runs: 0 keeps the frame, 1 ignores it.
+    pub strength: f64,
+    /// Steps of the full schedule; about `strength × steps` of them run.
+    pub steps: usize,
+    /// Classifier-free guidance scale; ≤ 1 runs the UNet on the prompt alone.
+    pub guidance: f64,
+    pub scheduler: SchedulerKind,
+}
+
+impl Default for Img2ImgParams {
+    /// diffusers' img2img defaults, except 20 steps instead of 50.
+    fn default() -> Self {
+        Self {
+            strength: 0.6,
+            steps: 20,
+            guidance: 7.5,
+            scheduler: SchedulerKind::Ddim,
+        }
+    }
+}
+
+impl Img2ImgParams {
+    /// Rejects settings that cannot run; returns the index of the first step that runs.
+    pub fn first_step(&self) -> Result<usize> {
+        if !(0.0..=1.0).contains(&self.strength) {
+            return Err(Error::Config(format!(
+                "strength must be between 0 and 1, got {}",
+                self.strength
+            )));
+        }
+        if self.steps == 0 {
+            return Err(Error::Config("steps must be at least 1".into()));
+        }
+        if !self.guidance.is_finite() || self.guidance < 0.0 {
+            return Err(Error::Config(format!(
+                "guidance must be a number ≥ 0, got {}",
+                self.guidance
+            )));
+        }
+        // Same rounding as diffusers' get_timesteps.
+        let run = ((self.steps as f64 * self.strength) as usize).min(self.steps);
+        if run == 0 {
+            return Err(Error::Config(format!(
+                "strength {} × {} steps leaves no step to run; raise --strength or --steps",
+                self.strength, self.steps
+            )));
+        }
+        Ok(self.steps - run)
+    }
+
+    /// Whether the UNet also runs on the negative prompt (classifier-free guidance).
+    pub fn guided(&self) -> bool {
+        self.guidance > 1.0
+    }
+}
+
+/// Restyles one image.
+///
+/// * `text`: prompt embeddings [2,77,D] as [negative, prompt] (only the prompt half is used when
+///   guidance ≤ 1; a [1,77,D] prompt-only tensor is accepted then).
+/// * `image`: [1,3,H,W] in [-1, 1], H and W multiples of the VAE's downscale factor.
+/// * `on_step(i, latents)` sees the latents after each step that runs (i from 0), for tests and
+///   replays; `progress.step` is told the same.
+///
+/// Returns the final latents (scaled, as the UNet sees them) and the image [1,3,H,W] in [0, 1].
+#[allow(clippy::too_many_arguments)]
+pub fn img2img(
+    model: &dyn Img2ImgModel,
+    scheduler_config: &SchedulerConfig,
+    params: &Img2ImgParams,
+    text: &Tensor,
+    image: &Tensor,
+    noise: &mut dyn NoiseSource,
+    progress: &mut dyn Progress,
+    on_step: &mut dyn FnMut(usize, &Tensor) -> Result<()>,
+) -> Result<(Tensor, Tensor)> {
+    // 1. Schedule: the full schedule for `steps`, entered at the step `strength` picks.
+    let first = params.first_step()?;
+    let mut scheduler = params.scheduler.build(scheduler_config, params.steps)?;
+    let timesteps = scheduler.timesteps().to_vec();
+    let total = timesteps.len() - first;
+
+    // 2. Text conditioning: [negative, prompt] for guidance, the prompt alone otherwise.
+    let text = match (params.guided(), text.dim(0)?) {
+        (true, 2) => text.clone(),
+        (false, 2) => text.narrow(0, 1, 1)?,
+        (false, 1) => text.clone(),
+        (_, b) => {
+            return Err(Error::Model(format!(
+                "prompt embeddings have batch {b}; guidance {} needs [negative, prompt]",
+                params.guidance
+            )))
+        }
+    };
+
+    // 3. Encode: sample the VAE posterior, z = mean + exp(½·clamp(logvar, −30, 20))·ε, and scale.
+    let device = image.device().clone();
+    let (mean, logvar) = model.vae_encode(&image.to_dtype(DType::F32)?)?;
+    let std = (logvar.clamp(-30f32, 20f32)? * 0.5)?.exp()?;
+    let eps = noise.noise(NoiseDraw::Posterior, mean.dims(), &device)?;
+    let x0 = ((mean + (std * eps)?)? * model.scaling_factor())?;
+
+    // 4. Noise the encoded frame to the first timestep that runs.
+    let eps = noise.noise(NoiseDraw::Start, x0.dims(), &device)?;
+    let mut latents = scheduler.add_noise(&x0, &eps, first)?;
+
+    // 5. Denoise: UNet (on [negative, prompt] when guided), guidance, scheduler step.
+    for (i, index) in (first..timesteps.len()).enumerate() {
+        let input = if params.guided() {
+            Tensor::cat(&[&latents, &latents], 0)?
+        } else {
+            latents.clone()
+        };
+        let input = scheduler.scale_model_input(input, index)?;
+        let out = model.unet(&input, timesteps[index], &text)?;
+        let out = if params.guided() {
+            let (uncond, cond) = (out.narrow(0, 0, 1)?, out.narrow(0, 1, 1)?);
+            (&uncond + ((cond - &uncond)? * params.guidance)?)?
+        } else {
+            out
+        };
+        let step_noise = if scheduler.needs_noise(index) {
+            Some(noise.noise(NoiseDraw::Step(i), latents.dims(), &device)?)
+        } else {
+            None
+        };
+        latents = scheduler.step(&out, index, &latents, step_noise.as_ref())?;
+        on_step(i, &latents)?;
+        progress.step(i + 1, total);
+    }
+
+    // 6. Decode and map [-1, 1] to [0, 1].
+    let decoded = model.vae_decode(&(&latents / model.scaling_factor())?)?;
+    let image = ((decoded * 0.5)? + 0.5)?.clamp(0f32, 1f32)?;
+    Ok((latents, image))
+}

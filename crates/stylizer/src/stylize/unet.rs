@@ -1,0 +1,321 @@
+//! The denoising UNet of Stable Diffusion: "High-Resolution Image Synthesis with Latent
+//! Diffusion Models", Rombach et al. 2022 (arXiv:2112.10752).
+//!
+//! Mirrors diffusers `models/unets/unet_2d_condition.py` (`UNet2DConditionModel`) and the
+//! blocks of `models/unets/unet_2d_blocks.py` it uses for SD 1.x/2.x (`DownBlock2D`,
+//! `CrossAttnDownBlock2D`, `UNetMidBlock2DCrossAttn`, `UpBlock2D`, `CrossAttnUpBlock2D`).
+//! Adapted from candle-transformers' `stable_diffusion/unet_2d.rs` and `unet_2d_blocks.rs`
+//! (MIT/Apache-2.0): one timestep per batch element (img2img with per-frame schedules, the
+//! golden's `timesteps2`), up-block types read separately from down-block types, the
+//! configured group count in every resnet, and the sinusoidal time embedding computed in
+//! f32 exactly as diffusers' `get_timestep_embedding` does.
+
+use candle_core::{Module, Result, Tensor};
+use candle_nn::{group_norm, Conv2dConfig, GroupNorm, VarBuilder};
+use candle_transformers::models::stable_diffusion::embeddings::TimestepEmbedding;
+
+use super::attention::{AttentionSlicing, SpatialTransformer, SpatialTransformerConfig};
+use super::config::UNetConfig;
+use super::conv::{conv2d, Conv2d};
+use super::resnet::ResnetBlock2D;
+
+fn conv3x3(
+    vb: VarBuilder,
+    cin: usize,
+    cout: usize,
+    stride: usize,
+    padding: usize,
+) -> Result<Conv2d> {
+    let cfg = Conv2dConfig {
+        padding,
+        stride,
+        ..Default::default()
+    };
+    conv2d(cin, cout, 3, cfg, vb)
+}
+
+/// A resolution level on the way down: resnets (each followed by a transformer when the
+/// block has cross-attention), then an optional stride-2 convolution.
+struct DownBlock {
+    resnets: Vec<ResnetBlock2D>,
+    attentions: Vec<SpatialTransformer>,
+    downsample: Option<(Conv2d, usize)>,
+}
+
+impl DownBlock {
+    /// Returns the block output and the states the up path concatenates (one per resnet,
+    /// plus the down-sampled one).
+    fn forward(
+        &self,
+        xs: &Tensor,
+        temb: &Tensor,
+        context: &Tensor,
+    ) -> Result<(Tensor, Vec<Tensor>)> {
+        let mut xs = xs.clone();
+        let mut states = Vec::with_capacity(self.resnets.len() + 1);
+        for (i, resnet) in self.resnets.iter().enumerate() {
+            xs = resnet.forward(&xs, Some(temb))?;
+            if let Some(attn) = self.attentions.get(i) {
+                xs = attn.forward(&xs, context)?;
+            }
+            states.push(xs.clone());
+        }
+        if let Some((conv, padding)) = &self.downsample {
+            // diffusers' Downsample2D pads right/bottom by one when its padding is 0.
+            if *padding == 0 {
+                xs = xs.pad_with_zeros(3, 0, 1)?.pad_with_zeros(2, 0, 1)?;
+            }
+            xs = conv.forward(&xs)?;
+            states.push(xs.clone());
+        }
+        Ok((xs, states))
+    }
+}
+
+/// A resolution level on the way up: resnets on [x, skip] (each followed by a transformer
+/// when the block has cross-attention), then an optional nearest ×2 up-sampling + conv.
+struct UpBlock {
+    resnets: Vec<ResnetBlock2D>,
+    attentions: Vec<SpatialTransformer>,
+    upsample: Option<Conv2d>,
+}
+
+impl UpBlock {
+    fn forward(
+        &self,
+        xs: &Tensor,
+        skips: &[Tensor],
+        temb: &Tensor,
+        context: &Tensor,
+        upsample_size: Option<(usize, usize)>,
+    ) -> Result<Tensor> {
+        let mut xs = xs.clone();
+        for (i, resnet) in self.resnets.iter().enumerate() {
+            let skip = &skips[skips.len() - 1 - i];
+            xs = resnet.forward(&Tensor::cat(&[&xs, skip], 1)?, Some(temb))?;
+            if let Some(attn) = self.attentions.get(i) {
+                xs = attn.forward(&xs, context)?;
+            }
+        }
+        if let Some(conv) = &self.upsample {
+            let (_, _, h, w) = xs.dims4()?;
+            let (h, w) = upsample_size.unwrap_or((2 * h, 2 * w));
+            xs = conv.forward(&xs.upsample_nearest2d(h, w)?)?;
+        }
+        Ok(xs)
+    }
+}
+
+/// diffusers `UNet2DConditionModel` for SD 1.x / 2.x (weights under the `unet/` component).
+pub struct UNet2DConditionModel {
+    conv_in: Conv2d,
+    time_embedding: TimestepEmbedding,
+    down_blocks: Vec<DownBlock>,
+    mid_resnets: (ResnetBlock2D, ResnetBlock2D),
+    mid_attention: SpatialTransformer,
+    up_blocks: Vec<UpBlock>,
+    conv_norm_out: GroupNorm,
+    conv_out: Conv2d,
+    config: UNetConfig,
+}
+
+impl UNet2DConditionModel {
+    pub fn new(vb: VarBuilder, config: &UNetConfig, slicing: AttentionSlicing) -> Result<Self> {
+        let c = config;
+        let n = c.blocks.len();
+        let ch0 = c.blocks[0].out_channels;
+        let time_dim = ch0 * 4;
+        let resnet = |vb: VarBuilder, cin: usize, cout: usize, scale: f64| {
+            ResnetBlock2D::new(
+                vb,
+                cin,
+                cout,
+                Some(time_dim),
+                c.norm_num_groups,
+                c.norm_eps,
+                scale,
+            )
+        };
+        let transformer = |vb: VarBuilder, channels: usize, level: usize| {
+            let b = &c.blocks[level];
+            let cfg = SpatialTransformerConfig {
+                channels,
+                heads: b.heads,
+                depth: b.transformer_layers,
+                context_dim: b.cross_attention_dim,
+                norm_groups: c.norm_num_groups,
+                use_linear_projection: c.use_linear_projection,
+                slicing,
+            };
+            SpatialTransformer::new(vb, &cfg)
+        };
+
+        let mut down_blocks = Vec::with_capacity(n);
+        for (i, block) in c.blocks.iter().enumerate() {
+            let vb = vb.pp("down_blocks").pp(i);
+            let cin = if i == 0 {
+                ch0
+            } else {
+                c.blocks[i - 1].out_channels
+            };
+            let cout = block.out_channels;
+            let mut resnets = Vec::new();
+            let mut attentions = Vec::new();
+            for j in 0..c.layers_per_block {
+                let rin = if j == 0 { cin } else { cout };
+                resnets.push(resnet(vb.pp("resnets").pp(j), rin, cout, 1.0)?);
+                if block.down_cross_attn {
+                    attentions.push(transformer(vb.pp("attentions").pp(j), cout, i)?);
+                }
+            }
+            let downsample = if i + 1 < n {
+                let p = c.downsample_padding;
+                Some((conv3x3(vb.pp("downsamplers.0.conv"), cout, cout, 2, p)?, p))
+            } else {
+                None
+            };
+            down_blocks.push(DownBlock {
+                resnets,
+                attentions,
+                downsample,
+            });
+        }
+
+        let last = n - 1;
+        let ch_last = c.blocks[last].out_channels;
+        let mid = vb.pp("mid_block");
+        let mid_scale = c.mid_block_scale_factor;
+        let mid_resnets = (
+            resnet(mid.pp("resnets.0"), ch_last, ch_last, mid_scale)?,
+            resnet(mid.pp("resnets.1"), ch_last, ch_last, mid_scale)?,
+        );
+        let mid_attention = transformer(mid.pp("attentions.0"), ch_last, last)?;
+
+        let mut up_blocks = Vec::with_capacity(n);
+        for i in 0..n {
+            let vb = vb.pp("up_blocks").pp(i);
+            let level = n - 1 - i;
+            let cout = c.blocks[level].out_channels;
+            let prev_out = if i == 0 {
+                ch_last
+            } else {
+                c.blocks[level + 1].out_channels
+            };
+            let skip_in = c.blocks[level.saturating_sub(1)].out_channels;
+            let layers = c.layers_per_block + 1;
+            let mut resnets = Vec::new();
+            let mut attentions = Vec::new();
+            for j in 0..layers {
+                let skip = if j == layers - 1 { skip_in } else { cout };
+                let rin = if j == 0 { prev_out } else { cout };
+                resnets.push(resnet(vb.pp("resnets").pp(j), rin + skip, cout, 1.0)?);
+                if c.blocks[level].up_cross_attn {
+                    attentions.push(transformer(vb.pp("attentions").pp(j), cout, level)?);
+                }
+            }
+            let upsample = if i + 1 < n {
+                Some(conv3x3(vb.pp("upsamplers.0.conv"), cout, cout, 1, 1)?)
+            } else {
+                None
+            };
+            up_blocks.push(UpBlock {
+                resnets,
+                attentions,
+                upsample,
+            });
+        }
+
+        Ok(Self {
+            conv_in: conv3x3(vb.pp("conv_in"), c.in_channels, ch0, 1, 1)?,
+            time_embedding: TimestepEmbedding::new(vb.pp("time_embedding"), ch0, time_dim)?,
+            down_blocks,
+            mid_resnets,
+            mid_attention,
+            up_blocks,
+            conv_norm_out: group_norm(c.norm_num_groups, ch0, c.norm_eps, vb.pp("conv_norm_out"))?,
+            conv_out: conv3x3(vb.pp("conv_out"), ch0, c.out_channels, 1, 1)?,
+            config: config.clone(),
+        })
+    }
+
+    pub fn config(&self) -> &UNetConfig {
+        &self.config
+    }
+
+    /// diffusers `get_timestep_embedding` (`Timesteps` module): `[cos | sin]` of t · 10000^(-i/(half - shift))
+    /// when `flip_sin_to_cos`, computed in f32 like torch does, one row per timestep.
+    fn timestep_features(&self, timesteps: &[f64]) -> Vec<f32> {
+        let dim = self.config.blocks[0].out_channels;
+        let half = dim / 2;
+        let shift = self.config.freq_shift as f32;
+        let freqs: Vec<f32> = (0..half)
+            .map(|i| ((-(10000f64.ln() as f32) * i as f32) / (half as f32 - shift)).exp())
+            .collect();
+        let mut out = Vec::with_capacity(timesteps.len() * dim);
+        for &t in timesteps {
+            let args: Vec<f32> = freqs.iter().map(|f| t as f32 * f).collect();
+            let (sin, cos) = (args.iter().map(|a| a.sin()), args.iter().map(|a| a.cos()));
+            if self.config.flip_sin_to_cos {
+                out.extend(cos.chain(sin));
+            } else {
+                out.extend(sin.chain(cos));
+            }
+            out.extend(std::iter::repeat_n(0.0, dim - 2 * half));
+        }
+        out
+    }
+
+    /// Predicts noise (or v) for `xs` `[b, in_channels, h, w]` at `timesteps` (one value for
+    /// the whole batch, or one per element) given text embeddings `[b, tokens, dim]`.
+    /// Any latent size works; sizes that are not multiples of 2^(levels-1) up-sample to
+    /// the skip connections' sizes as diffusers does.
+    pub fn forward(&self, xs: &Tensor, timesteps: &[f64], context: &Tensor) -> Result<Tensor> {
+        let (b, _, h, w) = xs.dims4()?;
+        let dtype = self.conv_in.dtype();
+        let device = xs.device();
+        let ts: Vec<f64> = match timesteps.len() {
+            1 => vec![timesteps[0]; b],
+            n if n == b => timesteps.to_vec(),
+            n => candle_core::bail!("unet: {n} timesteps for a batch of {b}"),
+        };
+        let dim = self.config.blocks[0].out_channels;
+        let t_emb =
+            Tensor::from_vec(self.timestep_features(&ts), (b, dim), device)?.to_dtype(dtype)?;
+        let temb = self.time_embedding.forward(&t_emb)?;
+        let context = context.to_dtype(dtype)?;
+
+        let mut xs = xs.to_dtype(dtype)?;
+        if self.config.center_input_sample {
+            xs = ((xs * 2.0)? - 1.0)?;
+        }
+        let xs = self.conv_in.forward(&xs)?;
+        let mut skips = vec![xs.clone()];
+        let mut xs = xs;
+        for block in &self.down_blocks {
+            let (out, states) = block.forward(&xs, &temb, &context)?;
+            skips.extend(states);
+            xs = out;
+        }
+
+        xs = self.mid_resnets.0.forward(&xs, Some(&temb))?;
+        xs = self.mid_attention.forward(&xs, &context)?;
+        xs = self.mid_resnets.1.forward(&xs, Some(&temb))?;
+
+        let up_factor = 1usize << (self.up_blocks.len() - 1);
+        let odd_size = h % up_factor != 0 || w % up_factor != 0;
+        for (i, block) in self.up_blocks.iter().enumerate() {
+            let rest = skips.split_off(skips.len() - block.resnets.len());
+            let is_final = i + 1 == self.up_blocks.len();
+            let upsample_size = match skips.last() {
+                Some(next) if odd_size && !is_final => {
+                    let (_, _, h, w) = next.dims4()?;
+                    Some((h, w))
+                }
+                _ => None,
+            };
+            xs = block.forward(&xs, &rest, &temb, &context, upsample_size)?;
+        }
+        let xs = candle_nn::ops::silu(&self.conv_norm_out.forward(&xs)?)?;
+        self.conv_out.forward(&xs)
+    }
+}

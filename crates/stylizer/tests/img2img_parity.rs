@@ -1,0 +1,117 @@
+//! Full img2img parity with diffusers' StableDiffusionImg2ImgPipeline on the tiny fixture
+//! models: real tokenizer, text encoder, UNet and VAE, every scheduler, the recorded noise
+//! replayed. Tolerance 1e-3 max abs on latents and image (shared/reference/README.md).
+//!
+//! Fixtures: tests/fixtures/sd/{tiny-sd,tiny-sd2} (models) and
+//! tests/fixtures/sd/golden/<variant>/img2img_<scheduler>.safetensors
+//! (tools/reference/golden_sd.py: prompt below, negative "", strength 0.6, 10 steps, guidance 7.5).
+
+use std::path::PathBuf;
+
+use candle_core::{DType, Device, Tensor};
+use stylizer::stylize::img2img::{img2img, Img2ImgParams};
+use stylizer::stylize::model::{LoadOptions, SdFiles, SdModel};
+use stylizer::stylize::noise::ReplayNoise;
+use stylizer::stylize::schedulers::{SchedulerConfig, SchedulerKind};
+use stylizer::stylize::vae::VaeTiling;
+use stylizer::weights::ModelSource;
+use stylizer::NoProgress;
+
+const PROMPT: &str = "a photograph of an astronaut riding a horse";
+const TOL: f32 = 1e-3;
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/sd")
+}
+
+fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims());
+    let d = (a.to_dtype(DType::F32).unwrap() - b.to_dtype(DType::F32).unwrap()).unwrap();
+    d.abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar()
+        .unwrap()
+}
+
+fn parity(variant: &str) {
+    let opts = LoadOptions {
+        vae_tiling: VaeTiling::Off,
+        ..LoadOptions::new(Device::Cpu)
+    };
+    let source = ModelSource::Folder(fixtures().join(variant));
+    let files = SdFiles::resolve(&source, &opts, &mut NoProgress).unwrap();
+    let text = files.encode_prompts(PROMPT, Some("")).unwrap();
+    let model = SdModel::load(&files, &mut NoProgress).unwrap();
+    let scheduler = SchedulerConfig::from_value(&files.scheduler_config).unwrap();
+    for kind in SchedulerKind::ALL {
+        let path = fixtures().join(format!("golden/{variant}/img2img_{kind}.safetensors"));
+        let g = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
+        let ids: Vec<i64> = g["prompt_input_ids"]
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let ours: Vec<i64> = files
+            .tokenizer()
+            .encode(PROMPT)
+            .unwrap()
+            .into_iter()
+            .map(i64::from)
+            .collect();
+        assert_eq!(ours, ids, "{variant}: prompt token ids");
+        let e_text = max_abs(&text, &g["prompt_embeds"]);
+        assert!(
+            e_text < 1e-4,
+            "{variant}: prompt embeddings off by {e_text}"
+        );
+
+        let params = Img2ImgParams {
+            strength: 0.6,
+            steps: 10,
+            guidance: 7.5,
+            scheduler: kind,
+        };
+        let mut noise = ReplayNoise::new(g.clone());
+        let mut e_steps = 0f32;
+        let (latents, image) = img2img(
+            &model,
+            &scheduler,
+            &params,
+            &text,
+            &g["image_in"],
+            &mut noise,
+            &mut NoProgress,
+            &mut |i, l| {
+                e_steps = e_steps.max(max_abs(l, &g[&format!("step{i}.latents_after")]));
+                Ok(())
+            },
+        )
+        .unwrap();
+        assert!(
+            noise.unused().is_empty(),
+            "{variant} {kind}: unused noise {:?}",
+            noise.unused()
+        );
+        let e_lat = max_abs(&latents, &g["final_latents"]);
+        let e_img = max_abs(&image, &g["image_out"]);
+        println!("{variant} {kind}: max abs: steps {e_steps:.2e}, final latents {e_lat:.2e}, image {e_img:.2e}");
+        assert!(
+            e_steps < TOL && e_lat < TOL && e_img < TOL,
+            "{variant} {kind}: beyond {TOL}"
+        );
+    }
+}
+
+#[test]
+fn img2img_matches_diffusers_tiny_sd() {
+    parity("tiny-sd");
+}
+
+#[test]
+fn img2img_matches_diffusers_tiny_sd2() {
+    parity("tiny-sd2");
+}

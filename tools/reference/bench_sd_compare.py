@@ -1,0 +1,77 @@
+#!/usr/bin/env python3
+"""Our SD UNet and VAE next to PyTorch's, in one invocation, on the same machine state.
+
+Runs bench_torch.py's `unet` and `vae` cases (SD-2-base UNet at latent 60x106, CFG batch 2
+and batch 1; SD VAE decode 60x106 -> 480x848 and encode) and then the project's
+`sd_bench` example on the same random-weight SD-2-base pipeline (make_sd2_random.py), and
+prints ours/PyTorch ratios (best of the repetitions) and peak memory.
+
+Usage: python bench_sd_compare.py MODEL_DIR [--reps 1] [--bench-bin target/release/examples/sd_bench]
+                                  [--rust-args "--vae-tiling off"]
+Build first: cargo build --release --example sd_bench
+"""
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+
+
+def result_line(out):
+    lines = [l for l in out.splitlines() if l.startswith("RESULT ")]
+    return json.loads(lines[-1][7:]) if lines else None
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("model")
+    ap.add_argument("--reps", type=int, default=1)
+    ap.add_argument("--bench-bin", default=os.path.join(ROOT, "target", "release", "examples", "sd_bench"))
+    ap.add_argument("--rust-args", default="")
+    a = ap.parse_args()
+
+    torch_out = os.path.join(HERE, ".cache", "bench_sd_compare_torch.json")
+    load0 = os.getloadavg()
+    subprocess.run([sys.executable, os.path.join(HERE, "bench_torch.py"), "unet,vae", "--reps", str(a.reps),
+                    "--out", torch_out], check=True)
+    with open(torch_out) as f:
+        t = json.load(f)
+    cmd = [a.bench_bin, "--model", a.model, "--cases", "unet,vae", "--reps", str(a.reps)] + shlex.split(a.rust_args)
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    r = result_line(p.stdout)
+    if r is None:
+        sys.exit(f"sd_bench failed:\n{p.stderr[-3000:]}")
+    load1 = os.getloadavg()
+
+    rows = [
+        ("UNet 60x106 batch 2 (CFG)", min(t["unet"]["batch2_s"]), min(r["unet"]["batch2_s"])),
+        ("UNet 60x106 batch 1", min(t["unet"]["batch1_s"]), min(r["unet"]["batch1_s"])),
+        ("VAE decode 60x106 -> 480x848", min(t["vae"]["decode_s"]), min(r["vae"]["decode_s"])),
+        ("VAE encode 480x848", min(t["vae"]["encode_s"]), min(r["vae"]["encode_s"])),
+    ]
+    print(f"\n{'case':32} {'PyTorch s':>10} {'ours s':>10} {'ours/PyTorch':>13}")
+    for name, ts, rs in rows:
+        print(f"{name:32} {ts:10.2f} {rs:10.2f} {rs / ts:13.2f}")
+    # CPU seconds (process user+system) in the same order for both: unet b2, b1; vae decode, encode.
+    if "cpu_s" in t["unet"] and "cpu_s" in r["unet"]:
+        r_cpu = r["unet"]["cpu_s"] + r["vae"]["cpu_s"]
+        t_cpu = t["unet"]["cpu_s"] + t["vae"]["cpu_s"]
+        n = a.reps
+        pick = lambda v, i: min(v[i * n:(i + 1) * n])  # noqa: E731
+        print(f"\n{'case (CPU seconds)':32} {'PyTorch':>10} {'ours':>10} {'ours/PyTorch':>13}")
+        for i, (name, _, _) in enumerate(rows):
+            print(f"{name:32} {pick(t_cpu, i):10.1f} {pick(r_cpu, i):10.1f} {pick(r_cpu, i) / pick(t_cpu, i):13.2f}")
+    print(f"peak RSS MB  unet: PyTorch {t['unet']['peak_rss_MB']}  ours {r['unet']['peak_rss_MB']:.0f} | "
+          f"vae: PyTorch {t['vae']['peak_rss_MB']}  ours {r['vae']['peak_rss_MB']:.0f}")
+    print(f"threads: PyTorch {t['unet']['threads']}, ours {r['threads']}; ours: tiling {r['vae_tiling']}, "
+          f"slicing {r['slicing']}; load average before/after {[round(x, 1) for x in load0]} / "
+          f"{[round(x, 1) for x in load1]}")
+    print("RESULT " + json.dumps({"torch": {k: t[k] for k in ("unet", "vae")}, "ours": r}))
+
+
+if __name__ == "__main__":
+    main()
