@@ -44,14 +44,12 @@ fn randn(shape: &[usize]) -> Result<Tensor> {
 /// work on a shared machine).
 fn cpu_seconds() -> f64 {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+    // After the parenthesised command name: state, ppid, ..., utime (11th), stime (12th), in ticks.
     let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<f64> = rest
-        .split_whitespace()
-        .filter_map(|x| x.parse().ok())
-        .collect();
-    f.get(11)
-        .zip(f.get(12))
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let tick = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok());
+    tick(11)
+        .zip(tick(12))
         .map_or(f64::NAN, |(u, s)| (u + s) / 100.0)
 }
 
@@ -167,8 +165,7 @@ fn main() -> Result<()> {
                     let (x1, e1) = (x.narrow(0, 0, 1)?, emb.narrow(0, 0, 1)?);
                     b1.push(timed(|| Ok(model.unet(&x1, &[501.0], &e1)?))?.1);
                 }
-                result["unet"] =
-                    json!({"batch2_s": b2, "batch1_s": b1, "peak_rss_MB": peak_rss_mb()});
+                result["unet"] = json!({"batch2_s": b2, "batch1_s": b1, "cpu_s": take_cpu(), "peak_rss_MB": peak_rss_mb()});
             }
             "vae" => {
                 let model = SdModel::load(&files, &mut NoProgress)?;
@@ -182,8 +179,7 @@ fn main() -> Result<()> {
                 for _ in 0..reps {
                     enc.push(timed(|| Ok(model.vae_encode(&img)?))?.1);
                 }
-                result["vae"] =
-                    json!({"decode_s": dec, "encode_s": enc, "peak_rss_MB": peak_rss_mb()});
+                result["vae"] = json!({"decode_s": dec, "encode_s": enc, "cpu_s": take_cpu(), "peak_rss_MB": peak_rss_mb()});
             }
             "conv" => {
                 // 3×3 convolutions of the UNet (level 1, CFG batch) and VAE decoder (full size).
