@@ -7,11 +7,18 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
+use candle_core::DType;
 use clap::{Args, Parser, Subcommand};
 use stylizer::pipeline::{self, Job, Outcome};
 use stylizer::stage::{Identity, Invert};
+use stylizer::stylize::img2img::Img2ImgParams;
+use stylizer::stylize::model::LoadOptions;
+use stylizer::stylize::schedulers::SchedulerKind;
+use stylizer::stylize::stage::{StylizeSettings, StylizeStage};
+use stylizer::stylize::vae::VaeTiling;
 use stylizer::upscale::{images, resize::Target, UpscaleOptions, UpscaleStage};
 use stylizer::video::{probe, Codec, EncodeSettings, MaxRes, VideoInfo};
+use stylizer::weights::ModelSource;
 use stylizer::{Error, FrameStage, Progress, Stage};
 
 use progress::{CliProgress, Mode};
@@ -195,9 +202,27 @@ struct StylizeArgs {
     /// Random seed; the same seed gives the same video. Random and printed when absent.
     #[arg(long)]
     seed: Option<u64>,
-    /// Sampler: ddim, euler, euler-a, dpmpp-2m, lcm.
+    /// Sampler: ddim, euler, euler-a, dpmpp-2m, dpmpp-2m-karras, lcm.
     #[arg(long, default_value = "ddim")]
     scheduler: String,
+    /// Hub revision (branch, tag or commit) of --model-id.
+    #[arg(long)]
+    revision: Option<String>,
+    /// Weight file variant on the hub, e.g. fp16.
+    #[arg(long)]
+    variant: Option<String>,
+    /// Use only the local Hugging Face cache (also HF_HUB_OFFLINE=1).
+    #[arg(long)]
+    offline: bool,
+    /// Model precision: f32, f16 or bf16 (default: f32 on CPU, f16 on GPU).
+    #[arg(long, value_parser = parse_dtype)]
+    dtype: Option<DType>,
+    /// Tile the VAE: auto (large frames), on, off.
+    #[arg(long, default_value = "auto", value_parser = parse_vae_tiling)]
+    vae_tiling: VaeTiling,
+    /// Draw new noise for every frame (default: the same noise for all frames, less flicker).
+    #[arg(long)]
+    noise_per_frame: bool,
     /// Upscale the stylized frames ×4 with Real-ESRGAN, to full HD (see --upscale-to).
     #[arg(long)]
     upscale: bool,
@@ -231,6 +256,24 @@ fn parse_max_res(s: &str) -> Result<MaxRes, String> {
 
 fn parse_codec(s: &str) -> Result<Codec, String> {
     s.parse().map_err(|e: Error| e.to_string())
+}
+
+fn parse_dtype(s: &str) -> Result<DType, String> {
+    match s {
+        "f32" => Ok(DType::F32),
+        "f16" => Ok(DType::F16),
+        "bf16" => Ok(DType::BF16),
+        _ => Err(format!("unknown dtype `{s}` (f32, f16 or bf16)")),
+    }
+}
+
+fn parse_vae_tiling(s: &str) -> Result<VaeTiling, String> {
+    match s {
+        "auto" => Ok(VaeTiling::Auto),
+        "on" => Ok(VaeTiling::On),
+        "off" => Ok(VaeTiling::Off),
+        _ => Err(format!("unknown VAE tiling `{s}` (auto, on or off)")),
+    }
 }
 
 fn parse_target(s: &str) -> Result<Target, String> {
@@ -274,7 +317,7 @@ impl FrameStage for Delayed {
 
 /// The model stages the flags ask for. Features that have not landed stop here, before any
 /// work, instead of being silently ignored.
-fn build_stages(a: &StylizeArgs) -> anyhow::Result<Vec<Box<dyn FrameStage>>> {
+fn build_stages(a: &StylizeArgs, seed: u64) -> anyhow::Result<Vec<Box<dyn FrameStage>>> {
     if a.controlnet_id.is_some() {
         return Err(Error::NotImplemented("ControlNet guidance (--controlnet-id)".into()).into());
     }
@@ -301,19 +344,39 @@ fn build_stages(a: &StylizeArgs) -> anyhow::Result<Vec<Box<dyn FrameStage>>> {
                 inner
             });
         }
-        None => {
-            if a.prompt.is_none() {
-                bail!("--prompt is required (what the frames should look like, e.g. --prompt \"anime style\")");
-            }
-            return Err(
-                Error::NotImplemented("Stable Diffusion img2img (stylize --prompt)".into()).into(),
-            );
-        }
+        None => stages.push(Box::new(sd_stage(a, seed)?)),
     }
     if a.upscale {
         stages.push(Box::new(a.upscale_flags.stage(&a.out.device)?));
     }
     Ok(stages)
+}
+
+/// The Stable Diffusion stage from the flags; nothing is loaded until the first frame is due.
+fn sd_stage(a: &StylizeArgs, seed: u64) -> anyhow::Result<StylizeStage> {
+    let Some(prompt) = a.prompt.clone() else {
+        bail!("--prompt is required (what the frames should look like, e.g. --prompt \"anime style\")");
+    };
+    let mut load = LoadOptions::new(stylizer::device::select(&a.out.device)?);
+    load.dtype = a.dtype;
+    load.hub.revision = a.revision.clone();
+    load.hub.variant = a.variant.clone();
+    load.hub.offline |= a.offline;
+    load.vae_tiling = a.vae_tiling;
+    Ok(StylizeStage::new(StylizeSettings {
+        model: ModelSource::parse(&a.model_id)?,
+        load,
+        prompt,
+        negative_prompt: a.negative_prompt.clone(),
+        params: Img2ImgParams {
+            strength: a.strength,
+            steps: a.steps as usize,
+            guidance: a.guidance,
+            scheduler: a.scheduler.parse::<SchedulerKind>()?,
+        },
+        seed,
+        noise_per_frame: a.noise_per_frame,
+    })?)
 }
 
 /// Probes the input, runs the job, reports the outcome.
@@ -338,9 +401,47 @@ fn stylize(a: StylizeArgs, progress: &mut CliProgress) -> anyhow::Result<ExitCod
         );
     }
     stylizer::device::select(&a.out.device)?;
-    let job = a.out.job(&a.input, "stylized", a.max_res)?;
-    let mut stages = build_stages(&a)?;
+    let mut job = a.out.job(&a.input, "stylized", a.max_res)?;
+    // Same seed ⇒ same video: a rerun without --seed resumes with the unfinished run's seed,
+    // and shares of one job must agree on it.
+    let seed = match (a.seed, pipeline::resume_seed(&job)) {
+        (Some(seed), _) => seed,
+        (None, Some(seed)) => {
+            eprintln!(
+                "seed {seed} (from the unfinished run in {})",
+                job.work_dir().display()
+            );
+            seed
+        }
+        (None, None) if job.share.is_some() && a.frame_stage.is_none() => {
+            bail!("--segment needs --seed, so that every share draws the same noise")
+        }
+        (None, None) => {
+            let seed = random_seed();
+            if a.frame_stage.is_none() {
+                eprintln!("seed {seed} (pass --seed {seed} to render the same video again)");
+            }
+            seed
+        }
+    };
+    if a.frame_stage.is_none() {
+        job.seed = Some(seed);
+    }
+    let mut stages = build_stages(&a, seed)?;
     render(job, &mut stages, progress)
+}
+
+/// A seed from the clock and the process id (only needs to differ between runs).
+fn random_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.write_u32(std::process::id());
+    h.finish() % 1_000_000_000
 }
 
 fn upscale(a: UpscaleArgs, progress: &mut CliProgress) -> anyhow::Result<ExitCode> {
@@ -349,7 +450,8 @@ fn upscale(a: UpscaleArgs, progress: &mut CliProgress) -> anyhow::Result<ExitCod
         return upscale_images(&a, stage, progress);
     }
     // Videos are upscaled from their own size: `--max-res` belongs to stylizing.
-    let job = a.out.job(&a.input, "upscaled", MaxRes::Original)?;
+    let mut job = a.out.job(&a.input, "upscaled", MaxRes::Original)?;
+    job.size_multiple = 2;
     let mut stages: Vec<Box<dyn FrameStage>> = vec![Box::new(stage)];
     render(job, &mut stages, progress)
 }
@@ -367,9 +469,16 @@ fn upscale_images(
         vec![a.input.clone()]
     };
     if inputs.is_empty() {
-        bail!("{}: no png, jpg or webp images in this folder", a.input.display());
+        bail!(
+            "{}: no png, jpg or webp images in this folder",
+            a.input.display()
+        );
     }
-    let out_dir = a.out.output.as_deref().filter(|o| o.is_dir() || inputs.len() > 1);
+    let out_dir = a
+        .out
+        .output
+        .as_deref()
+        .filter(|o| o.is_dir() || inputs.len() > 1);
     if let Some(dir) = out_dir {
         if !dir.is_dir() {
             bail!("{}: output folder does not exist", dir.display());
@@ -391,7 +500,10 @@ fn upscale_images(
     // Checked for all images before the first one is processed.
     for t in &targets {
         if t.exists() && !a.out.overwrite {
-            bail!("{}: already exists (use --overwrite to replace it)", t.display());
+            bail!(
+                "{}: already exists (use --overwrite to replace it)",
+                t.display()
+            );
         }
     }
     progress.stage(Stage::LoadModels);
@@ -416,9 +528,17 @@ fn models(command: ModelsCommand, progress: &mut CliProgress) -> anyhow::Result<
     let dir = fetch::models_dir();
     match command {
         ModelsCommand::List => {
-            println!("model cache: {} (set {} to move it)", dir.display(), fetch::MODELS_ENV);
+            println!(
+                "model cache: {} (set {} to move it)",
+                dir.display(),
+                fetch::MODELS_ENV
+            );
             for m in fetch::KNOWN_MODELS {
-                let have = if dir.join(m.file).is_file() { "cached" } else { "not downloaded" };
+                let have = if dir.join(m.file).is_file() {
+                    "cached"
+                } else {
+                    "not downloaded"
+                };
                 println!("  {:<28} {:>5} MB  {have}", m.name, m.bytes >> 20);
             }
         }

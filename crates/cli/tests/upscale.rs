@@ -22,8 +22,20 @@ fn animevideo() -> PathBuf {
 fn real_snippet(dir: &Path) -> PathBuf {
     let out = dir.join("bbb_snippet.mp4");
     ffmpeg(&[
-        "-i", bigbuckbunny().to_str().unwrap(), "-frames:v", "12", "-t", "0.48",
-        "-vf", "scale=160:90", "-c:v", "libx264", "-crf", "12", "-c:a", "copy",
+        "-i",
+        bigbuckbunny().to_str().unwrap(),
+        "-frames:v",
+        "12",
+        "-t",
+        "0.48",
+        "-vf",
+        "scale=160:90",
+        "-c:v",
+        "libx264",
+        "-crf",
+        "12",
+        "-c:a",
+        "copy",
         out.to_str().unwrap(),
     ]);
     out
@@ -50,21 +62,38 @@ fn upscale_a_real_clip_to_full_hd() {
     assert_eq!(codec, "aac");
     assert!((secs - audio_duration(&input).unwrap().1).abs() < 0.05);
     // Upscaled, the picture is still the same picture: compare at the input size.
-    let p = psnr(&decode_rgb(&input, 160, 90, ""), &decode_rgb(&output, 160, 90, ""));
+    let p = psnr(
+        &decode_rgb(&input, 160, 90, ""),
+        &decode_rgb(&output, 160, 90, ""),
+    );
     assert!(p > 25.0, "downscaled back, PSNR {p:.1} dB");
 }
 
 #[test]
 fn stylize_with_upscale_chains_the_stages() {
     let dir = tempfile::tempdir().unwrap();
-    let input = make_clip(dir.path(), "in.mp4", "128x96", "30000/1001", 0.3, Some("aac"), &[]);
+    let input = make_clip(
+        dir.path(),
+        "in.mp4",
+        "128x96",
+        "30000/1001",
+        0.3,
+        Some("aac"),
+        &[],
+    );
     let output = dir.path().join("out.mkv");
     let model = animevideo();
     stylize_ok(
         &input,
         &output,
         "invert",
-        &["--upscale", "--upscale-to", "x4", "--upscale-model", model.to_str().unwrap()],
+        &[
+            "--upscale",
+            "--upscale-to",
+            "x4",
+            "--upscale-model",
+            model.to_str().unwrap(),
+        ],
     );
     let v = video_facts(&output);
     assert_eq!((v.width, v.height), (512, 384));
@@ -79,19 +108,15 @@ fn upscale_images_and_folders() {
     std::fs::create_dir(&pics).unwrap();
     for (name, size) in [("a.png", "40x30"), ("b.jpg", "32x48")] {
         ffmpeg(&[
-            "-f", "lavfi", "-i", &format!("testsrc2=size={size}"), "-frames:v", "1",
+            "-f",
+            "lavfi",
+            "-i",
+            &format!("testsrc2=size={size}"),
+            "-frames:v",
+            "1",
             pics.join(name).to_str().unwrap(),
         ]);
     }
-    let out = run(bin()
-        .arg("upscale")
-        .arg(pics.join("a.png"))
-        .args(["--quiet", "--upscale-to", "x4", "--upscale-model"])
-        .arg(&model));
-    assert!(out.status.success(), "{}", stderr(&out));
-    let s = ffprobe_stream(&pics.join("a_upscaled.png"), "v:0", "width,height");
-    assert_eq!((s["width"].as_str(), s["height"].as_str()), ("160", "120"));
-
     let outdir = dir.path().join("big");
     std::fs::create_dir(&outdir).unwrap();
     let out = run(bin()
@@ -105,7 +130,18 @@ fn upscale_images_and_folders() {
     assert_eq!(listing(&outdir), ["a_upscaled.png", "b_upscaled.jpg"]);
     // Portrait fits 1080×1920.
     let s = ffprobe_stream(&outdir.join("b_upscaled.jpg"), "v:0", "width,height");
-    assert_eq!((s["width"].as_str(), s["height"].as_str()), ("1080", "1620"));
+    assert_eq!(
+        (s["width"].as_str(), s["height"].as_str()),
+        ("1080", "1620")
+    );
+    let out = run(bin()
+        .arg("upscale")
+        .arg(pics.join("a.png"))
+        .args(["--quiet", "--upscale-to", "x4", "--upscale-model"])
+        .arg(&model));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let s = ffprobe_stream(&pics.join("a_upscaled.png"), "v:0", "width,height");
+    assert_eq!((s["width"].as_str(), s["height"].as_str()), ("160", "120"));
 }
 
 #[test]
@@ -129,7 +165,11 @@ fn a_missing_model_stops_before_any_work() {
         .arg(&input)
         .args(["--frame-stage", "identity", "--upscale", "--upscale-model"])
         .arg(dir.path().join("nope.pth")));
-    assert!(stderr(&out).contains("no such model file"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no such model file"),
+        "{}",
+        stderr(&out)
+    );
     assert_eq!(listing(dir.path()), ["in.mp4"]);
 }
 

@@ -23,6 +23,8 @@ pub struct Job {
     /// The final output file (see [`output_path`]).
     pub output: PathBuf,
     pub max_res: MaxRes,
+    /// Decoded frame sides are multiples of this (8 for Stable Diffusion, 2 at least).
+    pub size_multiple: u32,
     pub encode: EncodeSettings,
     /// Replace an existing output file.
     pub overwrite: bool,
@@ -43,6 +45,7 @@ impl Job {
             input,
             output,
             max_res: MaxRes::P480,
+            size_multiple: 8,
             encode,
             overwrite: false,
             keep_work: false,
@@ -222,7 +225,12 @@ pub fn run(
             )));
         }
     }
-    let (width, height) = render_size(info.width, info.height, job.max_res);
+    let (width, height) = render_size(
+        info.width,
+        info.height,
+        job.max_res,
+        job.size_multiple.max(2),
+    );
     let (out_width, out_height) = chain_size(stages, width, height);
     let tonemap = info.hdr && crate::video::decode::can_tonemap();
     if info.hdr && !tonemap {

@@ -46,13 +46,13 @@ impl std::str::FromStr for MaxRes {
 }
 
 /// Size frames are decoded at: the short side brought down to `max_res` (never up), the
-/// aspect ratio kept, both sides rounded down to multiples of 8 (the diffusion model's
-/// latent grid needs it).
-pub fn render_size(display_w: u32, display_h: u32, max_res: MaxRes) -> (u32, u32) {
+/// aspect ratio kept, both sides rounded down to multiples of `multiple` (8 for the diffusion
+/// model's latent grid; 2 is what 4:2:0 video needs).
+pub fn render_size(display_w: u32, display_h: u32, max_res: MaxRes, multiple: u32) -> (u32, u32) {
     let short = display_w.min(display_h).max(1);
     let target = max_res.short_side().map_or(short, |s| s.min(short));
     let scale = target as f64 / short as f64;
-    let fit = |v: u32| (((v as f64 * scale).round() as u32) / 8 * 8).max(8);
+    let fit = |v: u32| (((v as f64 * scale).round() as u32) / multiple * multiple).max(multiple);
     (fit(display_w), fit(display_h))
 }
 
@@ -191,13 +191,14 @@ mod tests {
 
     #[test]
     fn render_size_never_upscales_and_rounds_to_8() {
-        assert_eq!(render_size(1920, 1080, MaxRes::P480), (848, 480));
-        assert_eq!(render_size(1280, 720, MaxRes::P480), (848, 480));
-        assert_eq!(render_size(1080, 1920, MaxRes::P720), (720, 1280));
-        assert_eq!(render_size(321, 241, MaxRes::P480), (320, 240));
-        assert_eq!(render_size(640, 360, MaxRes::P1080), (640, 360));
-        assert_eq!(render_size(3840, 2160, MaxRes::Original), (3840, 2160));
-        assert_eq!(render_size(4, 4, MaxRes::P480), (8, 8));
+        assert_eq!(render_size(1920, 1080, MaxRes::P480, 8), (848, 480));
+        assert_eq!(render_size(1280, 720, MaxRes::P480, 8), (848, 480));
+        assert_eq!(render_size(1080, 1920, MaxRes::P720, 8), (720, 1280));
+        assert_eq!(render_size(321, 241, MaxRes::P480, 8), (320, 240));
+        assert_eq!(render_size(640, 360, MaxRes::P1080, 8), (640, 360));
+        assert_eq!(render_size(3840, 2160, MaxRes::Original, 8), (3840, 2160));
+        assert_eq!(render_size(4, 4, MaxRes::P480, 8), (8, 8));
+        assert_eq!(render_size(161, 91, MaxRes::Original, 2), (160, 90));
     }
 
     #[test]
