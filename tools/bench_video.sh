@@ -7,8 +7,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 REPS=${1:-2}; shift || true
 RESES=("$@"); [ ${#RESES[@]} -gt 0 ] || RESES=(480p 1080p)
-cargo build --release -q -p video-stylizer
-BIN=target/release/video-stylizer
+cargo build -q  # the dev profile optimises every crate (Cargo.toml)
+BIN=target/debug/video-stylizer
 DIR=$(mktemp -d); trap 'rm -rf "$DIR"' EXIT
 ffmpeg -hide_banner -loglevel error -nostdin -f lavfi -i testsrc2=size=1920x1080:rate=25 \
   -f lavfi -i sine=frequency=440:duration=10 -t 10 -c:v libx264 -preset veryfast -crf 18 \

@@ -8,9 +8,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/setup.sh
-cargo build --release -q -p video-stylizer
+cargo build -q  # the dev profile optimises every crate (Cargo.toml)
 mkdir -p target/sample
-BIN=target/release/video-stylizer
+BIN=target/debug/video-stylizer
 $BIN probe tests/data/bigbuckbunny.mp4
 $BIN stylize tests/data/bigbuckbunny.mp4 --prompt "anime style" -m tests/fixtures/sd/tiny-sd2 \
   --seed 42 --overwrite -o target/sample/bigbuckbunny_stylized.mp4
