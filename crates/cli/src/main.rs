@@ -317,7 +317,11 @@ impl FrameStage for Delayed {
 
 /// The model stages the flags ask for. Features that have not landed stop here, before any
 /// work, instead of being silently ignored.
-fn build_stages(a: &StylizeArgs, seed: u64) -> anyhow::Result<Vec<Box<dyn FrameStage>>> {
+fn build_stages(
+    a: &StylizeArgs,
+    seed: u64,
+    progress: &CliProgress,
+) -> anyhow::Result<Vec<Box<dyn FrameStage>>> {
     if a.controlnet_id.is_some() {
         return Err(Error::NotImplemented("ControlNet guidance (--controlnet-id)".into()).into());
     }
@@ -344,7 +348,9 @@ fn build_stages(a: &StylizeArgs, seed: u64) -> anyhow::Result<Vec<Box<dyn FrameS
                 inner
             });
         }
-        None => stages.push(Box::new(sd_stage(a, seed)?)),
+        None => stages.push(Box::new(
+            sd_stage(a, seed)?.with_progress(Box::new(progress.for_stage())),
+        )),
     }
     if a.upscale {
         stages.push(Box::new(a.upscale_flags.stage(&a.out.device)?));
@@ -427,7 +433,7 @@ fn stylize(a: StylizeArgs, progress: &mut CliProgress) -> anyhow::Result<ExitCod
     if a.frame_stage.is_none() {
         job.seed = Some(seed);
     }
-    let mut stages = build_stages(&a, seed)?;
+    let mut stages = build_stages(&a, seed, progress)?;
     render(job, &mut stages, progress)
 }
 

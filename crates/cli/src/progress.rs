@@ -2,6 +2,7 @@
 //! every few seconds otherwise (logs, CI, Slurm), nothing with `--quiet`.
 
 use std::io::IsTerminal;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -27,7 +28,8 @@ impl Mode {
 
 pub struct CliProgress {
     mode: Mode,
-    bar: Option<ProgressBar>,
+    /// Shared with [`StageProgress`], which reports from inside a frame stage.
+    bar: Arc<Mutex<Option<ProgressBar>>>,
     started: Option<(Instant, u64)>,
     last_line: Instant,
 }
@@ -38,14 +40,15 @@ impl CliProgress {
     pub fn new(mode: Mode) -> Self {
         Self {
             mode,
-            bar: None,
+            bar: Arc::default(),
             started: None,
             last_line: Instant::now() - LINE_EVERY,
         }
     }
 
-    fn bar(&mut self, total: u64) -> &ProgressBar {
-        self.bar.get_or_insert_with(|| {
+    fn bar(&mut self, total: u64) -> ProgressBar {
+        let mut slot = self.bar.lock().expect("progress lock");
+        slot.get_or_insert_with(|| {
             let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
             bar.set_style(
                 ProgressStyle::with_template(
@@ -57,20 +60,50 @@ impl CliProgress {
             bar.enable_steady_tick(Duration::from_millis(200));
             bar
         })
+        .clone()
     }
 
     /// Prints a line without tearing the bar.
     fn println(&self, line: &str) {
-        match &self.bar {
-            Some(bar) => bar.suspend(|| eprintln!("{line}")),
-            None => eprintln!("{line}"),
-        }
+        println_above(&self.bar, line);
     }
 
     pub fn finish(&mut self) {
-        if let Some(bar) = self.bar.take() {
+        if let Some(bar) = self.bar.lock().expect("progress lock").take() {
             bar.finish_and_clear();
         }
+    }
+
+    /// A reporter for a frame stage: its diffusion steps show on the frame bar (a CPU frame
+    /// takes minutes, so frames alone would look stuck) and its warnings print above it.
+    pub fn for_stage(&self) -> StageProgress {
+        StageProgress {
+            bar: self.bar.clone(),
+        }
+    }
+}
+
+fn println_above(bar: &Mutex<Option<ProgressBar>>, line: &str) {
+    match &*bar.lock().expect("progress lock") {
+        Some(bar) => bar.suspend(|| eprintln!("{line}")),
+        None => eprintln!("{line}"),
+    }
+}
+
+/// See [`CliProgress::for_stage`].
+pub struct StageProgress {
+    bar: Arc<Mutex<Option<ProgressBar>>>,
+}
+
+impl Progress for StageProgress {
+    fn step(&mut self, i: usize, n: usize) {
+        if let Some(bar) = &*self.bar.lock().expect("progress lock") {
+            bar.set_message(format!("step {i}/{n}"));
+        }
+    }
+
+    fn warn(&mut self, msg: &str) {
+        println_above(&self.bar, &format!("warning: {msg}"));
     }
 }
 
@@ -78,10 +111,13 @@ impl Progress for CliProgress {
     fn stage(&mut self, stage: Stage) {
         match self.mode {
             Mode::Quiet => {}
-            Mode::Bar => match &self.bar {
-                Some(bar) => bar.set_message(stage.to_string()),
-                None => self.println(&format!("{stage}…")),
-            },
+            Mode::Bar => {
+                let bar = self.bar.lock().expect("progress lock").clone();
+                match bar {
+                    Some(bar) => bar.set_message(stage.to_string()),
+                    None => self.println(&format!("{stage}…")),
+                }
+            }
             Mode::Lines => self.println(&format!("{stage}…")),
         }
     }
@@ -91,7 +127,7 @@ impl Progress for CliProgress {
         match self.mode {
             Mode::Quiet => {}
             Mode::Bar => {
-                let bar = self.bar(total).clone();
+                let bar = self.bar(total);
                 bar.set_length(total);
                 if bar.position() == 0 && done > 0 {
                     // Resumed frames are not part of the rate.
@@ -121,12 +157,6 @@ impl Progress for CliProgress {
                     100.0 * done as f64 / total.max(1) as f64
                 ));
             }
-        }
-    }
-
-    fn step(&mut self, i: usize, n: usize) {
-        if let (Mode::Bar, Some(bar)) = (&self.mode, &self.bar) {
-            bar.set_message(format!("step {i}/{n}"));
         }
     }
 

@@ -19,6 +19,7 @@
 //! epilogue (bias, activation, residual) zeroes them again. Work is split into bands of rows,
 //! one gemm sequence + epilogue per band on one rayon thread, so the epilogue runs on data
 //! that is still in cache.
+//! The SD UNet and VAE use `stylize::conv` (NCHW, on candle tensors) for the reason given there.
 
 use std::sync::Mutex;
 

@@ -7,6 +7,11 @@
 //! plain strides on both operands. candle's conv2d builds im2col tiles element by element,
 //! which costs more than the multiplication itself on the UNet's and VAE's shapes.
 //! Other cases (strides, f16, GPU) use candle's conv2d.
+//!
+//! Why not [`crate::ops::conv`], the upscaler's NHWC conv: the UNet and VAE run on candle
+//! tensors whose other ops (group norm, attention, upsampling) are NCHW, and converting
+//! NCHW↔NHWC around every conv costs 10–45 % (shared/DESIGN.md); the upscaler's nets are only
+//! convs and activations, so they stay NHWC end to end and fuse bias/activation/residual.
 
 use candle_core::{CpuStorage, CustomOp2, DType, Device, Layout, Module, Result, Shape, Tensor};
 use candle_nn::{Conv2dConfig, VarBuilder};
