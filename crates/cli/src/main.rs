@@ -138,8 +138,8 @@ struct VideoOut {
     /// Render only share K of N into the work folder (for job arrays); a run without it joins.
     #[arg(long, value_name = "K/N", value_parser = parse_share)]
     segment: Option<(u32, u32)>,
-    /// Seconds of video per resumable segment.
-    #[arg(long, default_value_t = 2.0, hide = true)]
+    /// Seconds of video per resumable segment (each costs an encoder start: not much shorter).
+    #[arg(long, default_value_t = 5.0, hide = true)]
     segment_seconds: f64,
 }
 

@@ -49,7 +49,7 @@ impl Job {
             encode,
             overwrite: false,
             keep_work: false,
-            segment_seconds: 2.0,
+            segment_seconds: 5.0,
             share: None,
             seed: None,
         }
@@ -392,6 +392,11 @@ impl Renderer<'_> {
         let last = m.segments - 1;
         let mut decoder: Option<(Decoder, usize)> = None; // decoder and the segment it is at
         let mut ended_at: Option<u64> = None;
+        // The previous segment's encoder, input closed, still draining. Waiting for it only
+        // when the next segment is done overlaps the drain (x265's frame threads idle one by
+        // one at the end of a file) with new work. Dropped on an error or Ctrl-C, which stops
+        // its ffmpeg: that segment is redone on resume.
+        let mut draining: Option<(Encoder, usize)> = None;
         for &seg in pending {
             if ended_at.is_some() {
                 self.mark_empty(seg)?;
@@ -415,8 +420,12 @@ impl Renderer<'_> {
             let mut n = 0u64;
             while limit.is_none_or(|l| n < l) {
                 if crate::cancel::requested() {
-                    // Stop ffmpeg before its half-written segment is removed.
+                    // Stop ffmpeg before its half-written segment is removed; the previous
+                    // segment is complete and only draining: keep it.
                     drop(encoder);
+                    if let Some(prev) = draining.take() {
+                        self.commit(prev)?;
+                    }
                     return Err(Error::Interrupted {
                         work_dir: self.work.to_path_buf(),
                     });
@@ -443,15 +452,20 @@ impl Renderer<'_> {
                 done += 1;
                 progress.frame(done, self.range_frames.max(done));
             }
+            if let Some(prev) = draining.take() {
+                self.commit(prev)?;
+            }
             match encoder {
-                Some(enc) => {
-                    enc.finish()?;
-                    std::fs::rename(&partial, segment_path(self.work, seg))
-                        .map_err(|e| Error::io(format!("finishing segment {seg}"), e))?;
+                Some(mut enc) => {
+                    enc.close_input()?;
+                    draining = Some((enc, seg));
                 }
                 None => self.mark_empty(seg)?,
             }
             decoder = Some((decoder.take().expect("decoder is open").0, seg + 1));
+        }
+        if let Some(prev) = draining.take() {
+            self.commit(prev)?;
         }
         if let Some(frames) = ended_at {
             // The container's frame count, or what its duration promises (a cut Matroska file
@@ -471,6 +485,13 @@ impl Renderer<'_> {
             }
         }
         Ok(())
+    }
+
+    /// Waits for a segment's encoder and gives the file its final name.
+    fn commit(&self, (enc, seg): (Encoder, usize)) -> Result<()> {
+        enc.finish()?;
+        std::fs::rename(partial_path(self.work, seg), segment_path(self.work, seg))
+            .map_err(|e| Error::io(format!("finishing segment {seg}"), e))
     }
 
     fn mark_empty(&self, seg: usize) -> Result<()> {

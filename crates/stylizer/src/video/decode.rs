@@ -100,8 +100,11 @@ pub fn filter_chain(
                 .into(),
         );
     }
+    // full_chroma_int: chroma upsampled before the RGB conversion, not nearest-neighbour.
+    // Not accurate_rnd: it triples the cost of the conversion (4.3 s vs 1.2 s for 10 s of
+    // 1080p) for at most one code value of rounding.
     f.push(format!(
-        "scale={width}:{height}:flags=lanczos+accurate_rnd+full_chroma_int,setsar=1"
+        "scale={width}:{height}:flags=lanczos+full_chroma_int,setsar=1"
     ));
     f.join(",")
 }

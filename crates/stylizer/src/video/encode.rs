@@ -240,8 +240,9 @@ impl Encoder {
         Ok(())
     }
 
-    /// Closes the pipe and waits for ffmpeg to finish the file.
-    pub fn finish(mut self) -> Result<u64> {
+    /// Sends the last frames and closes the pipe: ffmpeg goes on to drain its encoder (frame
+    /// threads, lookahead) in the background while the caller starts on the next segment.
+    pub fn close_input(&mut self) -> Result<()> {
         if let Some(mut stdin) = self.stdin.take() {
             if let Err(e) = stdin.flush() {
                 return Err(self
@@ -250,6 +251,12 @@ impl Encoder {
                     .unwrap_or_else(|| Error::io("writing frames to ffmpeg", e)));
             }
         }
+        Ok(())
+    }
+
+    /// Closes the pipe and waits for ffmpeg to finish the file.
+    pub fn finish(mut self) -> Result<u64> {
+        self.close_input()?;
         let frames = self.frames;
         self.process.wait()?;
         Ok(frames)
