@@ -1,2 +1,3 @@
 //! Compute kernels candle lacks or runs slowly, shared by the models.
 pub mod conv;
+pub mod softmax;

@@ -14,6 +14,8 @@ use candle_nn::{
     VarBuilder,
 };
 
+use crate::ops::softmax::softmax_last_dim_in_place;
+
 /// How attention scores are computed: all at once, or in slices so that the
 /// `queries × keys` score matrices never exceed a memory budget (diffusers
 /// `enable_attention_slicing`). Slices give identical results.
@@ -64,7 +66,7 @@ fn attend(
         for r0 in (0..n).step_by(row_step) {
             let r = r0..(r0 + row_step).min(n);
             let scores = q.i((p.clone(), r))?.matmul(&kt)?;
-            let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+            let probs = softmax_last_dim_in_place(scores)?;
             rows.push(probs.matmul(&v)?);
         }
         outs.push(Tensor::cat(&rows, 1)?);

@@ -61,8 +61,10 @@ impl CustomOp2 for ShiftedGemmConv {
         let n = ho * wp;
         // The last tap's view runs k - 1 elements past the last plane.
         let mut padded = vec![0f32; cin * plane + k];
-        let mut wide = vec![0f32; cout * n];
-        let mut out = vec![0f32; b * cout * ho * wo];
+        // Batch item bi is computed on the padded width at offset bi·cout·ho·wo and then
+        // compacted in place (rows only move towards the start): no second output buffer.
+        let item = cout * ho * wo;
+        let mut out = vec![0f32; b.saturating_sub(1) * item + cout * n];
         let threads = candle_core::utils::get_num_threads();
         let par = match threads {
             1 => gemm::Parallelism::None,
@@ -80,14 +82,14 @@ impl CustomOp2 for ShiftedGemmConv {
             for t in 0..k * k {
                 let (kh, kw) = (t / k, t % k);
                 // SAFETY: every index the GEMM touches is in bounds: dst is cout × n with row
-                // stride n; lhs is the tap's cout × cin block; rhs row ci starts at
+                // stride n from bi·item, inside out's (b-1)·item + cout·n; lhs is the tap's cout × cin block; rhs row ci starts at
                 // ci·plane + kh·wp + kw and spans n elements, ending at most at cin·plane + k - 1.
                 unsafe {
                     gemm::gemm(
                         cout,
                         n,
                         cin,
-                        wide.as_mut_ptr(),
+                        out.as_mut_ptr().add(bi * item),
                         1,
                         n as isize,
                         t > 0,
@@ -106,15 +108,15 @@ impl CustomOp2 for ShiftedGemmConv {
                     );
                 }
             }
-            let dst = &mut out[bi * cout * ho * wo..(bi + 1) * cout * ho * wo];
+            let dst = &mut out[bi * item..];
             for co in 0..cout {
                 for r in 0..ho {
                     let from = co * n + r * wp;
-                    dst[(co * ho + r) * wo..(co * ho + r + 1) * wo]
-                        .copy_from_slice(&wide[from..from + wo]);
+                    dst.copy_within(from..from + wo, (co * ho + r) * wo);
                 }
             }
         }
+        out.truncate(b * item);
         Ok((CpuStorage::F32(out), Shape::from((b, cout, ho, wo))))
     }
 }

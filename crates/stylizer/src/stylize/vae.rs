@@ -15,6 +15,7 @@ use candle_nn::{group_norm, linear, Conv2dConfig, GroupNorm, Linear, VarBuilder}
 use super::config::VaeConfig;
 use super::conv::{conv2d, Conv2d};
 use super::resnet::ResnetBlock2D;
+use crate::ops::softmax::softmax_last_dim_in_place;
 
 /// When encode/decode split the image into overlapping tiles (bounded memory, slightly
 /// different pixels where tiles are blended).
@@ -72,7 +73,7 @@ impl AttentionBlock {
         let k = self.to_k.forward(&tokens)?;
         let v = self.to_v.forward(&tokens)?;
         let scores = (q.matmul(&k.t()?)? / (c as f64).sqrt())?;
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let probs = softmax_last_dim_in_place(scores)?;
         let out = self.to_out.forward(&probs.matmul(&v)?)?;
         let out = out.transpose(1, 2)?.reshape((b, c, h, w))?;
         out + xs
