@@ -12,6 +12,9 @@ use candle_core::{Device, Tensor};
 use stylizer::models::SrConfig;
 use stylizer::upscale::{load::load_weights, Model};
 
+mod common;
+use common::max_abs;
+
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
@@ -32,20 +35,6 @@ fn real_weights(name: &str) -> PathBuf {
 
 fn golden(path: &PathBuf) -> HashMap<String, Tensor> {
     candle_core::safetensors::load(path, &Device::Cpu).unwrap()
-}
-
-fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims());
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 #[test]

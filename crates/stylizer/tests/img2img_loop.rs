@@ -16,6 +16,9 @@ use stylizer::stylize::noise::ReplayNoise;
 use stylizer::stylize::schedulers::{SchedulerConfig, SchedulerKind};
 use stylizer::{NoProgress, Result};
 
+mod common;
+use common::max_abs;
+
 fn golden_path(variant: &str, kind: SchedulerKind) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!(
         "../../tests/fixtures/sd/golden/{variant}/img2img_{kind}.safetensors"
@@ -36,20 +39,6 @@ fn scheduler_config(variant: &str) -> SchedulerConfig {
             "timestep_spacing": "leading", "trained_betas": null}}"#
     ))
     .unwrap()
-}
-
-fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims());
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar()
-        .unwrap()
 }
 
 /// Answers with recorded outputs after checking what it is asked.

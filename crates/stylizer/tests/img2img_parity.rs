@@ -8,7 +8,7 @@
 
 use std::path::PathBuf;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::Device;
 use stylizer::stylize::img2img::{img2img, Img2ImgParams};
 use stylizer::stylize::model::{LoadOptions, SdFiles, SdModel};
 use stylizer::stylize::noise::ReplayNoise;
@@ -17,24 +17,14 @@ use stylizer::stylize::vae::VaeTiling;
 use stylizer::weights::ModelSource;
 use stylizer::NoProgress;
 
+mod common;
+use common::max_abs;
+
 const PROMPT: &str = "a photograph of an astronaut riding a horse";
 const TOL: f32 = 1e-3;
 
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/sd")
-}
-
-fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims());
-    let d = (a.to_dtype(DType::F32).unwrap() - b.to_dtype(DType::F32).unwrap()).unwrap();
-    d.abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar()
-        .unwrap()
 }
 
 fn parity(variant: &str) {

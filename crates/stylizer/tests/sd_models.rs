@@ -13,6 +13,9 @@ use stylizer::stylize::vae::VaeTiling;
 use stylizer::weights::{HubOptions, ModelSource};
 use stylizer::NoProgress;
 
+mod common;
+use common::max_abs;
+
 const VARIANTS: [&str; 2] = ["tiny-sd", "tiny-sd2"];
 const PROMPTS: [&str; 3] = [
     "a photograph of an astronaut riding a horse",
@@ -30,22 +33,6 @@ fn golden(variant: &str, part: &str) -> HashMap<String, Tensor> {
         .join(variant)
         .join(format!("{part}.safetensors"));
     candle_core::safetensors::load(&path, &Device::Cpu).unwrap()
-}
-
-fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims());
-    let a = a.to_dtype(DType::F32).unwrap();
-    let b = b.to_dtype(DType::F32).unwrap();
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar()
-        .unwrap()
 }
 
 fn check(what: &str, ours: &Tensor, theirs: &Tensor, tol: f32) {
