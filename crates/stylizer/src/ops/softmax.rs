@@ -28,7 +28,8 @@ fn exp(x: f32) -> f32 {
     p = p * r + 0.166_666_65;
     p = p * r + 0.5;
     let y = p * r * r + r + 1.0;
-    y * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    // Wrapping ops: overflow checks (debug builds) would keep the loop from vectorising.
+    y * f32::from_bits(((n as i32).wrapping_add(127) as u32).wrapping_shl(23))
 }
 
 /// Reduces `row` with `f` over [`LANES`] independent accumulators (vectorisable).
