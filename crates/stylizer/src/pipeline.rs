@@ -392,10 +392,11 @@ impl Renderer<'_> {
         let last = m.segments - 1;
         let mut decoder: Option<(Decoder, usize)> = None; // decoder and the segment it is at
         let mut ended_at: Option<u64> = None;
-        // The previous segment's encoder, input closed, still draining. Waiting for it only
-        // when the next segment is done overlaps the drain (x265's frame threads idle one by
-        // one at the end of a file) with new work. Dropped on an error or Ctrl-C, which stops
-        // its ffmpeg: that segment is redone on resume.
+        // The previous segment's encoder, input closed, still draining (x265's frame threads
+        // idle one by one at the end of a file) while the next segment renders. Committed as
+        // soon as its ffmpeg exits (checked after every frame) or at the latest when the next
+        // segment is done; an error before that drops it, which stops its ffmpeg, and the
+        // segment is redone on resume.
         let mut draining: Option<(Encoder, usize)> = None;
         for &seg in pending {
             if ended_at.is_some() {
@@ -448,6 +449,9 @@ impl Renderer<'_> {
                     )?),
                 };
                 enc.write_frame(&frame)?;
+                if draining.as_mut().is_some_and(|(e, _)| e.has_finished()) {
+                    self.commit(draining.take().expect("checked above"))?;
+                }
                 n += 1;
                 done += 1;
                 progress.frame(done, self.range_frames.max(done));

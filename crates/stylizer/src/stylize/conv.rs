@@ -82,8 +82,9 @@ impl CustomOp2 for ShiftedGemmConv {
             for t in 0..k * k {
                 let (kh, kw) = (t / k, t % k);
                 // SAFETY: every index the GEMM touches is in bounds: dst is cout × n with row
-                // stride n from bi·item, inside out's (b-1)·item + cout·n; lhs is the tap's cout × cin block; rhs row ci starts at
-                // ci·plane + kh·wp + kw and spans n elements, ending at most at cin·plane + k - 1.
+                // stride n from bi·item, inside out's (b-1)·item + cout·n; lhs is the tap's
+                // cout × cin block; rhs row ci starts at ci·plane + kh·wp + kw and spans n
+                // elements, ending at most at cin·plane + k - 1.
                 unsafe {
                     gemm::gemm(
                         cout,

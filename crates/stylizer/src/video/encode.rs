@@ -254,6 +254,11 @@ impl Encoder {
         Ok(())
     }
 
+    /// After [`Encoder::close_input`]: whether ffmpeg is done with the file (never blocks).
+    pub fn has_finished(&mut self) -> bool {
+        self.stdin.is_none() && self.process.has_exited()
+    }
+
     /// Closes the pipe and waits for ffmpeg to finish the file.
     pub fn finish(mut self) -> Result<u64> {
         self.close_input()?;
