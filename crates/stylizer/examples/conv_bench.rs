@@ -1,10 +1,13 @@
-//! GFLOP/s of the NHWC 3×3 conv (`stylizer::ops::conv`) against candle's conv2d on the shapes
-//! of the super-resolution nets and the SD UNet: `cargo run --release --example conv_bench`.
+//! GFLOP/s of our 3×3 convs against candle's conv2d: the NHWC conv (`stylizer::ops::conv`) on
+//! the shapes of the super-resolution nets, the NCHW conv (`stylizer::stylize::conv`) on the
+//! shapes of the SD UNet and VAE at 848×480: `cargo run --release --example conv_bench`.
 
 use std::time::Instant;
 
-use candle_core::{Device, Tensor};
+use candle_core::{Device, Module, Tensor};
+use candle_nn::Conv2dConfig;
 use stylizer::ops::conv::{Act, Conv3x3, Nhwc};
+use stylizer::stylize::conv::Conv2d;
 
 fn best<F: FnMut()>(reps: usize, mut f: F) -> f64 {
     (0..reps)
@@ -45,6 +48,40 @@ fn main() -> candle_core::Result<()> {
         });
         println!(
             "{:<28} {:>10.1} {:>10.1}   GFLOP/s  ({cin}->{cout}, {h}x{w})",
+            what,
+            flops / ours / 1e9,
+            flops / theirs / 1e9
+        );
+    }
+    // (cin, cout, h, w, what): NCHW, batch 1.
+    let nchw = [
+        (320, 320, 60, 106, "UNet level 1"),
+        (640, 640, 30, 53, "UNet level 2"),
+        (1280, 1280, 15, 27, "UNet level 3"),
+        (512, 512, 120, 212, "VAE 512 @ 1/4"),
+        (256, 256, 240, 424, "VAE 256 @ 1/2"),
+        (128, 128, 480, 848, "VAE 128 @ full"),
+        (256, 256, 480, 848, "VAE upsample @ full"),
+    ];
+    for (cin, cout, h, w, what) in nchw {
+        let flops = 2.0 * (9 * cin * cout * h * w) as f64;
+        let wt = Tensor::randn(0f32, 0.1, (cout, cin, 3, 3), &dev)?;
+        let b = Tensor::randn(0f32, 0.1, cout, &dev)?;
+        let config = Conv2dConfig {
+            padding: 1,
+            ..Default::default()
+        };
+        let inner = candle_nn::Conv2d::new(wt, Some(b), config);
+        let conv = Conv2d::new(inner.clone(), config)?;
+        let xt = Tensor::randn(0f32, 1.0, (1, cin, h, w), &dev)?;
+        let ours = best(3, || {
+            conv.forward(&xt).unwrap();
+        });
+        let theirs = best(1, || {
+            inner.forward(&xt).unwrap();
+        });
+        println!(
+            "NCHW {:<23} {:>10.1} {:>10.1}   GFLOP/s  ({cin}->{cout}, {h}x{w})",
             what,
             flops / ours / 1e9,
             flops / theirs / 1e9

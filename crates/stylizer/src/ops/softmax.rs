@@ -14,7 +14,7 @@ const LANES: usize = 16;
 /// e^x for x ≤ 88 (larger x saturate there); about 1e-7 relative error, x ≥ -87.3 exact to
 /// that, smaller x give 2^-126 instead of a subnormal or zero.
 #[inline(always)]
-fn exp(x: f32) -> f32 {
+pub(crate) fn exp(x: f32) -> f32 {
     // Adding 1.5·2^23 rounds to an integer with plain SSE2 (no roundps, no libm floor).
     const ROUND: f32 = 12_582_912.0;
     let x = x.clamp(-87.33, 88.0);

@@ -10,10 +10,10 @@
 
 use candle_core::{DType, IndexOp, Module, Result, Tensor};
 use candle_nn::{
-    conv2d, group_norm, layer_norm, linear, linear_no_bias, Conv2d, GroupNorm, LayerNorm, Linear,
-    VarBuilder,
+    conv2d, layer_norm, linear, linear_no_bias, Conv2d, LayerNorm, Linear, VarBuilder,
 };
 
+use crate::ops::group_norm::{group_norm, GroupNorm};
 use crate::ops::softmax::softmax_last_dim_in_place;
 
 /// How attention scores are computed: all at once, or in slices so that the

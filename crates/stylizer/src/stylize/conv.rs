@@ -13,15 +13,209 @@
 //! NCHW↔NHWC around every conv costs 10–45 % (shared/DESIGN.md); the upscaler's nets are only
 //! convs and activations, so they stay NHWC end to end and fuse bias/activation/residual.
 
-use candle_core::{CpuStorage, CustomOp2, DType, Device, Layout, Module, Result, Shape, Tensor};
-use candle_nn::{Conv2dConfig, VarBuilder};
+use std::cell::RefCell;
 
-/// The GEMM convolution as a candle op on (input, taps `[k·k, out, in]`).
-struct ShiftedGemmConv {
+use candle_core::{
+    CpuStorage, CustomOp2, CustomOp3, DType, Device, Layout, Module, Result, Shape, Tensor,
+};
+use candle_nn::{Conv2dConfig, VarBuilder};
+use rayon::prelude::*;
+
+/// The GEMM convolution as a candle op on (input, taps `[k·k, out, in]`) and, as a three-input
+/// op, a residual of the output's shape added in the same pass; bias fused. With `upsample`,
+/// the input is first resized (nearest) to that size while the bands are filled, as
+/// `upsample_nearest2d` would, without materialising the upsampled tensor.
+struct ShiftedGemmConv<'a> {
     padding: usize,
+    bias: Option<&'a [f32]>,
+    upsample: Option<(usize, usize)>,
 }
 
-impl CustomOp2 for ShiftedGemmConv {
+/// Output pixels (on the padded width) per band. A band's nine GEMMs accumulate into a
+/// `cout × pixels` block that stays in cache between taps; on the VAE's full-resolution
+/// levels one unbanded output is 200–400 MB, streamed through memory once per tap.
+/// 1024–2048 measured best on the UNet and VAE shapes (conv_bench), 4096 and up 10–30 % slower.
+const BAND_PIXELS: usize = 2048;
+
+thread_local! {
+    /// A band's zero-padded input rows and its output on the padded width, kept per thread
+    /// so that a band allocates nothing (fresh pages cost more than the copy).
+    static BAND: RefCell<(Vec<f32>, Vec<f32>)> = RefCell::default();
+}
+
+/// The output pointer shared by the band jobs, which write disjoint rows.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// A method, so that closures capture the whole (Sync) wrapper, not its raw field.
+    fn offset(self, n: usize) -> Self {
+        Self(self.0.wrapping_add(n))
+    }
+}
+
+/// Sizes of one convolution, batch item excluded; `h`, `w` are the (upsampled) input's.
+#[derive(Clone, Copy)]
+struct Geometry {
+    cin: usize,
+    h: usize,
+    w: usize,
+    src_h: usize,
+    src_w: usize,
+    cout: usize,
+    k: usize,
+    pad: usize,
+    ho: usize,
+    wo: usize,
+}
+
+impl Geometry {
+    /// Padded width: each output row is computed on `wp` columns, the last `k - 1` junk.
+    fn wp(&self) -> usize {
+        self.w + 2 * self.pad
+    }
+}
+
+/// Where input row / column `i` of the convolution reads the source: `(i · src / size)`
+/// rounded down, candle's (and PyTorch's) nearest rule; the identity without upsampling.
+fn nearest_map(size: usize, src: usize) -> Vec<usize> {
+    let scale = src as f64 / size as f64;
+    (0..size)
+        .map(|i| ((i as f64 * scale) as usize).min(src - 1))
+        .collect()
+}
+
+/// Output rows `r0..r1` of batch item `x` (`[cin, src_h, src_w]`, read through the row and
+/// column maps) into `out` (`[cout, ho, wo]`), plus the same rows of `residual`
+/// (`[cout, ho, wo]`) when given.
+///
+/// # Safety
+/// `out` points at a `cout × ho × wo` buffer whose rows `r0..r1` of every channel no other
+/// thread touches during the call.
+#[allow(clippy::too_many_arguments)]
+unsafe fn conv_band(
+    g: Geometry,
+    x: &[f32],
+    (row_map, col_map): (&[usize], Option<&[usize]>),
+    taps: &[f32],
+    bias: Option<&[f32]>,
+    residual: Option<&[f32]>,
+    out: OutPtr,
+    r0: usize,
+    r1: usize,
+    par: gemm::Parallelism,
+) {
+    let Geometry {
+        cin,
+        h,
+        w,
+        src_h,
+        src_w,
+        cout,
+        k,
+        pad,
+        ho,
+        wo,
+    } = g;
+    let wp = g.wp();
+    let rows_in = r1 - r0 + k - 1;
+    // The last tap's view runs k - 1 elements past a plane's rows.
+    let plane = rows_in * wp + k - 1;
+    let n = (r1 - r0) * wp;
+    BAND.with(|cell| {
+        let (sin, sout) = &mut *cell.borrow_mut();
+        if sin.len() < cin * plane {
+            sin.resize(cin * plane, 0.0);
+        }
+        if sout.len() < cout * n {
+            sout.resize(cout * n, 0.0);
+        }
+        // Every element of the planes is written: no clearing between calls.
+        for (ci, dst) in sin.chunks_exact_mut(plane).take(cin).enumerate() {
+            for (pr, row) in dst.chunks_exact_mut(wp).take(rows_in).enumerate() {
+                match (r0 + pr).checked_sub(pad).filter(|y| *y < h) {
+                    Some(y) => {
+                        let src = &x[(ci * src_h + row_map[y]) * src_w..][..src_w];
+                        row[..pad].fill(0.0);
+                        match col_map {
+                            None => row[pad..pad + w].copy_from_slice(src),
+                            Some(map) => {
+                                for (d, &sx) in row[pad..pad + w].iter_mut().zip(map) {
+                                    *d = src[sx];
+                                }
+                            }
+                        }
+                        row[pad + w..].fill(0.0);
+                    }
+                    None => row.fill(0.0),
+                }
+            }
+            dst[rows_in * wp..].fill(0.0);
+        }
+        for t in 0..k * k {
+            let (kh, kw) = (t / k, t % k);
+            // SAFETY: dst is sout's first cout × n elements (row stride n); lhs is the tap's
+            // cout × cin block; rhs row ci starts at ci·plane + kh·wp + kw and spans n elements,
+            // ending at most at ci·plane + rows_in·wp + k - 1 = (ci + 1)·plane.
+            gemm::gemm(
+                cout,
+                n,
+                cin,
+                sout.as_mut_ptr(),
+                1,
+                n as isize,
+                t > 0,
+                taps.as_ptr().add(t * cout * cin),
+                1,
+                cin as isize,
+                sin.as_ptr().add(kh * wp + kw),
+                1,
+                plane as isize,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                par,
+            );
+        }
+        for co in 0..cout {
+            let b = bias.map_or(0.0, |b| b[co]);
+            for r in r0..r1 {
+                let src = &sout[co * n + (r - r0) * wp..][..wo];
+                let at = (co * ho + r) * wo;
+                let dst = std::slice::from_raw_parts_mut(out.0.add(at), wo);
+                match residual {
+                    Some(res) => {
+                        for ((d, s), r) in dst.iter_mut().zip(src).zip(&res[at..at + wo]) {
+                            *d = *s + b + *r;
+                        }
+                    }
+                    None => {
+                        for (d, s) in dst.iter_mut().zip(src) {
+                            *d = *s + b;
+                        }
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// The f32 data of a contiguous CPU tensor.
+fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
+    let CpuStorage::F32(v) = s else {
+        candle_core::bail!("shifted-gemm-conv2d: f32 only")
+    };
+    let Some((start, end)) = l.contiguous_offsets() else {
+        candle_core::bail!("shifted-gemm-conv2d: contiguous tensors only")
+    };
+    Ok(&v[start..end])
+}
+
+impl CustomOp2 for ShiftedGemmConv<'_> {
     fn name(&self) -> &'static str {
         "shifted-gemm-conv2d"
     }
@@ -33,92 +227,123 @@ impl CustomOp2 for ShiftedGemmConv {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (CpuStorage::F32(x), CpuStorage::F32(w)) = (s1, s2) else {
-            candle_core::bail!("shifted-gemm-conv2d: f32 only")
-        };
-        let (Some((xs, xe)), Some((ws, we))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
-        else {
-            candle_core::bail!("shifted-gemm-conv2d: contiguous tensors only")
-        };
-        let (x, taps) = (&x[xs..xe], &w[ws..we]);
-        let (b, cin, h, wd) = l1.shape().dims4()?;
+        self.run(f32_slice(s1, l1)?, l1, f32_slice(s2, l2)?, l2, None)
+    }
+}
+
+impl CustomOp3 for ShiftedGemmConv<'_> {
+    fn name(&self) -> &'static str {
+        "shifted-gemm-conv2d-residual"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let residual = (f32_slice(s3, l3)?, l3.shape());
+        self.run(
+            f32_slice(s1, l1)?,
+            l1,
+            f32_slice(s2, l2)?,
+            l2,
+            Some(residual),
+        )
+    }
+}
+
+impl ShiftedGemmConv<'_> {
+    fn run(
+        &self,
+        x: &[f32],
+        l1: &Layout,
+        taps: &[f32],
+        l2: &Layout,
+        residual: Option<(&[f32], &Shape)>,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (b, cin, src_h, src_w) = l1.shape().dims4()?;
+        let (h, wd) = self.upsample.unwrap_or((src_h, src_w));
         let (kk, cout, cin_w) = l2.shape().dims3()?;
         let k = (kk as f64).sqrt() as usize;
-        if cin_w != cin || k * k != kk {
+        if cin_w != cin || k * k != kk || self.bias.is_some_and(|b| b.len() != cout) {
             candle_core::bail!(
                 "shifted-gemm-conv2d: taps {:?} for input {:?}",
                 l2.dims(),
                 l1.dims()
             )
         }
-        let p = self.padding;
-        let (hp, wp) = (h + 2 * p, wd + 2 * p);
+        let pad = self.padding;
+        let (hp, wp) = (h + 2 * pad, wd + 2 * pad);
         if hp < k || wp < k {
             candle_core::bail!("shifted-gemm-conv2d: input smaller than the kernel")
         }
-        let (ho, wo) = (hp - k + 1, wp - k + 1);
-        let plane = hp * wp;
-        let n = ho * wp;
-        // The last tap's view runs k - 1 elements past the last plane.
-        let mut padded = vec![0f32; cin * plane + k];
-        // Batch item bi is computed on the padded width at offset bi·cout·ho·wo and then
-        // compacted in place (rows only move towards the start): no second output buffer.
-        let item = cout * ho * wo;
-        let mut out = vec![0f32; b.saturating_sub(1) * item + cout * n];
-        let threads = candle_core::utils::get_num_threads();
-        let par = match threads {
-            1 => gemm::Parallelism::None,
-            t => gemm::Parallelism::Rayon(t),
+        let g = Geometry {
+            cin,
+            h,
+            w: wd,
+            src_h,
+            src_w,
+            cout,
+            k,
+            pad,
+            ho: hp - k + 1,
+            wo: wp - k + 1,
         };
-        for bi in 0..b {
-            let src = &x[bi * cin * h * wd..(bi + 1) * cin * h * wd];
-            for ci in 0..cin {
-                for r in 0..h {
-                    let at = ci * plane + (r + p) * wp + p;
-                    padded[at..at + wd]
-                        .copy_from_slice(&src[(ci * h + r) * wd..(ci * h + r + 1) * wd]);
-                }
-            }
-            for t in 0..k * k {
-                let (kh, kw) = (t / k, t % k);
-                // SAFETY: every index the GEMM touches is in bounds: dst is cout × n with row
-                // stride n from bi·item, inside out's (b-1)·item + cout·n; lhs is the tap's
-                // cout × cin block; rhs row ci starts at ci·plane + kh·wp + kw and spans n
-                // elements, ending at most at cin·plane + k - 1.
-                unsafe {
-                    gemm::gemm(
-                        cout,
-                        n,
-                        cin,
-                        out.as_mut_ptr().add(bi * item),
-                        1,
-                        n as isize,
-                        t > 0,
-                        taps.as_ptr().add(t * cout * cin),
-                        1,
-                        cin as isize,
-                        padded.as_ptr().add(kh * wp + kw),
-                        1,
-                        plane as isize,
-                        1.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        par,
-                    );
-                }
-            }
-            let dst = &mut out[bi * item..];
-            for co in 0..cout {
-                for r in 0..ho {
-                    let from = co * n + r * wp;
-                    dst.copy_within(from..from + wo, (co * ho + r) * wo);
-                }
+        // Bands of whole rows, as many per item as fill BAND_PIXELS, a multiple of the thread
+        // count so that no thread idles at the end.
+        let threads = candle_core::utils::get_num_threads();
+        let mut bands = (g.ho * wp).div_ceil(BAND_PIXELS);
+        if bands > 1 {
+            bands = bands.div_ceil(threads) * threads;
+        }
+        let rows = g.ho.div_ceil(bands.min(g.ho));
+        let bands = g.ho.div_ceil(rows);
+        let shape = Shape::from((b, cout, g.ho, g.wo));
+        if let Some((_, rs)) = residual {
+            if rs != &shape {
+                candle_core::bail!("shifted-gemm-conv2d: residual {rs:?} for output {shape:?}")
             }
         }
-        out.truncate(b * item);
-        Ok((CpuStorage::F32(out), Shape::from((b, cout, ho, wo))))
+        let (item_in, item_out) = (cin * src_h * src_w, cout * g.ho * g.wo);
+        let row_map = nearest_map(h, src_h);
+        let col_map = (wd != src_w).then(|| nearest_map(wd, src_w));
+        let mut out = vec![0f32; b * item_out];
+        let base = OutPtr(out.as_mut_ptr());
+        let job = |j: usize, par: gemm::Parallelism| {
+            let (bi, band) = (j / bands, j % bands);
+            let r0 = band * rows;
+            let dst = base.offset(bi * item_out);
+            // SAFETY: job j alone writes rows r0..r0+rows of item bi.
+            unsafe {
+                conv_band(
+                    g,
+                    &x[bi * item_in..][..item_in],
+                    (&row_map, col_map.as_deref()),
+                    taps,
+                    self.bias,
+                    residual.map(|(r, _)| &r[bi * item_out..][..item_out]),
+                    dst,
+                    r0,
+                    (r0 + rows).min(g.ho),
+                    par,
+                )
+            }
+        };
+        if b * bands >= threads {
+            (0..b * bands)
+                .into_par_iter()
+                .for_each(|j| job(j, gemm::Parallelism::None));
+        } else {
+            // Too few bands to share out (small images): the GEMMs split the work instead.
+            for j in 0..b * bands {
+                job(j, gemm::Parallelism::Rayon(threads))
+            }
+        }
+        Ok((CpuStorage::F32(out), shape))
     }
 }
 
@@ -128,7 +353,7 @@ pub enum Conv2d {
     /// f32 on the CPU, stride 1: the weight kept only as taps `[k·k, out, in]`.
     Gemm {
         taps: Tensor,
-        bias: Option<Tensor>,
+        bias: Option<Vec<f32>>,
         padding: usize,
     },
     /// Everything else: candle's convolution.
@@ -145,8 +370,7 @@ impl Conv2d {
             && config.stride == 1
             && config.dilation == 1
             && config.groups == 1
-            && kh == kw
-            && kh > 1;
+            && kh == kw;
         if !gemm {
             return Ok(Self::Candle(inner));
         }
@@ -155,7 +379,7 @@ impl Conv2d {
                 .permute((2, 3, 0, 1))?
                 .reshape((kh * kw, cout, cin))?
                 .contiguous()?,
-            bias: inner.bias().cloned(),
+            bias: inner.bias().map(|b| b.to_vec1()).transpose()?,
             padding: config.padding,
         })
     }
@@ -168,23 +392,63 @@ impl Conv2d {
     }
 }
 
-impl Module for Conv2d {
-    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let (taps, bias, padding) = match self {
-            Self::Candle(c) => return c.forward(xs),
+impl Conv2d {
+    /// The CPU op for this layer and its taps, or candle's layer that runs it instead.
+    fn op(
+        &self,
+        upsample: Option<(usize, usize)>,
+    ) -> std::result::Result<(&Tensor, ShiftedGemmConv<'_>), &candle_nn::Conv2d> {
+        match self {
+            Self::Candle(c) => Err(c),
             Self::Gemm {
                 taps,
                 bias,
                 padding,
-            } => (taps, bias, *padding),
-        };
-        let ys = xs
-            .to_dtype(DType::F32)?
-            .contiguous()?
-            .apply_op2_no_bwd(taps, &ShiftedGemmConv { padding })?;
-        match bias {
-            Some(bias) => ys.broadcast_add(&bias.reshape((1, (), 1, 1))?),
-            None => Ok(ys),
+            } => Ok((
+                taps,
+                ShiftedGemmConv {
+                    padding: *padding,
+                    bias: bias.as_deref(),
+                    upsample,
+                },
+            )),
+        }
+    }
+
+    /// `residual + conv(xs)`, the addition fused into the convolution's output pass on the
+    /// CPU path.
+    pub fn forward_residual(&self, xs: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        match self.op(None) {
+            Ok((taps, op)) => xs.to_dtype(DType::F32)?.contiguous()?.apply_op3_no_bwd(
+                taps,
+                &residual.to_dtype(DType::F32)?.contiguous()?,
+                &op,
+            ),
+            Err(c) => residual + c.forward(xs)?,
+        }
+    }
+
+    /// `conv(upsample_nearest2d(xs, h, w))`; on the CPU path the upsampled input is never
+    /// materialised (on the VAE's last level it would be 400 MB).
+    pub fn forward_upsampled(&self, xs: &Tensor, (h, w): (usize, usize)) -> Result<Tensor> {
+        match self.op(Some((h, w))) {
+            Ok((taps, op)) => xs
+                .to_dtype(DType::F32)?
+                .contiguous()?
+                .apply_op2_no_bwd(taps, &op),
+            Err(c) => c.forward(&xs.upsample_nearest2d(h, w)?),
+        }
+    }
+}
+
+impl Module for Conv2d {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        match self.op(None) {
+            Ok((taps, op)) => xs
+                .to_dtype(DType::F32)?
+                .contiguous()?
+                .apply_op2_no_bwd(taps, &op),
+            Err(c) => c.forward(xs),
         }
     }
 }
@@ -208,7 +472,14 @@ mod tests {
     fn matches_candle_conv2d() -> Result<()> {
         let dev = Device::Cpu;
         for (cin, cout, k, pad, h, w) in
-            [(5, 7, 3, 1, 9, 13), (3, 4, 3, 0, 6, 5), (2, 3, 5, 2, 7, 8)]
+            // The last shape spans several bands (BAND_PIXELS) with a short last band.
+            [
+                (5, 7, 3, 1, 9, 13),
+                (3, 4, 3, 0, 6, 5),
+                (2, 3, 5, 2, 7, 8),
+                (6, 4, 1, 0, 5, 7),
+                (3, 4, 3, 1, 131, 81),
+            ]
         {
             let x = Tensor::randn(0f32, 1.0, (2, cin, h, w), &dev)?;
             let wt = Tensor::randn(0f32, 1.0, (cout, cin, k, k), &dev)?;
@@ -223,8 +494,27 @@ mod tests {
             let ours = ours.forward(&x)?;
             let theirs = inner.forward(&x)?;
             assert_eq!(ours.dims(), theirs.dims());
-            let d: f32 = (ours - theirs)?.abs()?.flatten_all()?.max(0)?.to_scalar()?;
+            let d: f32 = (ours - &theirs)?
+                .abs()?
+                .flatten_all()?
+                .max(0)?
+                .to_scalar()?;
             assert!(d < 1e-4, "k{k} pad{pad}: max abs {d}");
+            let res = Tensor::randn(0f32, 1.0, theirs.shape(), &dev)?;
+            let fused = Conv2d::new(inner.clone(), config)?.forward_residual(&x, &res)?;
+            let d: f32 = (fused - (theirs + res)?)?.abs()?.max_all()?.to_scalar()?;
+            assert!(d < 1e-4, "k{k} pad{pad} residual: max abs {d}");
+            // Nearest upsampling to twice the size and to an odd size (the UNet's
+            // `upsample_size`), fused into the band fill.
+            for (uh, uw) in [(2 * h, 2 * w), (2 * h - 1, 2 * w + 1)] {
+                let fused = Conv2d::new(inner.clone(), config)?.forward_upsampled(&x, (uh, uw))?;
+                let want = inner.forward(&x.upsample_nearest2d(uh, uw)?)?;
+                let d: f32 = (fused - want)?.abs()?.max_all()?.to_scalar()?;
+                assert!(
+                    d < 1e-4,
+                    "k{k} pad{pad} upsampled to {uh}x{uw}: max abs {d}"
+                );
+            }
         }
         Ok(())
     }

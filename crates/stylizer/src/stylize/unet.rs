@@ -11,13 +11,14 @@
 //! f32 exactly as diffusers' `get_timestep_embedding` does.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{group_norm, Conv2dConfig, GroupNorm, VarBuilder};
+use candle_nn::{Conv2dConfig, VarBuilder};
 use candle_transformers::models::stable_diffusion::embeddings::TimestepEmbedding;
 
 use super::attention::{AttentionSlicing, SpatialTransformer, SpatialTransformerConfig};
 use super::config::UNetConfig;
 use super::conv::{conv2d, Conv2d};
 use super::resnet::ResnetBlock2D;
+use crate::ops::group_norm::{group_norm, GroupNorm};
 
 fn conv3x3(
     vb: VarBuilder,
@@ -54,7 +55,7 @@ impl DownBlock {
         let mut xs = xs.clone();
         let mut states = Vec::with_capacity(self.resnets.len() + 1);
         for (i, resnet) in self.resnets.iter().enumerate() {
-            xs = resnet.forward(&xs, Some(temb))?;
+            xs = resnet.forward(xs, Some(temb))?;
             if let Some(attn) = self.attentions.get(i) {
                 xs = attn.forward(&xs, context)?;
             }
@@ -92,7 +93,7 @@ impl UpBlock {
         let mut xs = xs.clone();
         for (i, resnet) in self.resnets.iter().enumerate() {
             let skip = &skips[skips.len() - 1 - i];
-            xs = resnet.forward(&Tensor::cat(&[&xs, skip], 1)?, Some(temb))?;
+            xs = resnet.forward(Tensor::cat(&[&xs, skip], 1)?, Some(temb))?;
             if let Some(attn) = self.attentions.get(i) {
                 xs = attn.forward(&xs, context)?;
             }
@@ -100,7 +101,7 @@ impl UpBlock {
         if let Some(conv) = &self.upsample {
             let (_, _, h, w) = xs.dims4()?;
             let (h, w) = upsample_size.unwrap_or((2 * h, 2 * w));
-            xs = conv.forward(&xs.upsample_nearest2d(h, w)?)?;
+            xs = conv.forward_upsampled(&xs, (h, w))?;
         }
         Ok(xs)
     }
@@ -297,9 +298,9 @@ impl UNet2DConditionModel {
             xs = out;
         }
 
-        xs = self.mid_resnets.0.forward(&xs, Some(&temb))?;
+        xs = self.mid_resnets.0.forward(xs, Some(&temb))?;
         xs = self.mid_attention.forward(&xs, &context)?;
-        xs = self.mid_resnets.1.forward(&xs, Some(&temb))?;
+        xs = self.mid_resnets.1.forward(xs, Some(&temb))?;
 
         let up_factor = 1usize << (self.up_blocks.len() - 1);
         let odd_size = h % up_factor != 0 || w % up_factor != 0;
@@ -315,7 +316,7 @@ impl UNet2DConditionModel {
             };
             xs = block.forward(&xs, &rest, &temb, &context, upsample_size)?;
         }
-        let xs = candle_nn::ops::silu(&self.conv_norm_out.forward(&xs)?)?;
+        let xs = self.conv_norm_out.forward_silu(&xs)?;
         self.conv_out.forward(&xs)
     }
 }

@@ -10,11 +10,12 @@
 //! [`super::conv`].
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{group_norm, linear, Conv2dConfig, GroupNorm, Linear, VarBuilder};
+use candle_nn::{linear, Conv2dConfig, Linear, VarBuilder};
 
 use super::config::VaeConfig;
 use super::conv::{conv2d, Conv2d};
 use super::resnet::ResnetBlock2D;
+use crate::ops::group_norm::{group_norm, GroupNorm};
 use crate::ops::softmax::softmax_last_dim_in_place;
 
 /// When encode/decode split the image into overlapping tiles (bounded memory, slightly
@@ -96,10 +97,10 @@ impl MidBlock {
         })
     }
 
-    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+    fn forward(&self, xs: Tensor) -> Result<Tensor> {
         let xs = self.resnet0.forward(xs, None)?;
         let xs = self.attention.forward(&xs)?;
-        self.resnet1.forward(&xs, None)
+        self.resnet1.forward(xs, None)
     }
 }
 
@@ -111,10 +112,9 @@ struct DownEncoderBlock {
 }
 
 impl DownEncoderBlock {
-    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let mut xs = xs.clone();
+    fn forward(&self, mut xs: Tensor) -> Result<Tensor> {
         for r in &self.resnets {
-            xs = r.forward(&xs, None)?;
+            xs = r.forward(xs, None)?;
         }
         match &self.downsample {
             Some(conv) => conv.forward(&xs.pad_with_zeros(3, 0, 1)?.pad_with_zeros(2, 0, 1)?),
@@ -130,15 +130,14 @@ struct UpDecoderBlock {
 }
 
 impl UpDecoderBlock {
-    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let mut xs = xs.clone();
+    fn forward(&self, mut xs: Tensor) -> Result<Tensor> {
         for r in &self.resnets {
-            xs = r.forward(&xs, None)?;
+            xs = r.forward(xs, None)?;
         }
         match &self.upsample {
             Some(conv) => {
                 let (_, _, h, w) = xs.dims4()?;
-                conv.forward(&xs.upsample_nearest2d(2 * h, 2 * w)?)
+                conv.forward_upsampled(&xs, (2 * h, 2 * w))
             }
             None => Ok(xs),
         }
@@ -197,10 +196,10 @@ impl Encoder {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let mut xs = self.conv_in.forward(xs)?;
         for block in &self.down_blocks {
-            xs = block.forward(&xs)?;
+            xs = block.forward(xs)?;
         }
-        let xs = self.mid_block.forward(&xs)?;
-        let xs = candle_nn::ops::silu(&self.conv_norm_out.forward(&xs)?)?;
+        let xs = self.mid_block.forward(xs)?;
+        let xs = self.conv_norm_out.forward_silu(&xs)?;
         self.conv_out.forward(&xs)
     }
 }
@@ -248,11 +247,11 @@ impl Decoder {
     }
 
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let mut xs = self.mid_block.forward(&self.conv_in.forward(xs)?)?;
+        let mut xs = self.mid_block.forward(self.conv_in.forward(xs)?)?;
         for block in &self.up_blocks {
-            xs = block.forward(&xs)?;
+            xs = block.forward(xs)?;
         }
-        let xs = candle_nn::ops::silu(&self.conv_norm_out.forward(&xs)?)?;
+        let xs = self.conv_norm_out.forward_silu(&xs)?;
         self.conv_out.forward(&xs)
     }
 }
