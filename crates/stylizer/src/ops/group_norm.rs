@@ -90,6 +90,38 @@ fn sum_f64(vs: &[f32], f: impl Fn(f64) -> f64) -> f64 {
     acc.iter().sum::<f64>() + tail
 }
 
+simd_dispatch! {
+    /// One group: `x` holds its channels' planes (`plane` values each) back to back.
+    fn normalize_group(
+        out: &mut [f32],
+        x: &[f32],
+        plane: usize,
+        affine: (&[f32], &[f32]),
+        eps: f64,
+        silu: bool,
+    ) {
+        let (weight, bias) = affine;
+        let n = x.len() as f64;
+        let mean = sum_f64(x, |v| v) / n;
+        let var = sum_f64(x, |v| (v - mean) * (v - mean)) / n;
+        let rstd = 1.0 / (var + eps).sqrt();
+        for (j, (out, x)) in out.chunks_mut(plane).zip(x.chunks(plane)).enumerate() {
+            let scale = (weight[j] as f64 * rstd) as f32;
+            let shift = bias[j] - (mean as f32) * scale;
+            if silu {
+                for (o, &v) in out.iter_mut().zip(x) {
+                    let y = v * scale + shift;
+                    *o = y / (1.0 + exp(-y));
+                }
+            } else {
+                for (o, &v) in out.iter_mut().zip(x) {
+                    *o = v * scale + shift;
+                }
+            }
+        }
+    }
+}
+
 impl CustomOp1 for GroupNormOp<'_> {
     fn name(&self) -> &'static str {
         "group-norm-silu"
@@ -122,25 +154,9 @@ impl CustomOp1 for GroupNormOp<'_> {
             .zip(x.par_chunks(per_group))
             .enumerate()
             .for_each(|(i, (out, x))| {
-                let n = per_group as f64;
-                let mean = sum_f64(x, |v| v) / n;
-                let var = sum_f64(x, |v| (v - mean) * (v - mean)) / n;
-                let rstd = 1.0 / (var + self.eps).sqrt();
-                let c0 = (i % g) * (channels / g);
-                for (j, (out, x)) in out.chunks_mut(plane).zip(x.chunks(plane)).enumerate() {
-                    let scale = (self.weight[c0 + j] as f64 * rstd) as f32;
-                    let shift = self.bias[c0 + j] - (mean as f32) * scale;
-                    if self.silu {
-                        for (o, &v) in out.iter_mut().zip(x) {
-                            let y = v * scale + shift;
-                            *o = y / (1.0 + exp(-y));
-                        }
-                    } else {
-                        for (o, &v) in out.iter_mut().zip(x) {
-                            *o = v * scale + shift;
-                        }
-                    }
-                }
+                let c = (i % g) * (channels / g)..(i % g + 1) * (channels / g);
+                let affine = (&self.weight[c.clone()], &self.bias[c]);
+                normalize_group(out, x, plane, affine, self.eps, self.silu);
             });
         Ok((CpuStorage::F32(out), layout.shape().clone()))
     }

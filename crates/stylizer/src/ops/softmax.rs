@@ -46,11 +46,13 @@ fn reduce(row: &[f32], init: f32, f: impl Fn(f32, f32) -> f32) -> f32 {
     tail.iter().chain(&acc).fold(init, |a, &v| f(a, v))
 }
 
-fn softmax_row(row: &mut [f32]) {
-    let max = reduce(row, f32::NEG_INFINITY, f32::max);
-    row.iter_mut().for_each(|v| *v = exp(*v - max));
-    let inv = 1.0 / reduce(row, 0.0, |a, b| a + b);
-    row.iter_mut().for_each(|v| *v *= inv);
+simd_dispatch! {
+    fn softmax_row(row: &mut [f32]) {
+        let max = reduce(row, f32::NEG_INFINITY, f32::max);
+        row.iter_mut().for_each(|v| *v = exp(*v - max));
+        let inv = 1.0 / reduce(row, 0.0, |a, b| a + b);
+        row.iter_mut().for_each(|v| *v *= inv);
+    }
 }
 
 struct SoftmaxLastDim;

@@ -305,8 +305,9 @@ impl SdFiles {
             .collect::<Result<Vec<_>>>()?;
         let n = self.tokenizer.max_len();
         let ids = Tensor::from_vec(ids.concat(), (texts.len(), n), &self.device)?;
-        let encoder = self.text_encoder()?;
-        Ok(encoder.forward(&ids)?.last_hidden_state)
+        let text = self.text_encoder()?.forward(&ids)?.last_hidden_state;
+        crate::device::release_free_host_memory();
+        Ok(text)
     }
 }
 
@@ -367,6 +368,8 @@ impl SdModel {
     /// Image `[b, 3, H, W]` (about [-1, 1]) from raw latents (UNet latents divided by the
     /// scaling factor). f32.
     pub fn vae_decode(&self, latents: &Tensor) -> Result<Tensor> {
+        // The UNet's freed activations, before the decoder's full-resolution ones.
+        crate::device::release_free_host_memory();
         Ok(self.vae.decode(latents)?.to_dtype(DType::F32)?)
     }
 
