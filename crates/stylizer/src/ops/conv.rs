@@ -350,41 +350,59 @@ impl Conv3x3 {
             }
             for y in y0..y1 {
                 let row = dst.0.add(((y + 1) * pw + 1) * dst_stride + off);
+                // The row's w pixels plus its two junk pixels, which sit on the border.
+                let len = (w + 1) * dst_stride + cout;
+                let row = std::slice::from_raw_parts_mut(row, len);
                 let res_row = res.map(|r| {
+                    let at = ((y + 1) * pw + 1) * r.base.stride;
                     (
-                        r.base.data.as_ptr().add(((y + 1) * pw + 1) * r.base.stride),
+                        &r.base.data[at..at + w * r.base.stride],
                         r.base.stride,
                         r.scale,
                     )
                 });
-                for x in 0..w {
-                    let o = std::slice::from_raw_parts_mut(row.add(x * dst_stride), cout);
-                    for (v, b) in o.iter_mut().zip(&self.b) {
-                        *v += *b;
-                    }
-                    match act {
-                        Act::None => {}
-                        Act::LeakyRelu(s) => o.iter_mut().for_each(|v| {
-                            if *v < 0.0 {
-                                *v *= s
-                            }
-                        }),
-                        Act::PRelu(s) => o.iter_mut().zip(s).for_each(|(v, s)| {
-                            if *v < 0.0 {
-                                *v *= *s
-                            }
-                        }),
-                    }
-                    if let Some((rp, rs, scale)) = res_row {
-                        let r = std::slice::from_raw_parts(rp.add(x * rs), cout);
-                        o.iter_mut().zip(r).for_each(|(v, r)| *v = *r + scale * *v);
-                    }
-                }
-                // The two junk pixels of this row sit on the border: restore the zeros.
-                std::slice::from_raw_parts_mut(row.add(w * dst_stride), cout).fill(0.0);
-                std::slice::from_raw_parts_mut(row.add((w + 1) * dst_stride), cout).fill(0.0);
+                epilogue_row(row, (w, dst_stride, cout), &self.b, act, res_row);
             }
         });
+    }
+}
+
+simd_dispatch! {
+    /// Bias, activation and residual on the `w` pixels of one output row (`stride` floats
+    /// apart, `cout` channels each), then zeros on the two junk pixels after them.
+    fn epilogue_row(
+        row: &mut [f32],
+        geometry: (usize, usize, usize),
+        bias: &[f32],
+        act: Act<'_>,
+        res: Option<(&[f32], usize, f32)>,
+    ) {
+        let (w, stride, cout) = geometry;
+        for x in 0..w {
+            let o = &mut row[x * stride..x * stride + cout];
+            for (v, b) in o.iter_mut().zip(bias) {
+                *v += *b;
+            }
+            match act {
+                Act::None => {}
+                Act::LeakyRelu(s) => o.iter_mut().for_each(|v| {
+                    if *v < 0.0 {
+                        *v *= s
+                    }
+                }),
+                Act::PRelu(s) => o.iter_mut().zip(s).for_each(|(v, s)| {
+                    if *v < 0.0 {
+                        *v *= *s
+                    }
+                }),
+            }
+            if let Some((r, rs, scale)) = res {
+                let r = &r[x * rs..x * rs + cout];
+                o.iter_mut().zip(r).for_each(|(v, r)| *v = *r + scale * *v);
+            }
+        }
+        row[w * stride..w * stride + cout].fill(0.0);
+        row[(w + 1) * stride..(w + 1) * stride + cout].fill(0.0);
     }
 }
 
