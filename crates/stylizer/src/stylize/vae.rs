@@ -23,7 +23,7 @@ use crate::ops::softmax::softmax_last_dim_in_place;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VaeTiling {
     /// Tile when an untiled pass would need more than [`AUTO_TILE_BYTES`] of activations
-    /// (f32 frames above ~720p, f16 above ~1080p).
+    /// (f32 frames from 720p up, f16 from 1080p up).
     Auto,
     /// Tile whenever a side exceeds one tile (diffusers' `enable_vae_tiling`).
     On,
