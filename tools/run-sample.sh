@@ -12,7 +12,7 @@ cargo build -q  # the dev profile optimises every crate (Cargo.toml)
 mkdir -p target/sample
 BIN=target/debug/video-stylizer
 $BIN probe tests/data/bigbuckbunny.mp4
-# Half a second of the clip, 2 denoising steps: on a CPU even the tiny test model spends most of
+# Half a second of the clip, 4 denoising steps: on a CPU even the tiny test model spends most of
 # its time in 6360² attention at 848×480 (~10 s a frame on 2 cores).
 ffmpeg -hide_banner -loglevel error -nostdin -y -i tests/data/bigbuckbunny.mp4 -t 0.5 -c copy \
   target/sample/bigbuckbunny_cut.mp4

@@ -169,13 +169,13 @@ impl Process {
         })
     }
 
-    /// The error this process ended with, if it has already failed (used when a pipe breaks).
     /// Whether the process has exited, without blocking (it is then reaped: `wait` returns
     /// its status at once).
     pub fn has_exited(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(Some(_)))
     }
 
+    /// The error this process ended with, if it has already failed (used when a pipe breaks).
     pub fn failure(&mut self) -> Option<Error> {
         match self.child.wait() {
             Ok(status) => {
