@@ -128,12 +128,7 @@ impl CustomOp1 for GroupNormOp<'_> {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let CpuStorage::F32(data) = storage else {
-            bail!("group-norm: f32 only")
-        };
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            bail!("group-norm: contiguous tensors only")
-        };
+        let x = super::f32_slice(self.name(), storage, layout)?;
         let dims = layout.dims();
         let channels = dims.get(1).copied().unwrap_or(0);
         let g = self.groups;
@@ -145,7 +140,6 @@ impl CustomOp1 for GroupNormOp<'_> {
         }
         let plane: usize = dims[2..].iter().product();
         let per_group = channels / g * plane;
-        let x = &data[start..end];
         let mut out = vec![0f32; x.len()];
         if per_group == 0 {
             return Ok((CpuStorage::F32(out), layout.shape().clone()));

@@ -28,6 +28,23 @@ macro_rules! simd_dispatch {
         }
     };
 }
+
+/// The f32 data of a contiguous CPU tensor, for the custom ops' `cpu_fwd`; `op` names the op
+/// in the error.
+pub(crate) fn f32_slice<'a>(
+    op: &str,
+    s: &'a candle_core::CpuStorage,
+    l: &candle_core::Layout,
+) -> candle_core::Result<&'a [f32]> {
+    let candle_core::CpuStorage::F32(v) = s else {
+        candle_core::bail!("{op}: f32 only")
+    };
+    let Some((start, end)) = l.contiguous_offsets() else {
+        candle_core::bail!("{op}: contiguous tensors only")
+    };
+    Ok(&v[start..end])
+}
+
 pub mod conv;
 pub mod group_norm;
 pub mod softmax;

@@ -21,6 +21,8 @@ use candle_core::{
 use candle_nn::{Conv2dConfig, VarBuilder};
 use rayon::prelude::*;
 
+use crate::ops::f32_slice;
+
 /// The GEMM convolution as a candle op on (input, taps `[k·k, out, in]`) and, as a three-input
 /// op, a residual of the output's shape added in the same pass; bias fused. With `upsample`,
 /// the input is first resized (nearest) to that size while the bands are filled, as
@@ -204,17 +206,6 @@ unsafe fn conv_band(
     });
 }
 
-/// The f32 data of a contiguous CPU tensor.
-fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
-    let CpuStorage::F32(v) = s else {
-        candle_core::bail!("shifted-gemm-conv2d: f32 only")
-    };
-    let Some((start, end)) = l.contiguous_offsets() else {
-        candle_core::bail!("shifted-gemm-conv2d: contiguous tensors only")
-    };
-    Ok(&v[start..end])
-}
-
 impl CustomOp2 for ShiftedGemmConv<'_> {
     fn name(&self) -> &'static str {
         "shifted-gemm-conv2d"
@@ -227,7 +218,8 @@ impl CustomOp2 for ShiftedGemmConv<'_> {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        self.run(f32_slice(s1, l1)?, l1, f32_slice(s2, l2)?, l2, None)
+        let op = CustomOp2::name(self);
+        self.run(f32_slice(op, s1, l1)?, l1, f32_slice(op, s2, l2)?, l2, None)
     }
 }
 
@@ -245,11 +237,12 @@ impl CustomOp3 for ShiftedGemmConv<'_> {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let residual = (f32_slice(s3, l3)?, l3.shape());
+        let op = CustomOp3::name(self);
+        let residual = (f32_slice(op, s3, l3)?, l3.shape());
         self.run(
-            f32_slice(s1, l1)?,
+            f32_slice(op, s1, l1)?,
             l1,
-            f32_slice(s2, l2)?,
+            f32_slice(op, s2, l2)?,
             l2,
             Some(residual),
         )
@@ -430,26 +423,29 @@ impl Conv2d {
 
     /// `conv(upsample_nearest2d(xs, h, w))`; on the CPU path the upsampled input is never
     /// materialised (on the VAE's last level it would be 400 MB).
-    pub fn forward_upsampled(&self, xs: &Tensor, (h, w): (usize, usize)) -> Result<Tensor> {
-        match self.op(Some((h, w))) {
-            Ok((taps, op)) => xs
+    pub fn forward_upsampled(&self, xs: &Tensor, size: (usize, usize)) -> Result<Tensor> {
+        self.forward_maybe_upsampled(xs, Some(size))
+    }
+
+    fn forward_maybe_upsampled(
+        &self,
+        xs: &Tensor,
+        upsample: Option<(usize, usize)>,
+    ) -> Result<Tensor> {
+        match (self.op(upsample), upsample) {
+            (Ok((taps, op)), _) => xs
                 .to_dtype(DType::F32)?
                 .contiguous()?
                 .apply_op2_no_bwd(taps, &op),
-            Err(c) => c.forward(&xs.upsample_nearest2d(h, w)?),
+            (Err(c), Some((h, w))) => c.forward(&xs.upsample_nearest2d(h, w)?),
+            (Err(c), None) => c.forward(xs),
         }
     }
 }
 
 impl Module for Conv2d {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        match self.op(None) {
-            Ok((taps, op)) => xs
-                .to_dtype(DType::F32)?
-                .contiguous()?
-                .apply_op2_no_bwd(taps, &op),
-            Err(c) => c.forward(xs),
-        }
+        self.forward_maybe_upsampled(xs, None)
     }
 }
 
