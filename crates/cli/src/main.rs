@@ -217,7 +217,7 @@ struct StylizeArgs {
     /// Model precision: f32, f16 or bf16 (default: f32 on CPU, f16 on GPU).
     #[arg(long, value_parser = parse_dtype)]
     dtype: Option<DType>,
-    /// Tile the VAE: auto (large frames), on, off.
+    /// Tile the VAE: auto (when untiled would need over 2 GiB of activations), on, off.
     #[arg(long, default_value = "auto", value_parser = parse_vae_tiling)]
     vae_tiling: VaeTiling,
     /// Draw new noise for every frame (default: the same noise for all frames, less flicker).
