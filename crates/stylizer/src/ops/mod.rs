@@ -46,5 +46,6 @@ pub(crate) fn f32_slice<'a>(
 }
 
 pub mod conv;
+pub mod geglu;
 pub mod group_norm;
 pub mod softmax;

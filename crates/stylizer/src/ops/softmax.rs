@@ -18,7 +18,11 @@ pub(crate) fn exp(x: f32) -> f32 {
     // Adding 1.5·2^23 rounds to an integer with plain SSE2 (no roundps, no libm floor).
     const ROUND: f32 = 12_582_912.0;
     let x = x.clamp(-87.33, 88.0);
-    let n = (x * std::f32::consts::LOG2_E + ROUND) - ROUND;
+    let t = x * std::f32::consts::LOG2_E + ROUND;
+    let n = t - ROUND;
+    // The integer n sits in t's low mantissa bits: an integer subtraction, where `n as i32`
+    // (saturating, NaN-checked) compiled to a scalar convert per lane.
+    let n_int = (t.to_bits() as i32).wrapping_sub(ROUND.to_bits() as i32);
     // x - n·ln 2 in two parts, so r stays exact for large n.
     let r = x - n * 0.693_359_4 - n * -2.121_944_4e-4;
     let mut p = 1.987_569_2e-4_f32;
@@ -29,7 +33,7 @@ pub(crate) fn exp(x: f32) -> f32 {
     p = p * r + 0.5;
     let y = p * r * r + r + 1.0;
     // Wrapping ops: overflow checks (debug builds) would keep the loop from vectorising.
-    y * f32::from_bits(((n as i32).wrapping_add(127) as u32).wrapping_shl(23))
+    y * f32::from_bits((n_int.wrapping_add(127) as u32).wrapping_shl(23))
 }
 
 /// Reduces `row` with `f` over [`LANES`] independent accumulators (vectorisable).

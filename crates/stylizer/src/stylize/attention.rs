@@ -13,6 +13,7 @@ use candle_nn::{
     conv2d, layer_norm, linear, linear_no_bias, Conv2d, LayerNorm, Linear, VarBuilder,
 };
 
+use crate::ops::geglu::geglu;
 use crate::ops::group_norm::{group_norm, GroupNorm};
 use crate::ops::softmax::softmax_last_dim_in_place;
 
@@ -157,10 +158,7 @@ impl FeedForward {
     }
 
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let h = self.proj_in.forward(xs)?;
-        let half = h.dim(2)? / 2;
-        let gated = (h.narrow(2, 0, half)? * h.narrow(2, half, half)?.gelu_erf()?)?;
-        self.proj_out.forward(&gated)
+        self.proj_out.forward(&geglu(&self.proj_in.forward(xs)?)?)
     }
 }
 

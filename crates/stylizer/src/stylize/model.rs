@@ -325,6 +325,7 @@ impl SdModel {
     /// Loads the UNet (in the model dtype) and the VAE (in f32 when its config asks for
     /// `force_upcast`, since the SD VAE overflows in f16).
     pub fn load(files: &SdFiles, progress: &mut dyn Progress) -> Result<Self> {
+        crate::device::keep_mid_size_buffers_in_heap();
         let unet_vb = files.var_builder(&files.unet, "unet", files.dtype)?;
         let unet = UNet2DConditionModel::new(unet_vb, &files.unet_config, files.slicing)
             .map_err(|e| Error::Weights(format!("unet: {e}")))?;
