@@ -27,6 +27,7 @@ use candle_core::{DType, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
+use super::SharedPtr;
 use crate::{Error, Result};
 
 /// An `h`×`w` image with `stride` floats per pixel, stored with a one-pixel zero border.
@@ -213,13 +214,6 @@ pub struct Conv3x3 {
     b: Vec<f32>,
 }
 
-/// Raw pointers handed to the band workers. Bands write disjoint rows/channels (see
-/// [`Conv3x3::run_raw`]), which is what makes sharing them sound.
-#[derive(Clone, Copy)]
-struct Ptr(*mut f32);
-unsafe impl Send for Ptr {}
-unsafe impl Sync for Ptr {}
-
 /// Output pixels per band: large enough that gemm's packing is amortised, small enough that a
 /// band's output stays in L2 between the gemms and the epilogue.
 const BAND_PIXELS: usize = 1024;
@@ -259,7 +253,7 @@ impl Conv3x3 {
         res: Option<Residual<'_>>,
     ) {
         assert!(src.h == dst.h && src.w == dst.w && off + self.cout <= dst.stride);
-        let d = Ptr(dst.data.as_mut_ptr());
+        let d = SharedPtr(dst.data.as_mut_ptr());
         // SAFETY: src and dst are distinct buffers of the same size (checked above).
         unsafe { self.run_raw(src, src.data.as_ptr(), d, dst.stride, off, act, res) }
     }
@@ -267,7 +261,7 @@ impl Conv3x3 {
     /// Dense-block form: reads channels `0..cin` of `buf` and writes `off..off+cout`, `off ≥ cin`.
     pub fn run_inplace(&self, buf: &mut Nhwc, off: usize, act: Act<'_>) {
         assert!(off >= self.cin && off + self.cout <= buf.stride);
-        let d = Ptr(buf.data.as_mut_ptr());
+        let d = SharedPtr(buf.data.as_mut_ptr());
         // SAFETY: reads touch channels [0, cin), writes [off, off + cout): disjoint elements.
         unsafe { self.run_raw(buf, d.0, d, buf.stride, off, act, None) }
     }
@@ -281,7 +275,7 @@ impl Conv3x3 {
         &self,
         src: &Nhwc,
         src_ptr: *const f32,
-        dst: Ptr,
+        dst: SharedPtr,
         dst_stride: usize,
         off: usize,
         act: Act<'_>,
@@ -295,7 +289,7 @@ impl Conv3x3 {
         let pw = w + 2;
         let rows_per_band = (BAND_PIXELS / pw).max(1);
         let bands = h.div_ceil(rows_per_band);
-        let src_p = Ptr(src_ptr as *mut f32);
+        let src_p = SharedPtr(src_ptr as *mut f32);
         let (cin, cout) = (self.cin, self.cout);
         let contiguous = ss == cin;
         (0..bands).into_par_iter().for_each(|band| {

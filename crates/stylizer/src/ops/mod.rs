@@ -45,6 +45,21 @@ pub(crate) fn f32_slice<'a>(
     Ok(&v[start..end])
 }
 
+/// A pointer into a buffer that parallel jobs share, each writing its own disjoint part
+/// (which is what makes sharing it sound).
+#[derive(Clone, Copy)]
+pub(crate) struct SharedPtr(pub(crate) *mut f32);
+unsafe impl Send for SharedPtr {}
+unsafe impl Sync for SharedPtr {}
+
+impl SharedPtr {
+    /// A method, so that closures capture the whole (Sync) wrapper, not its raw field.
+    pub(crate) fn offset(self, n: usize) -> Self {
+        Self(self.0.wrapping_add(n))
+    }
+}
+
+pub mod attention;
 pub mod conv;
 pub mod geglu;
 pub mod group_norm;

@@ -38,7 +38,7 @@ pub(crate) fn exp(x: f32) -> f32 {
 
 /// Reduces `row` with `f` over [`LANES`] independent accumulators (vectorisable).
 #[inline(always)]
-fn reduce(row: &[f32], init: f32, f: impl Fn(f32, f32) -> f32) -> f32 {
+pub(crate) fn reduce(row: &[f32], init: f32, f: impl Fn(f32, f32) -> f32) -> f32 {
     let mut acc = [init; LANES];
     let chunks = row.chunks_exact(LANES);
     let tail = chunks.remainder();

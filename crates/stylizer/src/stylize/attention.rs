@@ -13,13 +13,16 @@ use candle_nn::{
     conv2d, layer_norm, linear, linear_no_bias, Conv2d, LayerNorm, Linear, VarBuilder,
 };
 
+use crate::ops::attention as flash;
 use crate::ops::geglu::geglu;
 use crate::ops::group_norm::{group_norm, GroupNorm};
 use crate::ops::softmax::softmax_last_dim_in_place;
 
-/// How attention scores are computed: all at once, or in slices so that the
-/// `queries × keys` score matrices never exceed a memory budget (diffusers
-/// `enable_attention_slicing`). Slices give identical results.
+/// How attention scores are computed where whole score matrices are made (f16 or a GPU):
+/// all at once, or in slices so that the `queries × keys` score matrices never exceed a
+/// memory budget (diffusers `enable_attention_slicing`). Slices give identical results.
+/// In f32 on the CPU attention always runs block-wise ([`crate::ops::attention`]), whose
+/// memory is a few hundred KiB per thread, so this setting does not apply there.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AttentionSlicing {
     /// Blocks of query rows whose scores fit in 16 MiB: bounded memory, and the scores stay
@@ -117,28 +120,34 @@ impl CrossAttention {
     }
 
     fn forward(&self, xs: &Tensor, context: Option<&Tensor>) -> Result<Tensor> {
-        let (b, n, _) = xs.dims3()?;
         let context = context.unwrap_or(xs);
-        let in_dtype = xs.dtype();
-        // Scores and softmax in f32 (diffusers' upcast_attention/upcast_softmax); a no-op in f32.
-        let q = self
-            .split_heads(&self.to_q.forward(xs)?)?
-            .to_dtype(DType::F32)?;
-        let k = self
-            .split_heads(&self.to_k.forward(context)?)?
-            .to_dtype(DType::F32)?;
-        let v = self
-            .split_heads(&self.to_v.forward(context)?)?
-            .to_dtype(DType::F32)?;
+        let q = self.to_q.forward(xs)?;
+        let k = self.to_k.forward(context)?;
+        let v = self.to_v.forward(context)?;
+        let out = if flash::runs_on(&q) {
+            flash::attention(&q, &k, &v, self.heads, self.scale)?
+        } else {
+            self.sliced(&q, &k, &v)?
+        };
+        self.to_out.forward(&out)
+    }
+
+    /// Attention with whole score matrices, [`AttentionSlicing`] of them at a time (f16 and
+    /// GPU devices).
+    fn sliced(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+        let (b, n, _) = q.dims3()?;
+        let in_dtype = q.dtype();
+        // Scores and softmax in f32 (diffusers' upcast_attention/upcast_softmax).
+        let q = self.split_heads(q)?.to_dtype(DType::F32)?;
+        let k = self.split_heads(k)?.to_dtype(DType::F32)?;
+        let v = self.split_heads(v)?.to_dtype(DType::F32)?;
         let kt = (k.transpose(1, 2)? * self.scale)?.contiguous()?;
         let (pair_step, row_step) = self.slicing.slices(q.dim(0)?, n, kt.dim(2)?);
         let out = attend(&q, &kt, &v, pair_step, row_step)?.to_dtype(in_dtype)?;
         let d = out.dim(2)?;
-        let out = out
-            .reshape((b, self.heads, n, d))?
+        out.reshape((b, self.heads, n, d))?
             .transpose(1, 2)?
-            .reshape((b, n, self.heads * d))?;
-        self.to_out.forward(&out)
+            .reshape((b, n, self.heads * d))
     }
 }
 
@@ -319,6 +328,46 @@ mod tests {
                 .max(0)?
                 .to_scalar()?;
             assert!(d < 1e-6, "pairs {ps} rows {rs}: {d}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn sliced_path_matches_the_block_wise_one() -> Result<()> {
+        let dev = Device::Cpu;
+        let (dim, ctx, heads) = (12, 10, 3);
+        let names = [("to_q", dim), ("to_k", ctx), ("to_v", ctx)];
+        let mut tensors: std::collections::HashMap<String, Tensor> = names
+            .iter()
+            .map(|(n, cin)| {
+                Ok((
+                    format!("{n}.weight"),
+                    Tensor::randn(0f32, 0.5, (dim, *cin), &dev)?,
+                ))
+            })
+            .collect::<Result<_>>()?;
+        tensors.insert(
+            "to_out.0.weight".into(),
+            Tensor::randn(0f32, 0.5, (dim, dim), &dev)?,
+        );
+        tensors.insert("to_out.0.bias".into(), Tensor::randn(0f32, 0.5, dim, &dev)?);
+        let vb = VarBuilder::from_tensors(tensors, DType::F32, &dev);
+        let xs = Tensor::randn(0f32, 1.0, (2, 33, dim), &dev)?;
+        let context = Tensor::randn(0f32, 1.0, (2, 7, ctx), &dev)?;
+        for slicing in [
+            AttentionSlicing::Auto,
+            AttentionSlicing::Off,
+            AttentionSlicing::Size(1),
+        ] {
+            let attn = CrossAttention::new(vb.clone(), dim, ctx, heads, dim / heads, slicing)?;
+            let q = attn.to_q.forward(&xs)?;
+            let (k, v) = (attn.to_k.forward(&context)?, attn.to_v.forward(&context)?);
+            let d: f32 = (attn.sliced(&q, &k, &v)?
+                - flash::attention(&q, &k, &v, heads, attn.scale)?)?
+            .abs()?
+            .max_all()?
+            .to_scalar()?;
+            assert!(d < 1e-5, "{slicing:?}: {d}");
         }
         Ok(())
     }

@@ -21,7 +21,7 @@ use candle_core::{
 use candle_nn::{Conv2dConfig, VarBuilder};
 use rayon::prelude::*;
 
-use crate::ops::f32_slice;
+use crate::ops::{f32_slice, SharedPtr};
 
 /// The GEMM convolution as a candle op on (input, taps `[k·k, out, in]`) and, as a three-input
 /// op, a residual of the output's shape added in the same pass; bias fused. With `upsample`,
@@ -43,19 +43,6 @@ thread_local! {
     /// A band's zero-padded input rows and its output on the padded width, kept per thread
     /// so that a band allocates nothing (fresh pages cost more than the copy).
     static BAND: RefCell<(Vec<f32>, Vec<f32>)> = RefCell::default();
-}
-
-/// The output pointer shared by the band jobs, which write disjoint rows.
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
-
-impl OutPtr {
-    /// A method, so that closures capture the whole (Sync) wrapper, not its raw field.
-    fn offset(self, n: usize) -> Self {
-        Self(self.0.wrapping_add(n))
-    }
 }
 
 /// Sizes of one convolution, batch item excluded; `h`, `w` are the (upsampled) input's.
@@ -104,7 +91,7 @@ unsafe fn conv_band(
     taps: &[f32],
     bias: Option<&[f32]>,
     residual: Option<&[f32]>,
-    out: OutPtr,
+    out: SharedPtr,
     r0: usize,
     r1: usize,
     par: gemm::Parallelism,
@@ -305,7 +292,7 @@ impl ShiftedGemmConv<'_> {
         let row_map = nearest_map(h, src_h);
         let col_map = (wd != src_w).then(|| nearest_map(wd, src_w));
         let mut out = vec![0f32; b * item_out];
-        let base = OutPtr(out.as_mut_ptr());
+        let base = SharedPtr(out.as_mut_ptr());
         let job = |j: usize, par: gemm::Parallelism| {
             let (bi, band) = (j / bands, j % bands);
             let r0 = band * rows;

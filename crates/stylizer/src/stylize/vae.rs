@@ -15,6 +15,7 @@ use candle_nn::{linear, Conv2dConfig, Linear, VarBuilder};
 use super::config::VaeConfig;
 use super::conv::{conv2d, Conv2d};
 use super::resnet::ResnetBlock2D;
+use crate::ops::attention as flash;
 use crate::ops::group_norm::{group_norm, GroupNorm};
 use crate::ops::softmax::softmax_last_dim_in_place;
 
@@ -74,9 +75,13 @@ impl AttentionBlock {
         let q = self.to_q.forward(&tokens)?;
         let k = self.to_k.forward(&tokens)?;
         let v = self.to_v.forward(&tokens)?;
-        let scores = (q.matmul(&k.t()?)? / (c as f64).sqrt())?;
-        let probs = softmax_last_dim_in_place(scores)?;
-        let out = self.to_out.forward(&probs.matmul(&v)?)?;
+        let scale = 1.0 / (c as f64).sqrt();
+        let attended = if flash::runs_on(&q) {
+            flash::attention(&q, &k, &v, 1, scale)?
+        } else {
+            softmax_last_dim_in_place((q.matmul(&k.t()?)? * scale)?)?.matmul(&v)?
+        };
+        let out = self.to_out.forward(&attended)?;
         let out = out.transpose(1, 2)?.reshape((b, c, h, w))?;
         out + xs
     }
