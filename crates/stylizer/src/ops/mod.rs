@@ -63,4 +63,5 @@ pub mod attention;
 pub mod conv;
 pub mod geglu;
 pub mod group_norm;
+pub mod linear;
 pub mod softmax;

@@ -9,13 +9,12 @@
 //! `proj_out` shapes for any inner size, and attention sliced by a memory budget.
 
 use candle_core::{DType, IndexOp, Module, Result, Tensor};
-use candle_nn::{
-    conv2d, layer_norm, linear, linear_no_bias, Conv2d, LayerNorm, Linear, VarBuilder,
-};
+use candle_nn::{conv2d, layer_norm, Conv2d, LayerNorm, VarBuilder};
 
 use crate::ops::attention as flash;
 use crate::ops::geglu::geglu;
 use crate::ops::group_norm::{group_norm, GroupNorm};
+use crate::ops::linear::{linear, linear_no_bias, Linear};
 use crate::ops::softmax::softmax_last_dim_in_place;
 
 /// How attention scores are computed where whole score matrices are made (f16 or a GPU):

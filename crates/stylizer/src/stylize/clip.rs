@@ -9,9 +9,10 @@
 //! configured layer-norm epsilon, and the pooled output.
 
 use candle_core::{DType, Device, IndexOp, Module, Result, Tensor};
-use candle_nn::{embedding, layer_norm, linear, Embedding, LayerNorm, Linear, VarBuilder};
+use candle_nn::{embedding, layer_norm, Embedding, LayerNorm, VarBuilder};
 
 use super::config::{ClipActivation, ClipTextConfig};
+use crate::ops::linear::{linear, Linear};
 
 struct ClipAttention {
     q_proj: Linear,

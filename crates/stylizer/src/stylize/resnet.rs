@@ -6,10 +6,11 @@
 //! [`super::conv`].
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{linear, Conv2dConfig, Linear, VarBuilder};
+use candle_nn::{Conv2dConfig, VarBuilder};
 
 use super::conv::{conv2d, Conv2d};
 use crate::ops::group_norm::{group_norm, GroupNorm};
+use crate::ops::linear::{linear, Linear};
 
 pub struct ResnetBlock2D {
     norm1: GroupNorm,

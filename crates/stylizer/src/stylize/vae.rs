@@ -10,13 +10,14 @@
 //! [`super::conv`].
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{linear, Conv2dConfig, Linear, VarBuilder};
+use candle_nn::{Conv2dConfig, VarBuilder};
 
 use super::config::VaeConfig;
 use super::conv::{conv2d, Conv2d};
 use super::resnet::ResnetBlock2D;
 use crate::ops::attention as flash;
 use crate::ops::group_norm::{group_norm, GroupNorm};
+use crate::ops::linear::{linear, Linear};
 use crate::ops::softmax::softmax_last_dim_in_place;
 
 /// When encode/decode split the image into overlapping tiles (bounded memory, slightly
