@@ -210,14 +210,19 @@ pub struct Residual<'a> {
     pub scale: f32,
 }
 
-/// A 3×3 convolution with its weights repacked as `[kh][kw][cin][cout]` (gemm's rhs).
+/// A 3×3 convolution with its weights in the form its algorithm reads.
 pub struct Conv3x3 {
     pub cin: usize,
     pub cout: usize,
-    w: Vec<f32>,
+    w: Weights,
     b: Vec<f32>,
-    /// The weights in the Winograd domain, `[16][cin][cout]`, where [`winograd`] runs.
-    winograd: Option<Vec<f32>>,
+}
+
+enum Weights {
+    /// `[kh][kw][cin][cout]` (gemm's rhs, one tap at a time).
+    Taps(Vec<f32>),
+    /// In the Winograd domain, `[16][cin][cout]`, where [`winograd`] applies.
+    Winograd(Vec<f32>),
 }
 
 /// Output pixels per band: large enough that gemm's packing is amortised, small enough that a
@@ -246,14 +251,11 @@ impl Conv3x3 {
                 b.len()
             )));
         }
-        let winograd = winograd::applies(cin, cout).then(|| winograd::weights(&w, cin, cout));
-        Ok(Self {
-            cin,
-            cout,
-            w,
-            b,
-            winograd,
-        })
+        let w = match winograd::applies(cin, cout) {
+            true => Weights::Winograd(winograd::weights(&w, cin, cout)),
+            false => Weights::Taps(w),
+        };
+        Ok(Self { cin, cout, w, b })
     }
 
     /// `dst[off..off+cout] = epilogue(conv(src[0..cin]))`, `src` and `dst` distinct.
@@ -299,18 +301,21 @@ impl Conv3x3 {
             self.cin <= ss,
             "input has fewer channels than the conv expects"
         );
-        if let Some(u) = &self.winograd {
-            let geo = winograd::Geometry {
-                h,
-                w,
-                ss,
-                ds: dst_stride,
-                cin: self.cin,
-                cout: self.cout,
-            };
-            let src_p = SharedPtr(src_ptr as *mut f32);
-            return winograd::conv(geo, src_p, u, dst, off, (&self.b, act, res));
-        }
+        let taps_w = match &self.w {
+            Weights::Taps(w) => w,
+            Weights::Winograd(u) => {
+                let geo = winograd::Geometry {
+                    h,
+                    w,
+                    ss,
+                    ds: dst_stride,
+                    cin: self.cin,
+                    cout: self.cout,
+                };
+                let src_p = SharedPtr(src_ptr as *mut f32);
+                return winograd::conv(geo, src_p, u, dst, off, (&self.b, act, res));
+            }
+        };
         let pw = w + 2;
         let rows_per_band = (BAND_PIXELS / pw).max(1);
         let bands = h.div_ceil(rows_per_band);
@@ -344,7 +349,7 @@ impl Conv3x3 {
             let k = if contiguous { 3 * cin } else { cin };
             for (i, &(kh, kw)) in taps.iter().enumerate() {
                 let lhs = src_p.0.add((m0 + kh * pw + kw) * ss) as *const f32;
-                let rhs = self.w.as_ptr().add((kh * 3 + kw) * cin * cout);
+                let rhs = taps_w.as_ptr().add((kh * 3 + kw) * cin * cout);
                 gemm::gemm(
                     m,
                     cout,
