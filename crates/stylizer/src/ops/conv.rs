@@ -33,6 +33,7 @@ use super::SharedPtr;
 use crate::{Error, Result};
 
 mod winograd;
+pub use winograd::applies as winograd_applies;
 
 /// An `h`×`w` image with `stride` floats per pixel, stored with a one-pixel zero border.
 ///
@@ -75,18 +76,21 @@ impl Nhwc {
         &self.data
     }
 
-    /// Writes a planar `[c][h][w]` image into channels `0..c`.
+    /// Writes a planar `[c][h][w]` image into channels `0..c` (rows in parallel).
     pub fn set_from_planar(&mut self, planar: &[f32], c: usize) {
-        let (h, w) = (self.h, self.w);
-        assert!(c <= self.stride && planar.len() == c * h * w);
-        for y in 0..h {
-            for x in 0..w {
-                let o = self.at(y, x);
+        let (h, w, s) = (self.h, self.w, self.stride);
+        assert!(c <= s && planar.len() == c * h * w);
+        let row = s * (w + 2);
+        self.data[row..row * (h + 1)]
+            .par_chunks_mut(row)
+            .enumerate()
+            .for_each(|(y, d)| {
                 for ch in 0..c {
-                    self.data[o + ch] = planar[(ch * h + y) * w + x];
+                    for (x, v) in planar[(ch * h + y) * w..][..w].iter().enumerate() {
+                        d[(x + 1) * s + ch] = *v;
+                    }
                 }
-            }
-        }
+            });
     }
 
     /// Copies channels `0..c` of `src` into channels `0..c` of `self` (same size).
@@ -141,17 +145,32 @@ impl Nhwc {
 
     /// Channels `0..c` as a planar `[c][h][w]` vector.
     pub fn to_planar(&self, c: usize) -> Vec<f32> {
-        let (h, w) = (self.h, self.w);
-        let mut out = vec![0f32; c * h * w];
-        for y in 0..h {
-            for x in 0..w {
-                let o = self.at(y, x);
-                for ch in 0..c {
-                    out[(ch * h + y) * w + x] = self.data[o + ch];
-                }
-            }
-        }
+        let mut out = vec![0f32; c * self.h * self.w];
+        self.write_planar(&mut out, c, None);
         out
+    }
+
+    /// `out[ch][y][x] = self[y][x][ch] (+ add[ch][y][x])` for channels `0..c`, in blocks of
+    /// 16 channels (one cache line of each pixel read per block) in parallel.
+    pub fn write_planar(&self, out: &mut [f32], c: usize, add: Option<&[f32]>) {
+        const BLOCK: usize = 16;
+        let plane = self.h * self.w;
+        assert!(c <= self.stride && out.len() == c * plane);
+        assert!(add.is_none_or(|a| a.len() == out.len()));
+        out.par_chunks_mut(BLOCK * plane)
+            .enumerate()
+            .for_each(|(blk, out)| {
+                let ch0 = blk * BLOCK;
+                for y in 0..self.h {
+                    for x in 0..self.w {
+                        let px = &self.data[self.at(y, x) + ch0..];
+                        for (ch, o) in out.chunks_exact_mut(plane).enumerate() {
+                            let i = y * self.w + x;
+                            o[i] = px[ch] + add.map_or(0.0, |a| a[(ch0 + ch) * plane + i]);
+                        }
+                    }
+                }
+            });
     }
 }
 
@@ -211,6 +230,7 @@ pub struct Residual<'a> {
 }
 
 /// A 3×3 convolution with its weights in the form its algorithm reads.
+#[derive(Debug)]
 pub struct Conv3x3 {
     pub cin: usize,
     pub cout: usize,
@@ -218,6 +238,7 @@ pub struct Conv3x3 {
     b: Vec<f32>,
 }
 
+#[derive(Debug)]
 enum Weights {
     /// `[kh][kw][cin][cout]` (gemm's rhs, one tap at a time).
     Taps(Vec<f32>),
