@@ -33,7 +33,6 @@ use super::SharedPtr;
 use crate::{Error, Result};
 
 mod winograd;
-pub use winograd::applies as winograd_applies;
 
 /// An `h`×`w` image with `stride` floats per pixel, stored with a one-pixel zero border.
 ///
@@ -230,7 +229,6 @@ pub struct Residual<'a> {
 }
 
 /// A 3×3 convolution with its weights in the form its algorithm reads.
-#[derive(Debug)]
 pub struct Conv3x3 {
     pub cin: usize,
     pub cout: usize,
@@ -238,7 +236,6 @@ pub struct Conv3x3 {
     b: Vec<f32>,
 }
 
-#[derive(Debug)]
 enum Weights {
     /// `[kh][kw][cin][cout]` (gemm's rhs, one tap at a time).
     Taps(Vec<f32>),

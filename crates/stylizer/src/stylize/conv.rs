@@ -12,13 +12,8 @@
 //! tensors whose other ops (group norm, attention, upsampling) are NCHW, and converting
 //! NCHW↔NHWC around every conv costs 10–45 % (shared/DESIGN.md); the upscaler's nets are only
 //! convs and activations, so they stay NHWC end to end and fuse bias/activation/residual.
-//! The exception: 3×3 convs on tensors up to [`WINOGRAD_MAX_BYTES`] (the UNet, the VAE's
-//! lower levels) run as that module's Winograd F(2×2, 3×3) on NHWC copies, whose 2.25× fewer
-//! multiplications pay for the copies (conv_bench: UNet levels 160–185 GFLOP/s-equivalent
-//! against 130–150 banded, on the same host and run).
 
 use std::cell::RefCell;
-use std::sync::Arc;
 
 use candle_core::{
     CpuStorage, CustomOp2, CustomOp3, DType, Device, Layout, Module, Result, Shape, Tensor,
@@ -26,7 +21,6 @@ use candle_core::{
 use candle_nn::{Conv2dConfig, VarBuilder};
 use rayon::prelude::*;
 
-use crate::ops::conv::{winograd_applies, Act, Conv3x3, Nhwc};
 use crate::ops::{f32_slice, SharedPtr};
 
 /// The GEMM convolution as a candle op on (input, taps `[k·k, out, in]`) and, as a three-input
@@ -37,13 +31,7 @@ struct ShiftedGemmConv<'a> {
     padding: usize,
     bias: Option<&'a [f32]>,
     upsample: Option<(usize, usize)>,
-    winograd: Option<&'a Conv3x3>,
 }
-
-/// Inputs up to this size run the Winograd conv (through NHWC copies) where it applies. The
-/// copies are two more tensors of the input's and output's size, so the VAE's 100–400 MB
-/// full-resolution levels keep the banded GEMMs, which need no extra memory.
-const WINOGRAD_MAX_BYTES: usize = 64 << 20;
 
 /// Output pixels (on the padded width) per band. A band's nine GEMMs accumulate into a
 /// `cout × pixels` block that stays in cache between taps; on the VAE's full-resolution
@@ -249,36 +237,6 @@ impl CustomOp3 for ShiftedGemmConv<'_> {
 }
 
 impl ShiftedGemmConv<'_> {
-    /// The same convolution (3×3, padding 1) as Winograd F(2×2, 3×3) on NHWC copies
-    /// ([`crate::ops::conv`]): 2.25× fewer multiplications than the banded GEMMs for two
-    /// copies of the data.
-    fn run_winograd(
-        &self,
-        conv: &Conv3x3,
-        x: &[f32],
-        (b, cin, cout, h, w): (usize, usize, usize, usize, usize),
-        residual: Option<(&[f32], &Shape)>,
-    ) -> Result<(CpuStorage, Shape)> {
-        let shape = Shape::from((b, cout, h, w));
-        if let Some((_, rs)) = residual {
-            if rs != &shape {
-                candle_core::bail!("shifted-gemm-conv2d: residual {rs:?} for output {shape:?}")
-            }
-        }
-        let (item_in, item_out) = (cin * h * w, cout * h * w);
-        let mut out = vec![0f32; b * item_out];
-        let wrap = candle_core::Error::wrap;
-        let mut src = Nhwc::zeros(h, w, cin).map_err(wrap)?;
-        let mut dst = Nhwc::zeros(h, w, cout).map_err(wrap)?;
-        for bi in 0..b {
-            src.set_from_planar(&x[bi * item_in..][..item_in], cin);
-            conv.run(&src, &mut dst, 0, Act::None, None);
-            let add = residual.map(|(r, _)| &r[bi * item_out..][..item_out]);
-            dst.write_planar(&mut out[bi * item_out..][..item_out], cout, add);
-        }
-        Ok((CpuStorage::F32(out), shape))
-    }
-
     fn run(
         &self,
         x: &[f32],
@@ -302,12 +260,6 @@ impl ShiftedGemmConv<'_> {
         let (hp, wp) = (h + 2 * pad, wd + 2 * pad);
         if hp < k || wp < k {
             candle_core::bail!("shifted-gemm-conv2d: input smaller than the kernel")
-        }
-        if let Some(conv) = self.winograd.filter(|_| {
-            self.upsample.is_none()
-                && (b * cin * h * wd).max(b * cout * h * wd) * 4 <= WINOGRAD_MAX_BYTES
-        }) {
-            return self.run_winograd(conv, x, (b, cin, cout, h, wd), residual);
         }
         let g = Geometry {
             cin,
@@ -383,8 +335,6 @@ pub enum Conv2d {
         taps: Tensor,
         bias: Option<Vec<f32>>,
         padding: usize,
-        /// 3×3, padding 1, ≥ 16 channels in and out: also kept for the Winograd path.
-        winograd: Option<Arc<Conv3x3>>,
     },
     /// Everything else: candle's convolution.
     Candle(candle_nn::Conv2d),
@@ -404,21 +354,6 @@ impl Conv2d {
         if !gemm {
             return Ok(Self::Candle(inner));
         }
-        let winograd = match (kh, config.padding) {
-            (3, 1) if winograd_applies(cin, cout) => {
-                let zeros;
-                let bias = match inner.bias() {
-                    Some(b) => b,
-                    None => {
-                        zeros = Tensor::zeros(cout, DType::F32, w.device())?;
-                        &zeros
-                    }
-                };
-                let conv = Conv3x3::new(w, bias).map_err(candle_core::Error::wrap)?;
-                Some(Arc::new(conv))
-            }
-            _ => None,
-        };
         Ok(Self::Gemm {
             taps: w
                 .permute((2, 3, 0, 1))?
@@ -426,7 +361,6 @@ impl Conv2d {
                 .contiguous()?,
             bias: inner.bias().map(|b| b.to_vec1()).transpose()?,
             padding: config.padding,
-            winograd,
         })
     }
 
@@ -450,14 +384,12 @@ impl Conv2d {
                 taps,
                 bias,
                 padding,
-                winograd,
             } => Ok((
                 taps,
                 ShiftedGemmConv {
                     padding: *padding,
                     bias: bias.as_deref(),
                     upsample,
-                    winograd: winograd.as_deref(),
                 },
             )),
         }
@@ -530,9 +462,6 @@ mod tests {
                 (2, 3, 5, 2, 7, 8),
                 (6, 4, 1, 0, 5, 7),
                 (3, 4, 3, 1, 131, 81),
-                // Winograd (through NHWC copies), odd and even sizes.
-                (24, 16, 3, 1, 37, 41),
-                (16, 32, 3, 1, 6, 8),
             ]
         {
             let x = Tensor::randn(0f32, 1.0, (2, cin, h, w), &dev)?;

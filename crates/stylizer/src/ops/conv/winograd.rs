@@ -30,7 +30,7 @@ thread_local! {
 
 /// Whether the Winograd form is used: wide enough convolutions (the RGB input and output
 /// layers keep the direct GEMMs, whose cost is small there).
-pub fn applies(cin: usize, cout: usize) -> bool {
+pub(super) fn applies(cin: usize, cout: usize) -> bool {
     cin >= 16 && cout >= 16
 }
 
