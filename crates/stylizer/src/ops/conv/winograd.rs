@@ -20,8 +20,8 @@ use rayon::prelude::*;
 use super::{epilogue_pixel, Act, Residual};
 use crate::ops::SharedPtr;
 
-/// Fewest tiles per job (the scratch is 16 × tiles × (cin + cout) floats per thread).
-const MIN_TILES: usize = 64;
+/// Tiles along a row per task (the scratch is 16 × TILES × (cin + cout) floats).
+const TILES: usize = 64;
 
 thread_local! {
     /// Per thread: input patch, V and M.
@@ -103,7 +103,7 @@ unsafe fn output_transform(o: [*mut f32; 2], i: [*const f32; 4], n: usize) {
 }
 
 simd_dispatch! {
-    /// Tiles `f0..f0+n` (row-major over the `tx` tiles of a row): input transform into `v`.
+    /// Tiles `t0..t0+n` of tile row `row`: input transform into `v`.
     fn transform_inputs(
         g: Geometry,
         src: SharedPtr,
@@ -111,17 +111,16 @@ simd_dispatch! {
         patch: &mut [f32],
         v: &mut [f32],
     ) {
-        let (f0, n, tx) = tiles;
+        let (row, t0, n) = tiles;
         let (cin, pw) = (g.cin, g.w + 2);
         let (patch, tmp) = patch.split_at_mut(16 * cin);
         for t in 0..n {
-            let (row, col) = ((f0 + t) / tx, (f0 + t) % tx);
-            // The 4×4 padded pixels from (2·row, 2·col); rows or columns past the padded
+            // The 4×4 padded pixels from (2·row, 2·(t0 + t)); rows or columns past the padded
             // image (odd sizes) read as zeros.
             for i in 0..4 {
                 let py = 2 * row + i;
                 for j in 0..4 {
-                    let px = 2 * col + j;
+                    let px = 2 * (t0 + t) + j;
                     let dst = &mut patch[(i * 4 + j) * cin..][..cin];
                     if py <= g.h + 1 && px <= g.w + 1 {
                         // SAFETY: an in-bounds pixel of the source (channels 0..cin ≤ ss).
@@ -170,7 +169,7 @@ simd_dispatch! {
         out: (SharedPtr, usize),
         epilogue: (&[f32], Act<'_>, Option<Residual<'_>>),
     ) {
-        let ((f0, n, tx), (dst, off)) = (tiles, out);
+        let ((row, t0, n), (dst, off)) = (tiles, out);
         let (bias, act, res) = epilogue;
         let (cout, pw) = (g.cout, g.w + 2);
         let (half, y) = tmp.split_at_mut(8 * cout);
@@ -198,11 +197,10 @@ simd_dispatch! {
                     );
                 }
             }
-            let (row, col) = ((f0 + t) / tx, (f0 + t) % tx);
             for i in 0..2 {
                 let oy = 2 * row + i;
                 for j in 0..2 {
-                    let ox = 2 * col + j;
+                    let ox = 2 * (t0 + t) + j;
                     if oy >= g.h || ox >= g.w {
                         continue;
                     }
@@ -233,30 +231,18 @@ pub(super) unsafe fn conv(
     epilogue: (&[f32], Act<'_>, Option<Residual<'_>>),
 ) {
     let (cin, cout) = (g.cin, g.cout);
-    let tx = g.w.div_ceil(2);
-    let total = g.h.div_ceil(2) * tx;
-    // Tiles per job: at least MIN_TILES, and enough that the job's GEMMs reuse each
-    // transformed weight (16·cin·cout values, read once per job) about as often as they
-    // read the job's own data (16·tiles·(cin + cout)).
-    let per_job = MIN_TILES.max(cin * cout / (cin + cout));
-    let jobs = total.div_ceil(per_job);
-    let per_job = total.div_ceil(jobs);
-    let threads = rayon::current_num_threads();
-    // Fewer jobs than threads (small images, wide layers): the GEMMs split the work.
-    let par = match jobs < threads {
-        true => Parallelism::Rayon(threads),
-        false => Parallelism::None,
-    };
-    let run_job = |job: usize| {
+    let (tile_rows, tiles) = (g.h.div_ceil(2), g.w.div_ceil(2));
+    let chunks = tiles.div_ceil(TILES);
+    (0..tile_rows * chunks).into_par_iter().for_each(|job| {
         let (src, dst) = (src, dst);
-        let f0 = job * per_job;
-        let n = per_job.min(total - f0);
+        let (row, t0) = (job / chunks, job % chunks * TILES);
+        let n = TILES.min(tiles - t0);
         SCRATCH.with(|cell| {
             let [patch, v, m] = &mut *cell.borrow_mut();
             patch.resize(32 * cin.max(cout), 0.0);
-            v.resize(16 * n * cin, 0.0);
-            m.resize(16 * n * cout, 0.0);
-            transform_inputs(g, src, (f0, n, tx), patch, v);
+            v.resize(16 * TILES * cin, 0.0);
+            m.resize(16 * TILES * cout, 0.0);
+            transform_inputs(g, src, (row, t0, n), patch, v);
             for xi in 0..16 {
                 // SAFETY: V_ξ is n × cin, U_ξ cin × cout, M_ξ n × cout, all row-major.
                 unsafe {
@@ -279,17 +265,11 @@ pub(super) unsafe fn conv(
                         false,
                         false,
                         false,
-                        par,
+                        Parallelism::None,
                     );
                 }
             }
-            write_outputs(g, m, (f0, n, tx), patch, (dst, off), epilogue);
+            write_outputs(g, m, (row, t0, n), patch, (dst, off), epilogue);
         });
-    };
-    // Jobs one after the other when the GEMMs are parallel: a thread waiting inside one
-    // must not pick up another job (it would find its scratch borrowed).
-    match par {
-        Parallelism::None => (0..jobs).into_par_iter().for_each(run_job),
-        _ => (0..jobs).for_each(run_job),
-    }
+    });
 }
