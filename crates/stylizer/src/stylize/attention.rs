@@ -6,7 +6,9 @@
 //! `models/attention_processor.py` (`Attention` with `AttnProcessor`, attention slicing).
 //! Adapted from candle-transformers' `stable_diffusion/attention.rs` (MIT/Apache-2.0): the
 //! erf GELU of diffusers' GEGLU (candle uses the tanh approximation, off by up to 5e-4),
-//! `proj_out` shapes for any inner size, and attention sliced by a memory budget.
+//! `proj_out` shapes for any inner size, attention block-wise on the CPU
+//! ([`crate::ops::attention`], as diffusers' `AttnProcessor2_0` calls PyTorch's SDPA) and
+//! sliced by a memory budget elsewhere.
 
 use candle_core::{DType, IndexOp, Module, Result, Tensor};
 use candle_nn::{conv2d, layer_norm, Conv2d, LayerNorm, VarBuilder};
