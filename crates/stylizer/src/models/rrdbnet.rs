@@ -190,9 +190,7 @@ impl RrdbNet {
     /// multiples of the unshuffle factor (4 / scale).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match &self.cpu {
-            Some(f) if x.device().is_cpu() && x.dtype() == candle_core::DType::F32 => {
-                f.forward(&self.cfg, &self.unshuffled(x)?)
-            }
+            Some(f) if crate::ops::is_cpu_f32(x) => f.forward(&self.cfg, &self.unshuffled(x)?),
             _ => Ok(self.forward_candle(x)?),
         }
     }

@@ -130,7 +130,7 @@ impl SrvggNet {
     /// `[1, in, H, W]` in [0, 1] → `[1, out, H·s, W·s]`, unclamped.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match &self.cpu {
-            Some(f) if x.device().is_cpu() && x.dtype() == DType::F32 => f.forward(&self.cfg, x),
+            Some(f) if crate::ops::is_cpu_f32(x) => f.forward(&self.cfg, x),
             _ => Ok(self.forward_candle(x)?),
         }
     }

@@ -9,11 +9,11 @@
 //! went through memory four times. Here each task is one (batch item, head, block of
 //! queries): its scores for a block of keys stay in the cache, the GEMMs read q/k/v in place
 //! from the projections' `[b, tokens, heads·d]` layout and write the output the same way,
-//! and the tasks run in parallel. f32 on the CPU only ([`runs_on`]).
+//! and the tasks run in parallel. f32 on the CPU only ([`super::is_cpu_f32`]).
 
 use std::cell::RefCell;
 
-use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
@@ -30,14 +30,9 @@ thread_local! {
     static SCRATCH: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
 }
 
-/// Whether [`attention`] runs for tensors like `t` (f32 on the CPU).
-pub fn runs_on(t: &Tensor) -> bool {
-    t.device().is_cpu() && t.dtype() == DType::F32
-}
-
 /// `softmax(q·kᵀ·scale)·v` per head: `q` `[b, n, heads·d]`, `k` and `v` `[b, m, heads·d]`
 /// (head j in columns `j·d..(j+1)·d`, as the q/k/v projections give them) → `[b, n, heads·d]`
-/// in the same layout. Only where [`runs_on`].
+/// in the same layout. Only where [`super::is_cpu_f32`].
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, scale: f64) -> Result<Tensor> {
     let op = Attention {
         heads,

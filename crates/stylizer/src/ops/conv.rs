@@ -142,20 +142,13 @@ impl Nhwc {
             });
     }
 
-    /// Channels `0..c` as a planar `[c][h][w]` vector.
+    /// Channels `0..c` as a planar `[c][h][w]` vector, in blocks of 16 channels (one cache
+    /// line of each pixel read per block) in parallel.
     pub fn to_planar(&self, c: usize) -> Vec<f32> {
-        let mut out = vec![0f32; c * self.h * self.w];
-        self.write_planar(&mut out, c, None);
-        out
-    }
-
-    /// `out[ch][y][x] = self[y][x][ch] (+ add[ch][y][x])` for channels `0..c`, in blocks of
-    /// 16 channels (one cache line of each pixel read per block) in parallel.
-    pub fn write_planar(&self, out: &mut [f32], c: usize, add: Option<&[f32]>) {
         const BLOCK: usize = 16;
         let plane = self.h * self.w;
-        assert!(c <= self.stride && out.len() == c * plane);
-        assert!(add.is_none_or(|a| a.len() == out.len()));
+        assert!(c <= self.stride);
+        let mut out = vec![0f32; c * plane];
         out.par_chunks_mut(BLOCK * plane)
             .enumerate()
             .for_each(|(blk, out)| {
@@ -164,12 +157,12 @@ impl Nhwc {
                     for x in 0..self.w {
                         let px = &self.data[self.at(y, x) + ch0..];
                         for (ch, o) in out.chunks_exact_mut(plane).enumerate() {
-                            let i = y * self.w + x;
-                            o[i] = px[ch] + add.map_or(0.0, |a| a[(ch0 + ch) * plane + i]);
+                            o[y * self.w + x] = px[ch];
                         }
                     }
                 }
             });
+        out
     }
 }
 

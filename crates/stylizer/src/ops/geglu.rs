@@ -7,7 +7,7 @@
 //! transformer block at 848×480. Here it is one parallel pass with a polynomial `erf` that
 //! vectorises. f32 on the CPU; candle's ops elsewhere.
 
-use candle_core::{bail, CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
+use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::softmax::exp;
@@ -64,7 +64,7 @@ impl CustomOp1 for Geglu {
 
 /// `h[..., :n] * gelu_erf(h[..., n:])` for `h` with last dimension `2n`.
 pub fn geglu(h: &Tensor) -> Result<Tensor> {
-    if h.device().is_cpu() && h.dtype() == DType::F32 {
+    if super::is_cpu_f32(h) {
         return h.contiguous()?.apply_op1_no_bwd(&Geglu);
     }
     let half = h.dim(candle_core::D::Minus1)? / 2;

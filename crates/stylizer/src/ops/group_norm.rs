@@ -7,7 +7,7 @@
 //! Here it is two reads for the statistics and one pass that writes the output. f32 on the
 //! CPU; candle's ops elsewhere.
 
-use candle_core::{bail, CpuStorage, CustomOp1, DType, Layout, Module, Result, Shape, Tensor};
+use candle_core::{bail, CpuStorage, CustomOp1, Layout, Module, Result, Shape, Tensor};
 use candle_nn::VarBuilder;
 use rayon::prelude::*;
 
@@ -27,7 +27,7 @@ pub struct GroupNorm {
 pub fn group_norm(groups: usize, channels: usize, eps: f64, vb: VarBuilder) -> Result<GroupNorm> {
     let weight = vb.get(channels, "weight")?;
     let bias = vb.get(channels, "bias")?;
-    let affine = (weight.device().is_cpu() && weight.dtype() == DType::F32)
+    let affine = super::is_cpu_f32(&weight)
         .then(|| Ok::<_, candle_core::Error>((weight.to_vec1()?, bias.to_vec1()?)))
         .transpose()?;
     Ok(GroupNorm {
@@ -46,7 +46,7 @@ impl GroupNorm {
 
     fn run(&self, xs: &Tensor, silu: bool) -> Result<Tensor> {
         match &self.affine {
-            Some((weight, bias)) if xs.device().is_cpu() && xs.dtype() == DType::F32 => {
+            Some((weight, bias)) if super::is_cpu_f32(xs) => {
                 xs.contiguous()?.apply_op1_no_bwd(&GroupNormOp {
                     groups: self.groups,
                     eps: self.eps,
@@ -159,7 +159,7 @@ impl CustomOp1 for GroupNormOp<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::Device;
+    use candle_core::{DType, Device};
     use std::collections::HashMap;
 
     #[test]

@@ -45,6 +45,11 @@ pub(crate) fn f32_slice<'a>(
     Ok(&v[start..end])
 }
 
+/// Whether `t` is f32 on the CPU: where the custom ops here run (candle's ops elsewhere).
+pub fn is_cpu_f32(t: &candle_core::Tensor) -> bool {
+    t.device().is_cpu() && t.dtype() == candle_core::DType::F32
+}
+
 /// A pointer into a buffer that parallel jobs share, each writing its own disjoint part
 /// (which is what makes sharing it sound).
 #[derive(Clone, Copy)]

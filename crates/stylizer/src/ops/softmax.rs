@@ -6,7 +6,7 @@
 //! degree-6 polynomial, ~1e-7 relative error) written without branches or libm calls, so the
 //! row loops vectorise; max and sum use 16 independent lanes for the same reason.
 
-use candle_core::{bail, CpuStorage, DType, InplaceOp1, Layout, Result, Tensor};
+use candle_core::{bail, CpuStorage, InplaceOp1, Layout, Result, Tensor};
 use rayon::prelude::*;
 
 const LANES: usize = 16;
@@ -83,7 +83,7 @@ impl InplaceOp1 for SoftmaxLastDim {
 /// softmax elsewhere). `scores` must not share its storage with another live tensor: pass the
 /// fresh result of a matmul.
 pub fn softmax_last_dim_in_place(scores: Tensor) -> Result<Tensor> {
-    if !scores.device().is_cpu() || scores.dtype() != DType::F32 || !scores.is_contiguous() {
+    if !super::is_cpu_f32(&scores) || !scores.is_contiguous() {
         return candle_nn::ops::softmax_last_dim(&scores);
     }
     scores.inplace_op1(&SoftmaxLastDim)?;

@@ -16,6 +16,7 @@ use candle_nn::{conv2d, layer_norm, Conv2d, LayerNorm, VarBuilder};
 use crate::ops::attention as flash;
 use crate::ops::geglu::geglu;
 use crate::ops::group_norm::{group_norm, GroupNorm};
+use crate::ops::is_cpu_f32;
 use crate::ops::linear::{linear, linear_no_bias, Linear};
 use crate::ops::softmax::softmax_last_dim_in_place;
 
@@ -125,7 +126,7 @@ impl CrossAttention {
         let q = self.to_q.forward(xs)?;
         let k = self.to_k.forward(context)?;
         let v = self.to_v.forward(context)?;
-        let out = if flash::runs_on(&q) {
+        let out = if is_cpu_f32(&q) {
             flash::attention(&q, &k, &v, self.heads, self.scale)?
         } else {
             self.sliced(&q, &k, &v)?

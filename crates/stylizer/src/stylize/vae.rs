@@ -17,6 +17,7 @@ use super::conv::{conv2d, Conv2d};
 use super::resnet::ResnetBlock2D;
 use crate::ops::attention as flash;
 use crate::ops::group_norm::{group_norm, GroupNorm};
+use crate::ops::is_cpu_f32;
 use crate::ops::linear::{linear, Linear};
 use crate::ops::softmax::softmax_last_dim_in_place;
 
@@ -77,7 +78,7 @@ impl AttentionBlock {
         let k = self.to_k.forward(&tokens)?;
         let v = self.to_v.forward(&tokens)?;
         let scale = 1.0 / (c as f64).sqrt();
-        let attended = if flash::runs_on(&q) {
+        let attended = if is_cpu_f32(&q) {
             flash::attention(&q, &k, &v, 1, scale)?
         } else {
             softmax_last_dim_in_place((q.matmul(&k.t()?)? * scale)?)?.matmul(&v)?
