@@ -11,11 +11,14 @@ use candle_core::DType;
 use clap::{Args, Parser, Subcommand};
 use stylizer::pipeline::{self, Job, Outcome};
 use stylizer::stage::{Identity, Invert};
+use stylizer::stylize::cross_frame::CrossFrameKeys;
 use stylizer::stylize::img2img::Img2ImgParams;
 use stylizer::stylize::model::LoadOptions;
 use stylizer::stylize::schedulers::SchedulerKind;
 use stylizer::stylize::stage::{StylizeSettings, StylizeStage};
 use stylizer::stylize::vae::VaeTiling;
+use stylizer::temporal::flicker::measure_files;
+use stylizer::temporal::flow::{DisParams, DisPreset};
 use stylizer::upscale::{images, resize::Target, UpscaleOptions, UpscaleStage};
 use stylizer::video::{probe, Codec, EncodeSettings, MaxRes, VideoInfo};
 use stylizer::weights::ModelSource;
@@ -57,6 +60,23 @@ enum Command {
     Models {
         #[command(subcommand)]
         command: ModelsCommand,
+    },
+    /// Measure flicker: the warp error of a stylized video against its original (Lai et al.
+    /// 2018), with the original's own as the floor and their ratio.
+    Flicker {
+        /// The source video (optical flow is computed on it).
+        original: PathBuf,
+        /// The restyled video (same frames, any size; the original is scaled to it).
+        stylized: PathBuf,
+        /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Optical flow quality: ultrafast, fast or medium (DIS presets).
+        #[arg(long, default_value = "medium", value_parser = parse_flow_preset)]
+        flow: DisPreset,
+        /// Compare only the first N frames.
+        #[arg(long)]
+        max_frames: Option<u64>,
     },
     /// Join the segments that `stylize --segment K/N` runs rendered into a work folder.
     Join {
@@ -223,6 +243,14 @@ struct StylizeArgs {
     /// Draw new noise for every frame (default: the same noise for all frames, less flicker).
     #[arg(long)]
     noise_per_frame: bool,
+    /// How frames are kept consistent: cross-frame (every frame's self-attention also looks
+    /// at the first frame), none (every frame on its own); flow and cross-frame+flow are
+    /// not available yet.
+    #[arg(long, default_value = "cross-frame", value_parser = parse_consistency)]
+    consistency: Consistency,
+    /// Testing: the keys cross-frame attention uses: anchor, or anchor+self.
+    #[arg(long, hide = true, default_value = "anchor", value_parser = parse_cross_frame_keys)]
+    cross_frame_keys: CrossFrameKeys,
     /// Upscale the stylized frames ×4 with Real-ESRGAN, to full HD (see --upscale-to).
     #[arg(long)]
     upscale: bool,
@@ -280,6 +308,48 @@ fn parse_target(s: &str) -> Result<Target, String> {
     s.parse().map_err(|e: Error| e.to_string())
 }
 
+fn parse_flow_preset(s: &str) -> Result<DisPreset, String> {
+    match s {
+        "ultrafast" => Ok(DisPreset::UltraFast),
+        "fast" => Ok(DisPreset::Fast),
+        "medium" => Ok(DisPreset::Medium),
+        _ => Err(format!(
+            "unknown flow preset `{s}` (ultrafast, fast or medium)"
+        )),
+    }
+}
+
+/// `--consistency`: the temporal techniques a stylize run uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Consistency {
+    None,
+    CrossFrame,
+    Flow,
+    CrossFrameFlow,
+}
+
+fn parse_consistency(s: &str) -> Result<Consistency, String> {
+    match s {
+        "none" => Ok(Consistency::None),
+        "cross-frame" => Ok(Consistency::CrossFrame),
+        "flow" => Ok(Consistency::Flow),
+        "cross-frame+flow" => Ok(Consistency::CrossFrameFlow),
+        _ => Err(format!(
+            "unknown consistency `{s}` (none, cross-frame, flow or cross-frame+flow)"
+        )),
+    }
+}
+
+fn parse_cross_frame_keys(s: &str) -> Result<CrossFrameKeys, String> {
+    match s {
+        "anchor" => Ok(CrossFrameKeys::Anchor),
+        "anchor+self" => Ok(CrossFrameKeys::AnchorAndSelf),
+        _ => Err(format!(
+            "unknown cross-frame keys `{s}` (anchor or anchor+self)"
+        )),
+    }
+}
+
 fn parse_share(s: &str) -> Result<(u32, u32), String> {
     let bad = || format!("`{s}` is not K/N with 1 <= K <= N (e.g. 3/8)");
     let (k, n) = s.split_once('/').ok_or_else(bad)?;
@@ -328,6 +398,15 @@ fn build_stages(
     if a.animatediff {
         return Err(Error::NotImplemented(
             "AnimateDiff temporal consistency (--animatediff)".into(),
+        )
+        .into());
+    }
+    if matches!(
+        a.consistency,
+        Consistency::Flow | Consistency::CrossFrameFlow
+    ) {
+        return Err(Error::NotImplemented(
+            "flow-guided fusion (--consistency flow, cross-frame+flow)".into(),
         )
         .into());
     }
@@ -382,6 +461,7 @@ fn sd_stage(a: &StylizeArgs, seed: u64) -> anyhow::Result<StylizeStage> {
         },
         seed,
         noise_per_frame: a.noise_per_frame,
+        cross_frame: (a.consistency == Consistency::CrossFrame).then_some(a.cross_frame_keys),
     })?)
 }
 
@@ -646,6 +726,39 @@ fn print_probe(input: &Path, json: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn flicker(
+    original: &Path,
+    stylized: &Path,
+    json: bool,
+    preset: DisPreset,
+    max_frames: Option<u64>,
+    progress: &mut CliProgress,
+) -> anyhow::Result<ExitCode> {
+    let r = measure_files(
+        original,
+        stylized,
+        DisParams::preset(preset),
+        max_frames,
+        progress,
+    )?;
+    progress.finish();
+    if json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        println!("frames compared:     {}", r.frames);
+        println!("warp error:          {:.6}", r.warp_error);
+        println!("original's own:      {:.6}", r.warp_error_original);
+        match r.ratio {
+            Some(ratio) => {
+                println!("ratio:               {ratio:.3} (1 = as steady as the original)")
+            }
+            None => println!("ratio:               n/a (the original does not change)"),
+        }
+        println!("occluded pixels:     {:.1} %", 100.0 * r.occluded_fraction);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let mut progress = CliProgress::new(Mode::detect(cli.quiet));
     match cli.command {
@@ -653,6 +766,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Upscale(a) => upscale(*a, &mut progress),
         Command::Models { command } => models(command, &mut progress),
         Command::Probe { input, json } => print_probe(&input, json),
+        Command::Flicker {
+            original,
+            stylized,
+            json,
+            flow,
+            max_frames,
+        } => flicker(&original, &stylized, json, flow, max_frames, &mut progress),
         Command::Join {
             work_dir,
             overwrite,

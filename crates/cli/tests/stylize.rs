@@ -99,3 +99,107 @@ fn stylize_errors_before_any_work() {
     );
     assert_eq!(listing(dir.path()), ["in.mp4"]);
 }
+
+#[test]
+fn cross_frame_attention_renders_the_same_video_whole_or_in_shares() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = make_clip(dir.path(), "in.mp4", "72x40", "25", 0.6, None, &[]);
+    let seg = ["--seed", "3", "--segment-seconds", "0.2"];
+    let whole = dir.path().join("whole.mp4");
+    let out = stylize(&input, &whole, &seg);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // Shares 2 and 3 start after frame 0 in a process of their own: they re-run the anchor.
+    let split = dir.path().join("split.mp4");
+    for k in 1..=3 {
+        let share = format!("{k}/3");
+        let out = stylize(&input, &split, &[&seg[..], &["--segment", &share]].concat());
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let out = run(bin().arg("join").arg(dir.path().join("split.mp4.work")));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let frames = decode_rgb(&whole, 72, 40, "");
+    assert_eq!(frames.len(), 15);
+    assert!(
+        frames == decode_rgb(&split, 72, 40, ""),
+        "joined shares differ from one run"
+    );
+
+    // It is the default, and it changes the frames after the first.
+    let none = dir.path().join("none.mp4");
+    let out = stylize(
+        &input,
+        &none,
+        &[&seg[..], &["--consistency", "none"]].concat(),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let independent = decode_rgb(&none, 72, 40, "");
+    assert!(independent[0] == frames[0], "the anchor attends to itself");
+    assert!(independent[1..] != frames[1..]);
+}
+
+#[test]
+fn consistency_modes_that_have_not_landed_say_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = make_clip(dir.path(), "in.mp4", "64x48", "25", 0.2, None, &[]);
+    let output = dir.path().join("out.mp4");
+    for mode in ["flow", "cross-frame+flow"] {
+        let out = stylize(&input, &output, &["--consistency", mode]);
+        assert!(!out.status.success());
+        assert!(
+            stderr(&out).contains("not available yet"),
+            "{}",
+            stderr(&out)
+        );
+    }
+    let out = stylize(&input, &output, &["--consistency", "wobbly"]);
+    assert!(
+        stderr(&out).contains("unknown consistency"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(listing(dir.path()), ["in.mp4"]);
+}
+
+#[test]
+fn flicker_compares_a_stylized_video_with_its_original() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = make_clip(dir.path(), "in.mp4", "160x96", "25", 0.4, None, &[]);
+    let out = run(bin().arg("flicker").arg(&input).arg(&input).arg("--json"));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for key in [
+        "warp_error",
+        "warp_error_original",
+        "ratio",
+        "frames",
+        "occluded_fraction",
+    ] {
+        assert!(v.get(key).is_some(), "{key} missing: {v}");
+    }
+    assert_eq!(v["frames"], 10);
+    assert_eq!(v["ratio"], 1.0);
+    assert_eq!(v["warp_error"], v["warp_error_original"]);
+
+    let text = run(bin().arg("flicker").arg(&input).arg(&input).args([
+        "--flow",
+        "ultrafast",
+        "--max-frames",
+        "3",
+    ]));
+    assert!(text.status.success(), "{}", stderr(&text));
+    let stdout = String::from_utf8_lossy(&text.stdout);
+    assert!(stdout.contains("frames compared:     3"), "{stdout}");
+    assert!(stdout.contains("ratio:"), "{stdout}");
+
+    let missing = run(bin()
+        .arg("flicker")
+        .arg(&input)
+        .arg(dir.path().join("nope.mp4")));
+    assert!(!missing.status.success());
+    assert!(
+        stderr(&missing).contains("nope.mp4"),
+        "{}",
+        stderr(&missing)
+    );
+}

@@ -1,13 +1,14 @@
 //! Time and peak memory of the SD components at a real frame size, on the CPU.
 //!
 //! ```text
-//! cargo run --release --example sd_bench -- --model DIR [--cases memory,unet,vae]
+//! cargo run --release --example sd_bench -- --model DIR [--cases memory,unet,cross_frame,vae]
 //!     [--latent 60x106] [--reps 1] [--vae-tiling auto|on|off] [--slicing auto|off|N]
 //! ```
 //! `memory` runs one frame's worth of work in the order the pipeline does it (text encoder
 //! loaded, used, freed; UNet + VAE loaded; VAE encode; one CFG UNet call; VAE decode) and
 //! prints the peak resident set of each stage. `unet` times one call at batch 2 (CFG) and
-//! batch 1, `vae` one decode and one encode. Prints one JSON line starting with `RESULT `.
+//! batch 1, `cross_frame` one CFG call on its own, recording an anchor, and attending to it
+//! (keys `anchor` and `anchor+self`), `vae` one decode and one encode. Prints one JSON line starting with `RESULT `.
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -16,6 +17,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use serde_json::{json, Value};
 use stylizer::stylize::attention::AttentionSlicing;
+use stylizer::stylize::cross_frame::{AnchorBank, CrossFrameKeys, FrameAnchor, SelfAttention};
 use stylizer::stylize::model::{LoadOptions, SdFiles, SdModel};
 use stylizer::stylize::vae::VaeTiling;
 use stylizer::weights::ModelSource;
@@ -131,7 +133,8 @@ fn main() -> Result<()> {
                 m.insert("vae_encode_s".into(), json!(s));
                 reset_peak();
                 let latents = randn(&[2, 4, lh, lw])?;
-                let (_, s) = timed(|| Ok(model.unet(&latents, &[501.0], &emb)?))?;
+                let (_, s) =
+                    timed(|| Ok(model.unet(&latents, &[501.0], &emb, &mut SelfAttention::Own)?))?;
                 m.insert("unet_b2_peak_MB".into(), json!(peak_rss_mb()));
                 m.insert("unet_b2_s".into(), json!(s));
                 reset_peak();
@@ -159,13 +162,50 @@ fn main() -> Result<()> {
                 let mut b2 = vec![];
                 let mut b1 = vec![];
                 for _ in 0..reps {
-                    b2.push(timed(|| Ok(model.unet(&x, &[501.0], &emb)?))?.1);
+                    b2.push(
+                        timed(|| Ok(model.unet(&x, &[501.0], &emb, &mut SelfAttention::Own)?))?.1,
+                    );
                 }
                 for _ in 0..reps {
                     let (x1, e1) = (x.narrow(0, 0, 1)?, emb.narrow(0, 0, 1)?);
-                    b1.push(timed(|| Ok(model.unet(&x1, &[501.0], &e1)?))?.1);
+                    b1.push(
+                        timed(|| Ok(model.unet(&x1, &[501.0], &e1, &mut SelfAttention::Own)?))?.1,
+                    );
                 }
                 result["unet"] = json!({"batch2_s": b2, "batch1_s": b1, "cpu_s": take_cpu(), "peak_rss_MB": peak_rss_mb()});
+            }
+            "cross_frame" => {
+                // One CFG UNet call as a frame on its own, as the anchor (recording its
+                // tokens), and attending to the anchor with each key choice.
+                let model = SdModel::load(&files, &mut NoProgress)?;
+                let emb = randn(&[2, 77, dim])?;
+                let x = randn(&[2, 4, lh, lw])?;
+                let mut bank = AnchorBank::default();
+                let mut times = serde_json::Map::new();
+                let mut own = vec![];
+                for _ in 0..reps {
+                    own.push(
+                        timed(|| Ok(model.unet(&x, &[501.0], &emb, &mut SelfAttention::Own)?))?.1,
+                    );
+                }
+                times.insert("own_s".into(), json!(own));
+                let mut record = FrameAnchor::Record(&mut bank);
+                let (_, s) = timed(|| Ok(model.unet(&x, &[501.0], &emb, &mut record.step(0)?)?))?;
+                times.insert("record_s".into(), json!(s));
+                times.insert("anchor_MB_per_step".into(), json!(bank.bytes() >> 20));
+                for keys in [CrossFrameKeys::Anchor, CrossFrameKeys::AnchorAndSelf] {
+                    let mut t = vec![];
+                    for _ in 0..reps {
+                        let mut attend = FrameAnchor::Attend(&bank, keys);
+                        t.push(
+                            timed(|| Ok(model.unet(&x, &[501.0], &emb, &mut attend.step(0)?)?))?.1,
+                        );
+                    }
+                    times.insert(format!("{keys}_s"), json!(t));
+                }
+                times.insert("cpu_s".into(), json!(take_cpu()));
+                times.insert("peak_rss_MB".into(), json!(peak_rss_mb()));
+                result["cross_frame"] = Value::Object(times);
             }
             "vae" => {
                 let model = SdModel::load(&files, &mut NoProgress)?;

@@ -4,16 +4,21 @@
 //!
 //! ```text
 //! cargo run --release --example sd_replay -- --model DIR|FILE|ID --golden IN.safetensors \
-//!     --part text_encoder|unet|vae|img2img --out OUT.safetensors \
+//!     --part text_encoder|unet|vae|img2img|frames --out OUT.safetensors \
 //!     [--scheduler ddim|euler|euler_a|dpmpp_2m|dpmpp_2m_karras|lcm --prompt TEXT \
 //!      --negative-prompt TEXT --strength S --steps N --guidance G]   (img2img; defaults: golden_sd.py's)
+//!     [--cross-frame none|anchor|anchor+self --case NAME]          (frames)
 //! ```
+//! `frames` replays golden_crossframe.py: the stack `image_in` [F,3,H,W] restyled one frame at
+//! a time (frame 0 the anchor), frame f's noise = row f of `noise_vae` / `noise_add`; writes
+//! `NAME.final_latents` and `NAME.image_out`.
 //! Each part is one function taking the golden's tensors and returning ours.
 
 use std::collections::HashMap;
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
+use stylizer::stylize::cross_frame::{img2img_frames, CrossFrameKeys, FrameAnchor, SelfAttention};
 use stylizer::stylize::img2img::{img2img as run_img2img, Img2ImgParams};
 use stylizer::stylize::model::{LoadOptions, SdFiles, SdModel};
 use stylizer::stylize::noise::ReplayNoise;
@@ -40,10 +45,16 @@ fn unet(files: &SdFiles, golden: &Tensors) -> Result<Tensors> {
         .to_dtype(DType::F64)?
         .flatten_all()?
         .to_vec1::<f64>()?;
-    let mut out = HashMap::from([("out".into(), model.unet(sample, &t, context)?)]);
+    let mut out = HashMap::from([(
+        "out".into(),
+        model.unet(sample, &t, context, &mut SelfAttention::Own)?,
+    )]);
     if let Some(ts) = golden.get("timesteps2") {
         let ts = ts.to_dtype(DType::F64)?.to_vec1::<f64>()?;
-        out.insert("out2".into(), model.unet(sample, &ts, context)?);
+        out.insert(
+            "out2".into(),
+            model.unet(sample, &ts, context, &mut SelfAttention::Own)?,
+        );
     }
     Ok(out)
 }
@@ -59,17 +70,59 @@ fn vae(files: &SdFiles, golden: &Tensors) -> Result<Tensors> {
     ]))
 }
 
-/// img2img with the golden's recorded noise: `image_in`, `noise_vae`, `noise_add`, `step{i}.noise`.
-fn img2img(files: &SdFiles, golden: &Tensors, args: &HashMap<String, String>) -> Result<Tensors> {
+/// The img2img settings from the arguments, with golden_sd.py's defaults: (prompt, negative, params).
+fn img2img_args(args: &HashMap<String, String>) -> Result<(String, String, Img2ImgParams)> {
     let arg = |k: &str, default: &str| args.get(k).cloned().unwrap_or_else(|| default.to_string());
-    let prompt = arg("prompt", "a photograph of an astronaut riding a horse");
-    let negative = arg("negative-prompt", "");
     let params = Img2ImgParams {
         strength: arg("strength", "0.6").parse().context("--strength")?,
         steps: arg("steps", "10").parse().context("--steps")?,
         guidance: arg("guidance", "7.5").parse().context("--guidance")?,
         scheduler: arg("scheduler", "ddim").parse()?,
     };
+    Ok((
+        arg("prompt", "a photograph of an astronaut riding a horse"),
+        arg("negative-prompt", ""),
+        params,
+    ))
+}
+
+/// A frame stack restyled in order with the golden's per-frame noise (golden_crossframe.py).
+fn frames(files: &SdFiles, golden: &Tensors, args: &HashMap<String, String>) -> Result<Tensors> {
+    let (prompt, negative, params) = img2img_args(args)?;
+    let keys = match args.get("cross-frame").map_or("anchor", |s| s.as_str()) {
+        "none" => None,
+        "anchor" => Some(CrossFrameKeys::Anchor),
+        "anchor+self" => Some(CrossFrameKeys::AnchorAndSelf),
+        other => bail!("unknown --cross-frame {other:?} (none, anchor, anchor+self)"),
+    };
+    let case = args.get("case").context("--case is required")?;
+    let text = files.encode_prompts(&prompt, Some(&negative))?;
+    let model = SdModel::load(files, &mut NoProgress)?;
+    let scheduler = SchedulerConfig::from_value(&files.scheduler_config)?;
+    let (latents, images) = img2img_frames(
+        &model,
+        &scheduler,
+        &params,
+        &text,
+        &golden["image_in"],
+        keys,
+        &mut |f| {
+            let mut draws = HashMap::new();
+            for key in ["noise_vae", "noise_add"] {
+                draws.insert(key.to_string(), golden[key].narrow(0, f, 1)?);
+            }
+            Ok(Box::new(ReplayNoise::new(draws)))
+        },
+    )?;
+    Ok(HashMap::from([
+        (format!("{case}.final_latents"), latents),
+        (format!("{case}.image_out"), images),
+    ]))
+}
+
+/// img2img with the golden's recorded noise: `image_in`, `noise_vae`, `noise_add`, `step{i}.noise`.
+fn img2img(files: &SdFiles, golden: &Tensors, args: &HashMap<String, String>) -> Result<Tensors> {
+    let (prompt, negative, params) = img2img_args(args)?;
     let ids = |text: &str| -> Result<Tensor> {
         let ids: Vec<i64> = files
             .tokenizer()
@@ -95,6 +148,7 @@ fn img2img(files: &SdFiles, golden: &Tensors, args: &HashMap<String, String>) ->
         &params,
         &text,
         &golden["image_in"],
+        FrameAnchor::Independent,
         &mut noise,
         &mut NoProgress,
         &mut |i, l| {
@@ -137,7 +191,8 @@ fn main() -> Result<()> {
         "unet" => unet(&files, &golden)?,
         "vae" => vae(&files, &golden)?,
         "img2img" => img2img(&files, &golden, &args)?,
-        other => bail!("unknown --part {other:?} (text_encoder, unet, vae, img2img)"),
+        "frames" => frames(&files, &golden, &args)?,
+        other => bail!("unknown --part {other:?} (text_encoder, unet, vae, img2img, frames)"),
     };
     let out_path = arg("out")?;
     candle_core::safetensors::save(&out, out_path)?;

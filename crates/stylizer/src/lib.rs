@@ -13,6 +13,7 @@ pub mod pipeline;
 pub mod progress;
 pub mod stage;
 pub mod stylize;
+pub mod temporal;
 pub mod upscale;
 pub mod video;
 pub mod weights;

@@ -414,6 +414,7 @@ impl Renderer<'_> {
             for s in stages.iter_mut() {
                 s.reset()?;
             }
+            self.warm_up(stages, start, progress)?;
             // The last segment runs to the end of the video, whatever the container said.
             let limit = (seg != last).then_some(m.segment_frames);
             let partial = partial_path(self.work, seg);
@@ -487,6 +488,39 @@ impl Renderer<'_> {
             if frames == 0 {
                 return Err(Error::input(&self.info.path, "no frame could be decoded"));
             }
+        }
+        Ok(())
+    }
+
+    /// Shows every stage the earlier frames it needs before frame `start`, made by the
+    /// stages before it.
+    fn warm_up(
+        &self,
+        stages: &mut [Box<dyn FrameStage>],
+        start: u64,
+        progress: &mut dyn Progress,
+    ) -> Result<()> {
+        let m = self.manifest;
+        for k in 0..stages.len() {
+            let wanted = stages[k].warm_up_frames(start);
+            if wanted.is_empty() {
+                continue;
+            }
+            progress.stage(Stage::WarmUp);
+            for index in wanted {
+                let mut decoder = Decoder::open(self.info, m.width, m.height, index, m.tonemap)?;
+                let Some(mut frame) = decoder.next_frame()? else {
+                    return Err(Error::input(
+                        &self.info.path,
+                        format!("frame {index} could not be decoded again"),
+                    ));
+                };
+                for s in stages[..k].iter_mut() {
+                    frame = s.process(frame, index)?;
+                }
+                stages[k].warm_up(frame, index)?;
+            }
+            progress.stage(Stage::Render);
         }
         Ok(())
     }

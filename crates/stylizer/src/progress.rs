@@ -5,6 +5,8 @@
 pub enum Stage {
     Probe,
     LoadModels,
+    /// Re-running earlier frames that temporal state depends on (a resumed or split run).
+    WarmUp,
     Render,
     Join,
 }
@@ -14,6 +16,7 @@ impl std::fmt::Display for Stage {
         f.write_str(match self {
             Stage::Probe => "probing",
             Stage::LoadModels => "loading models",
+            Stage::WarmUp => "re-running the anchor frame",
             Stage::Render => "rendering",
             Stage::Join => "joining",
         })

@@ -7,10 +7,12 @@ use crate::{Frame, Result};
 
 /// A per-frame transformation.
 ///
-/// Stages are called with frames in order, starting at the first frame of a segment; a
-/// stage that keeps state across frames (temporal consistency) must derive it only from the
-/// frames it was given since [`FrameStage::reset`], so that a resumed or distributed run
-/// renders the same pixels as an uninterrupted one.
+/// Stages are called with frames in order, starting at the first frame of a segment. A stage
+/// that keeps state across frames (temporal consistency) must render frame `n` the same
+/// whether the run started at frame 0, was resumed, or is one `--segment` share: at the start
+/// of every segment it is [`reset`](FrameStage::reset), then shown again the earlier frames
+/// it names in [`warm_up_frames`](FrameStage::warm_up_frames) (an anchor frame, a look-back),
+/// so its state can only depend on those and on the frames of the segment so far.
 pub trait FrameStage: Send {
     /// Short name for logs and errors ("identity", "stylize", "upscale").
     fn name(&self) -> &str;
@@ -31,6 +33,20 @@ pub trait FrameStage: Send {
 
     /// Called before the first frame of every segment.
     fn reset(&mut self) -> Result<()> {
+        Ok(())
+    }
+
+    /// Frames before `start` (in order) that the stage must see through
+    /// [`warm_up`](FrameStage::warm_up) after [`reset`](FrameStage::reset), before frame
+    /// `start`, to be in the state an uninterrupted run would be in there. Asked at the start
+    /// of every segment: a stage that still holds that state returns none.
+    fn warm_up_frames(&self, _start: u64) -> Vec<u64> {
+        Vec::new()
+    }
+
+    /// Rebuilds state from frame `index` (one of [`warm_up_frames`](FrameStage::warm_up_frames),
+    /// as the stages before this one made it) without producing output.
+    fn warm_up(&mut self, _frame: Frame, _index: u64) -> Result<()> {
         Ok(())
     }
 

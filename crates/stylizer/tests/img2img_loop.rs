@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
+use stylizer::stylize::cross_frame::{FrameAnchor, SelfAttention};
 use stylizer::stylize::img2img::{img2img, Img2ImgModel, Img2ImgParams};
 use stylizer::stylize::noise::ReplayNoise;
 use stylizer::stylize::schedulers::{SchedulerConfig, SchedulerKind};
@@ -66,7 +67,13 @@ impl Img2ImgModel for Replayed {
             self.g["latent_logvar"].clone(),
         ))
     }
-    fn unet(&self, latents: &Tensor, timestep: f64, text: &Tensor) -> Result<Tensor> {
+    fn unet(
+        &self,
+        latents: &Tensor,
+        timestep: f64,
+        text: &Tensor,
+        _frames: &mut SelfAttention,
+    ) -> Result<Tensor> {
         let i = self.calls.replace_with(|c| *c + 1);
         let want_t = self.g[&format!("step{i}.t")]
             .to_dtype(DType::F64)?
@@ -117,6 +124,7 @@ fn loop_reproduces_diffusers_runs_with_replayed_networks() {
                 &params,
                 &g["prompt_embeds"],
                 &g["image_in"],
+                FrameAnchor::Independent,
                 &mut noise,
                 &mut NoProgress,
                 &mut |i, l| {
@@ -163,7 +171,13 @@ fn guidance_at_most_one_runs_the_prompt_alone() {
             let z = Tensor::zeros((1, 4, h / 2, w / 2), DType::F32, image.device())?;
             Ok((z.clone(), z))
         }
-        fn unet(&self, latents: &Tensor, _t: f64, text: &Tensor) -> Result<Tensor> {
+        fn unet(
+            &self,
+            latents: &Tensor,
+            _t: f64,
+            text: &Tensor,
+            _frames: &mut SelfAttention,
+        ) -> Result<Tensor> {
             assert_eq!(latents.dim(0)?, 1, "no unconditional half");
             assert_eq!(
                 max_abs(text, &self.0),
@@ -196,6 +210,7 @@ fn guidance_at_most_one_runs_the_prompt_alone() {
         &params,
         &g["prompt_embeds"],
         &g["image_in"],
+        FrameAnchor::Independent,
         &mut noise,
         &mut NoProgress,
         &mut |_, _| Ok(()),

@@ -9,6 +9,7 @@
 use std::path::PathBuf;
 
 use candle_core::Device;
+use stylizer::stylize::cross_frame::FrameAnchor;
 use stylizer::stylize::img2img::{img2img, Img2ImgParams};
 use stylizer::stylize::model::{LoadOptions, SdFiles, SdModel};
 use stylizer::stylize::noise::ReplayNoise;
@@ -73,6 +74,7 @@ fn parity(variant: &str) {
             &params,
             &text,
             &g["image_in"],
+            FrameAnchor::Independent,
             &mut noise,
             &mut NoProgress,
             &mut |i, l| {

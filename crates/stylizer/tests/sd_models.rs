@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
+use stylizer::stylize::cross_frame::SelfAttention;
 use stylizer::stylize::model::{LoadOptions, SdFiles, SdModel};
 use stylizer::stylize::tokenizer::ClipTokenizer;
 use stylizer::stylize::vae::VaeTiling;
@@ -89,7 +90,12 @@ fn check_all_parts(variant: &str, files: &SdFiles, label: &str) {
         .to_scalar::<f64>()
         .unwrap();
     let out = model
-        .unet(&g["sample"], &[t], &g["encoder_hidden_states"])
+        .unet(
+            &g["sample"],
+            &[t],
+            &g["encoder_hidden_states"],
+            &mut SelfAttention::Own,
+        )
         .unwrap();
     check(&format!("{label} unet out"), &out, &g["out"], 1e-4);
     let ts: Vec<f64> = g["timesteps2"]
@@ -98,7 +104,12 @@ fn check_all_parts(variant: &str, files: &SdFiles, label: &str) {
         .to_vec1()
         .unwrap();
     let out2 = model
-        .unet(&g["sample"], &ts, &g["encoder_hidden_states"])
+        .unet(
+            &g["sample"],
+            &ts,
+            &g["encoder_hidden_states"],
+            &mut SelfAttention::Own,
+        )
         .unwrap();
     check(
         &format!("{label} unet out2 (per-batch timesteps)"),

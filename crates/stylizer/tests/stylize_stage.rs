@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use candle_core::Device;
+use stylizer::stylize::cross_frame::CrossFrameKeys;
 use stylizer::stylize::img2img::Img2ImgParams;
 use stylizer::stylize::model::LoadOptions;
 use stylizer::stylize::schedulers::SchedulerKind;
@@ -36,6 +37,7 @@ fn settings(variant: &str) -> StylizeSettings {
         },
         seed: 42,
         noise_per_frame: false,
+        cross_frame: None,
     }
 }
 
@@ -172,6 +174,20 @@ fn fingerprint_covers_every_pixel_changing_setting() {
                 ..settings("tiny-sd")
             },
         ),
+        (
+            "cross-frame",
+            StylizeSettings {
+                cross_frame: Some(CrossFrameKeys::Anchor),
+                ..settings("tiny-sd")
+            },
+        ),
+        (
+            "cross-frame keys",
+            StylizeSettings {
+                cross_frame: Some(CrossFrameKeys::AnchorAndSelf),
+                ..settings("tiny-sd")
+            },
+        ),
         ("strength", {
             let mut s = settings("tiny-sd");
             s.params.strength = 0.5;
@@ -236,4 +252,66 @@ fn user_errors_are_clear() {
     stage.prepare().unwrap();
     let err = stage.process(frame(100, 96, 0), 0).unwrap_err().to_string();
     assert!(err.contains("100x96") && err.contains('8'), "{err}");
+}
+
+#[test]
+fn cross_frame_attention_renders_the_same_frames_whole_or_resumed() {
+    for keys in [CrossFrameKeys::Anchor, CrossFrameKeys::AnchorAndSelf] {
+        let cross = StylizeSettings {
+            cross_frame: Some(keys),
+            ..settings("tiny-sd2")
+        };
+        let frames: Vec<Frame> = (0..3).map(|t| frame(112, 96, t)).collect();
+        let mut whole = StylizeStage::new(cross.clone()).unwrap();
+        whole.prepare().unwrap();
+        whole.reset().unwrap();
+        assert!(whole.warm_up_frames(0).is_empty());
+        let out: Vec<Frame> = frames
+            .iter()
+            .enumerate()
+            .map(|(i, f)| whole.process(f.clone(), i as u64).unwrap())
+            .collect();
+        // A later segment in the same process still holds the anchor.
+        whole.reset().unwrap();
+        assert!(whole.warm_up_frames(2).is_empty());
+
+        // The anchor attends to itself only: the same as a frame on its own.
+        let mut alone = StylizeStage::new(settings("tiny-sd2")).unwrap();
+        alone.prepare().unwrap();
+        assert_eq!(alone.process(frames[0].clone(), 0).unwrap(), out[0]);
+        let independent = alone.process(frames[2].clone(), 2).unwrap();
+        let diff = independent
+            .data
+            .iter()
+            .zip(&out[2].data)
+            .filter(|(a, b)| a != b)
+            .count();
+        assert!(
+            diff > independent.data.len() / 10,
+            "{keys}: cross-frame attention changed only {diff} values"
+        );
+
+        // A resumed run (fresh process) starting at frame 2 re-runs the anchor first.
+        let mut resumed = StylizeStage::new(cross).unwrap();
+        resumed.prepare().unwrap();
+        resumed.reset().unwrap();
+        assert_eq!(resumed.warm_up_frames(2), vec![0]);
+        resumed.warm_up(frames[0].clone(), 0).unwrap();
+        assert!(resumed.warm_up_frames(2).is_empty());
+        assert_eq!(
+            resumed.process(frames[2].clone(), 2).unwrap(),
+            out[2],
+            "{keys}"
+        );
+
+        // Without the anchor a later frame cannot be rendered: an error, not another picture.
+        let mut missing = StylizeStage::new(StylizeSettings {
+            cross_frame: Some(keys),
+            ..settings("tiny-sd2")
+        })
+        .unwrap();
+        missing.prepare().unwrap();
+        let e = missing.process(frames[1].clone(), 1).unwrap_err();
+        assert!(e.to_string().contains("anchor frame 0"), "{e}");
+    }
 }

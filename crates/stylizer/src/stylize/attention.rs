@@ -13,6 +13,7 @@
 use candle_core::{DType, IndexOp, Module, Result, Tensor};
 use candle_nn::{conv2d, layer_norm, Conv2d, LayerNorm, VarBuilder};
 
+use super::cross_frame::SelfAttention;
 use crate::ops::attention as flash;
 use crate::ops::geglu::geglu;
 use crate::ops::group_norm::{group_norm, GroupNorm};
@@ -184,8 +185,10 @@ struct BasicTransformerBlock {
 }
 
 impl BasicTransformerBlock {
-    fn forward(&self, xs: &Tensor, context: &Tensor) -> Result<Tensor> {
-        let xs = (self.attn1.forward(&self.norm1.forward(xs)?, None)? + xs)?;
+    fn forward(&self, xs: &Tensor, context: &Tensor, frames: &mut SelfAttention) -> Result<Tensor> {
+        let normed = self.norm1.forward(xs)?;
+        let frame_context = frames.context(&normed)?;
+        let xs = (self.attn1.forward(&normed, frame_context.as_ref())? + xs)?;
         let xs = (self
             .attn2
             .forward(&self.norm2.forward(&xs)?, Some(context))?
@@ -283,7 +286,14 @@ impl SpatialTransformer {
         })
     }
 
-    pub fn forward(&self, xs: &Tensor, context: &Tensor) -> Result<Tensor> {
+    /// `frames` decides what the self-attention layers attend to (the frame itself, or an
+    /// anchor frame as well: [`super::cross_frame`]).
+    pub fn forward(
+        &self,
+        xs: &Tensor,
+        context: &Tensor,
+        frames: &mut SelfAttention,
+    ) -> Result<Tensor> {
         let (b, c, h, w) = xs.dims4()?;
         let to_tokens = |t: &Tensor| -> Result<Tensor> {
             let ch = t.dim(1)?;
@@ -295,7 +305,7 @@ impl SpatialTransformer {
             Proj::Linear(p) => p.forward(&to_tokens(&normed)?)?,
         };
         for block in &self.blocks {
-            tokens = block.forward(&tokens, context)?;
+            tokens = block.forward(&tokens, context, frames)?;
         }
         let inner = tokens.dim(2)?;
         let to_image = |t: &Tensor, ch: usize| -> Result<Tensor> {

@@ -5,6 +5,7 @@
 
 use candle_core::{DType, Tensor};
 
+use super::cross_frame::{FrameAnchor, SelfAttention};
 use super::noise::{NoiseDraw, NoiseSource};
 use super::schedulers::{SchedulerConfig, SchedulerKind};
 use crate::{Error, Progress, Result};
@@ -14,8 +15,15 @@ use crate::{Error, Progress, Result};
 pub trait Img2ImgModel {
     /// VAE posterior of `image` [1,3,H,W] in [-1, 1]: (mean, logvar), unscaled latent space.
     fn vae_encode(&self, image: &Tensor) -> Result<(Tensor, Tensor)>;
-    /// UNet output for `latents` [B,4,h,w] at `timestep`, conditioned on `text` [B,77,D].
-    fn unet(&self, latents: &Tensor, timestep: f64, text: &Tensor) -> Result<Tensor>;
+    /// UNet output for `latents` [B,4,h,w] at `timestep`, conditioned on `text` [B,77,D];
+    /// `frames` says what the self-attention layers attend to.
+    fn unet(
+        &self,
+        latents: &Tensor,
+        timestep: f64,
+        text: &Tensor,
+        frames: &mut SelfAttention,
+    ) -> Result<Tensor>;
     /// VAE decode of unscaled latents to an image [1,3,H,W], about [-1, 1], not clamped.
     fn vae_decode(&self, latents: &Tensor) -> Result<Tensor>;
     /// The VAE's `scaling_factor` (0.18215 for SD 1.x/2.x).
@@ -81,13 +89,7 @@ impl Img2ImgParams {
     }
 }
 
-/// Restyles one image.
-///
-/// * `text`: prompt embeddings [2,77,D] as [negative, prompt] (only the prompt half is used when
-///   guidance ≤ 1; a [1,77,D] prompt-only tensor is accepted then).
-/// * `image`: [1,3,H,W] in [-1, 1], H and W multiples of the VAE's downscale factor.
-/// * `on_step(i, latents)` sees the latents after each step that runs (i from 0), for tests and
-///   replays; `progress.step` is told the same.
+/// Restyles one image: [`denoise`], then [`decode`].
 ///
 /// Returns the final latents (scaled, as the UNet sees them) and the image [1,3,H,W] in [0, 1].
 #[allow(clippy::too_many_arguments)]
@@ -97,10 +99,48 @@ pub fn img2img(
     params: &Img2ImgParams,
     text: &Tensor,
     image: &Tensor,
+    anchor: FrameAnchor,
     noise: &mut dyn NoiseSource,
     progress: &mut dyn Progress,
     on_step: &mut dyn FnMut(usize, &Tensor) -> Result<()>,
 ) -> Result<(Tensor, Tensor)> {
+    let latents = denoise(
+        model,
+        scheduler_config,
+        params,
+        text,
+        image,
+        anchor,
+        noise,
+        progress,
+        on_step,
+    )?;
+    let image = decode(model, &latents)?;
+    Ok((latents, image))
+}
+
+/// Encodes, noises and denoises one image; returns the final latents (scaled, as the UNet
+/// sees them).
+///
+/// * `text`: prompt embeddings [2,77,D] as [negative, prompt] (only the prompt half is used when
+///   guidance ≤ 1; a [1,77,D] prompt-only tensor is accepted then).
+/// * `image`: [1,3,H,W] in [-1, 1], H and W multiples of the VAE's downscale factor.
+/// * `anchor`: what the UNet's self-attention attends to at each step (the frame alone, or a
+///   recorded anchor frame: [`super::cross_frame`]).
+/// * `on_step(i, latents)` sees the latents after each step that runs (i from 0), for tests and
+///   replays; `progress.step` is told the same.
+#[allow(clippy::too_many_arguments)]
+pub fn denoise(
+    model: &dyn Img2ImgModel,
+    scheduler_config: &SchedulerConfig,
+    params: &Img2ImgParams,
+    text: &Tensor,
+    image: &Tensor,
+    mut anchor: FrameAnchor,
+    noise: &mut dyn NoiseSource,
+    progress: &mut dyn Progress,
+    on_step: &mut dyn FnMut(usize, &Tensor) -> Result<()>,
+) -> Result<Tensor> {
     // 1. Schedule: the full schedule for `steps`, entered at the step `strength` picks.
     let first = params.first_step()?;
     let mut scheduler = params.scheduler.build(scheduler_config, params.steps)?;
@@ -139,7 +179,7 @@ pub fn img2img(
             latents.clone()
         };
         let input = scheduler.scale_model_input(input, index)?;
-        let out = model.unet(&input, timesteps[index], &text)?;
+        let out = model.unet(&input, timesteps[index], &text, &mut anchor.step(i)?)?;
         let out = if params.guided() {
             let (uncond, cond) = (out.narrow(0, 0, 1)?, out.narrow(0, 1, 1)?);
             (&uncond + ((cond - &uncond)? * params.guidance)?)?
@@ -155,9 +195,11 @@ pub fn img2img(
         on_step(i, &latents)?;
         progress.step(i + 1, total);
     }
+    Ok(latents)
+}
 
-    // 6. Decode and map [-1, 1] to [0, 1].
-    let decoded = model.vae_decode(&(&latents / model.scaling_factor())?)?;
-    let image = ((decoded * 0.5)? + 0.5)?.clamp(0f32, 1f32)?;
-    Ok((latents, image))
+/// Decodes final latents (scaled) to an image [1,3,H,W] in [0, 1].
+pub fn decode(model: &dyn Img2ImgModel, latents: &Tensor) -> Result<Tensor> {
+    let decoded = model.vae_decode(&(latents / model.scaling_factor())?)?;
+    Ok(((decoded * 0.5)? + 0.5)?.clamp(0f32, 1f32)?)
 }

@@ -1,5 +1,6 @@
 //! Stable Diffusion img2img per frame: models and loading (text encoder, UNet, VAE, weights),
-//! schedulers, noise, the sampling loop (`img2img`) and the stylize frame stage (`stage`).
+//! schedulers, noise, the sampling loop (`img2img`), cross-frame attention (`cross_frame`) and
+//! the stylize frame stage (`stage`).
 //!
 //! ```text
 //! let source = ModelSource::parse(model_id)?;                 // hub id | folder | .safetensors/.ckpt
@@ -10,7 +11,7 @@
 //! let text = files.encode_prompts(prompt, Some(negative))?;   // [neg, pos]; CLIP freed on return
 //! let model = SdModel::load(&files, progress)?;               // UNet + VAE
 //! let (mean, logvar) = model.vae_encode(&image)?;             // image [1,3,H,W] in [-1,1]
-//! let eps = model.unet(&latents, &[t], &text)?;               // CFG batch, one or per-row timesteps
+//! let eps = model.unet(&latents, &[t], &text, &mut SelfAttention::Own)?; // CFG batch [neg, pos]
 //! let image = model.vae_decode(&(latents / model.scaling_factor())?)?;
 //! ```
 pub mod attention;
@@ -18,6 +19,7 @@ pub mod checkpoint;
 pub mod clip;
 pub mod config;
 pub mod conv;
+pub mod cross_frame;
 pub mod img2img;
 pub mod model;
 pub mod noise;

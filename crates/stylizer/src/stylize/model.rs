@@ -17,6 +17,7 @@ use super::attention::AttentionSlicing;
 use super::checkpoint::{self, TextEncoderKind};
 use super::clip::ClipTextModel;
 use super::config::{ClipTextConfig, UNetConfig, VaeConfig};
+use super::cross_frame::SelfAttention;
 use super::tokenizer::ClipTokenizer;
 use super::unet::UNet2DConditionModel;
 use super::vae::{AutoencoderKL, VaeTiling};
@@ -351,11 +352,18 @@ impl SdModel {
 
     /// Model output (noise or v, per the scheduler config's `prediction_type`) for
     /// `latents` `[b, c, h, w]` at `timesteps` (one for all, or one per batch element),
-    /// conditioned on `text` `[b, tokens, dim]`. Returned in f32.
-    pub fn unet(&self, latents: &Tensor, timesteps: &[f64], text: &Tensor) -> Result<Tensor> {
+    /// conditioned on `text` `[b, tokens, dim]`; `frames` says what self-attention attends to
+    /// ([`SelfAttention::Own`] for a frame on its own). Returned in f32.
+    pub fn unet(
+        &self,
+        latents: &Tensor,
+        timesteps: &[f64],
+        text: &Tensor,
+        frames: &mut SelfAttention,
+    ) -> Result<Tensor> {
         Ok(self
             .unet
-            .forward(latents, timesteps, text)?
+            .forward(latents, timesteps, text, frames)?
             .to_dtype(DType::F32)?)
     }
 

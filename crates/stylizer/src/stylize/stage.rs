@@ -1,9 +1,11 @@
 //! The stylize [`FrameStage`]: Stable Diffusion img2img on every frame, with the prompt
-//! encoded once per run and (by default) the same noise for every frame.
+//! encoded once per run, (by default) the same noise for every frame and cross-frame
+//! attention to the first frame.
 
 use candle_core::Tensor;
 
-use super::img2img::{img2img, Img2ImgModel, Img2ImgParams};
+use super::cross_frame::{AnchorBank, CrossFrameKeys, FrameAnchor, SelfAttention};
+use super::img2img::{decode, denoise, Img2ImgModel, Img2ImgParams};
 use super::model::{LoadOptions, SdFiles, SdModel};
 use super::noise::{NoiseSource, SeededNoise};
 use super::schedulers::SchedulerConfig;
@@ -25,7 +27,13 @@ pub struct StylizeSettings {
     pub seed: u64,
     /// Draw new noise for every frame instead of reusing the first frame's (more flicker).
     pub noise_per_frame: bool,
+    /// Cross-frame attention to the video's first frame (`--consistency cross-frame`), and
+    /// which keys; `None` stylizes every frame on its own.
+    pub cross_frame: Option<CrossFrameKeys>,
 }
+
+/// The frame every other frame attends to under cross-frame attention.
+const ANCHOR_FRAME: u64 = 0;
 
 /// Stylizes frames with Stable Diffusion img2img.
 pub struct StylizeStage {
@@ -39,6 +47,9 @@ struct Loaded {
     scheduler: SchedulerConfig,
     /// [negative, prompt] embeddings, or [prompt] without guidance.
     text: Tensor,
+    /// The anchor frame's self-attention tokens (cross-frame attention); kept across
+    /// segments, since every segment attends to the same frame.
+    anchor: AnchorBank,
 }
 
 impl StylizeStage {
@@ -79,7 +90,8 @@ impl FrameStage for StylizeStage {
         // Debug formatting quotes and escapes the free text, so fields cannot run together.
         format!(
             "stylize model={:?} revision={:?} variant={:?} dtype={:?} vae_tiling={:?} prompt={:?} \
-             negative={:?} strength={} steps={} guidance={} scheduler={} seed={} noise={}",
+             negative={:?} strength={} steps={} guidance={} scheduler={} seed={} noise={} \
+             cross_frame={}",
             s.model,
             s.load.hub.revision,
             s.load.hub.variant,
@@ -97,6 +109,7 @@ impl FrameStage for StylizeStage {
             } else {
                 "fixed"
             },
+            s.cross_frame.map_or("none".into(), |k| k.to_string()),
         )
     }
 
@@ -117,18 +130,45 @@ impl FrameStage for StylizeStage {
             model,
             scheduler,
             text,
+            anchor: AnchorBank::default(),
         });
         Ok(())
     }
 
+    fn warm_up_frames(&self, start: u64) -> Vec<u64> {
+        let have_anchor = self.loaded.as_ref().is_some_and(|l| !l.anchor.is_empty());
+        match self.settings.cross_frame {
+            Some(_) if start > ANCHOR_FRAME && !have_anchor => vec![ANCHOR_FRAME],
+            _ => Vec::new(),
+        }
+    }
+
+    fn warm_up(&mut self, frame: Frame, index: u64) -> Result<()> {
+        if self.settings.cross_frame.is_some() && index == ANCHOR_FRAME {
+            // Only the denoising pass records the anchor: its decode is not needed.
+            self.denoise_frame(&frame, index)?;
+        }
+        Ok(())
+    }
+
     fn process(&mut self, frame: Frame, index: u64) -> Result<Frame> {
+        let latents = self.denoise_frame(&frame, index)?;
+        let loaded = self.loaded.as_ref().expect("loaded by denoise_frame");
+        Frame::from_tensor(&decode(&loaded.model, &latents)?)
+    }
+}
+
+impl StylizeStage {
+    /// Encodes and denoises frame `index`, returning its final latents: the anchor frame
+    /// records its self-attention tokens, later frames attend to them.
+    fn denoise_frame(&mut self, frame: &Frame, index: u64) -> Result<Tensor> {
         let Self {
             settings,
             progress,
             loaded,
         } = self;
         let loaded = loaded
-            .as_ref()
+            .as_mut()
             .ok_or_else(|| Error::Model("stylize: process() before prepare()".into()))?;
         let f = loaded.model.vae_scale_factor() as u32;
         if frame.width % f != 0 || frame.height % f != 0 {
@@ -142,17 +182,34 @@ impl FrameStage for StylizeStage {
             true => Box::new(SeededNoise::with_stream(settings.seed, index)),
             false => Box::new(SeededNoise::new(settings.seed)),
         };
-        let (_, out) = img2img(
+        let anchor = match settings.cross_frame {
+            None => FrameAnchor::Independent,
+            Some(_) if index == ANCHOR_FRAME => FrameAnchor::Record(&mut loaded.anchor),
+            Some(_) if loaded.anchor.is_empty() => {
+                return Err(Error::Model(format!(
+                    "stylize: frame {index} needs the anchor frame {ANCHOR_FRAME}, which was not rendered first"
+                )))
+            }
+            Some(keys) => FrameAnchor::Attend(&loaded.anchor, keys),
+        };
+        let latents = denoise(
             &loaded.model,
             &loaded.scheduler,
             &settings.params,
             &loaded.text,
             &image,
+            anchor,
             noise.as_mut(),
             progress.as_mut(),
             &mut |_, _| Ok(()),
         )?;
-        Frame::from_tensor(&out)
+        if index == ANCHOR_FRAME && settings.cross_frame.is_some() {
+            tracing::debug!(
+                "anchor frame recorded: {} MB of self-attention tokens",
+                loaded.anchor.bytes() >> 20
+            );
+        }
+        Ok(latents)
     }
 }
 
@@ -161,8 +218,14 @@ impl Img2ImgModel for SdModel {
         SdModel::vae_encode(self, image)
     }
 
-    fn unet(&self, latents: &Tensor, timestep: f64, text: &Tensor) -> Result<Tensor> {
-        SdModel::unet(self, latents, &[timestep], text)
+    fn unet(
+        &self,
+        latents: &Tensor,
+        timestep: f64,
+        text: &Tensor,
+        frames: &mut SelfAttention,
+    ) -> Result<Tensor> {
+        SdModel::unet(self, latents, &[timestep], text, frames)
     }
 
     fn vae_decode(&self, latents: &Tensor) -> Result<Tensor> {

@@ -17,6 +17,7 @@ use candle_transformers::models::stable_diffusion::embeddings::TimestepEmbedding
 use super::attention::{AttentionSlicing, SpatialTransformer, SpatialTransformerConfig};
 use super::config::UNetConfig;
 use super::conv::{conv2d, Conv2d};
+use super::cross_frame::SelfAttention;
 use super::resnet::ResnetBlock2D;
 use crate::ops::group_norm::{group_norm, GroupNorm};
 
@@ -51,13 +52,14 @@ impl DownBlock {
         xs: &Tensor,
         temb: &Tensor,
         context: &Tensor,
+        frames: &mut SelfAttention,
     ) -> Result<(Tensor, Vec<Tensor>)> {
         let mut xs = xs.clone();
         let mut states = Vec::with_capacity(self.resnets.len() + 1);
         for (i, resnet) in self.resnets.iter().enumerate() {
             xs = resnet.forward(xs, Some(temb))?;
             if let Some(attn) = self.attentions.get(i) {
-                xs = attn.forward(&xs, context)?;
+                xs = attn.forward(&xs, context, frames)?;
             }
             states.push(xs.clone());
         }
@@ -89,13 +91,14 @@ impl UpBlock {
         temb: &Tensor,
         context: &Tensor,
         upsample_size: Option<(usize, usize)>,
+        frames: &mut SelfAttention,
     ) -> Result<Tensor> {
         let mut xs = xs.clone();
         for (i, resnet) in self.resnets.iter().enumerate() {
             let skip = &skips[skips.len() - 1 - i];
             xs = resnet.forward(Tensor::cat(&[&xs, skip], 1)?, Some(temb))?;
             if let Some(attn) = self.attentions.get(i) {
-                xs = attn.forward(&xs, context)?;
+                xs = attn.forward(&xs, context, frames)?;
             }
         }
         if let Some(conv) = &self.upsample {
@@ -269,8 +272,15 @@ impl UNet2DConditionModel {
     /// Predicts noise (or v) for `xs` `[b, in_channels, h, w]` at `timesteps` (one value for
     /// the whole batch, or one per element) given text embeddings `[b, tokens, dim]`.
     /// Any latent size works; sizes that are not multiples of 2^(levels-1) up-sample to
-    /// the skip connections' sizes as diffusers does.
-    pub fn forward(&self, xs: &Tensor, timesteps: &[f64], context: &Tensor) -> Result<Tensor> {
+    /// the skip connections' sizes as diffusers does. `frames` decides what the
+    /// self-attention layers attend to ([`SelfAttention::Own`]: the frame alone).
+    pub fn forward(
+        &self,
+        xs: &Tensor,
+        timesteps: &[f64],
+        context: &Tensor,
+        frames: &mut SelfAttention,
+    ) -> Result<Tensor> {
         let (b, _, h, w) = xs.dims4()?;
         let dtype = self.conv_in.dtype();
         let device = xs.device();
@@ -293,13 +303,13 @@ impl UNet2DConditionModel {
         let mut skips = vec![xs.clone()];
         let mut xs = xs;
         for block in &self.down_blocks {
-            let (out, states) = block.forward(&xs, &temb, &context)?;
+            let (out, states) = block.forward(&xs, &temb, &context, frames)?;
             skips.extend(states);
             xs = out;
         }
 
         xs = self.mid_resnets.0.forward(xs, Some(&temb))?;
-        xs = self.mid_attention.forward(&xs, &context)?;
+        xs = self.mid_attention.forward(&xs, &context, frames)?;
         xs = self.mid_resnets.1.forward(xs, Some(&temb))?;
 
         let up_factor = 1usize << (self.up_blocks.len() - 1);
@@ -314,7 +324,7 @@ impl UNet2DConditionModel {
                 }
                 _ => None,
             };
-            xs = block.forward(&xs, &rest, &temb, &context, upsample_size)?;
+            xs = block.forward(&xs, &rest, &temb, &context, upsample_size, frames)?;
         }
         let xs = self.conv_norm_out.forward_silu(&xs)?;
         self.conv_out.forward(&xs)

@@ -1,0 +1,109 @@
+//! Cross-frame attention parity with diffusers: `StableDiffusionImg2ImgPipeline` on a batch of
+//! real consecutive frames with Text2Video-Zero's `CrossFrameAttnProcessor` (frame 0's keys and
+//! values for every frame), the same with [frame 0, own] keys, without guidance, and the plain
+//! per-frame baseline, all with the recorded noise replayed. Ours renders the frames one at a
+//! time (the anchor's tokens recorded per step and layer, as the stylize stage does), so a
+//! match also proves sequential = batched. Tolerance 1e-3 max abs on latents and images.
+//!
+//! Fixtures: tests/fixtures/sd/golden/<variant>/img2img_crossframe.safetensors
+//! (tools/reference/golden_crossframe.py: DDIM, strength 0.6, 10 steps).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use candle_core::{Device, Tensor};
+use stylizer::stylize::cross_frame::{img2img_frames, CrossFrameKeys};
+use stylizer::stylize::img2img::Img2ImgParams;
+use stylizer::stylize::model::{LoadOptions, SdFiles, SdModel};
+use stylizer::stylize::noise::{NoiseSource, ReplayNoise};
+use stylizer::stylize::schedulers::{SchedulerConfig, SchedulerKind};
+use stylizer::stylize::vae::VaeTiling;
+use stylizer::weights::ModelSource;
+use stylizer::NoProgress;
+
+mod common;
+use common::max_abs;
+
+const PROMPT: &str = "a photograph of an astronaut riding a horse";
+const TOL: f32 = 1e-3;
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/sd")
+}
+
+/// Frame `f`'s slice of every recorded draw.
+fn frame_noise(g: &HashMap<String, Tensor>, f: usize) -> stylizer::Result<Box<dyn NoiseSource>> {
+    let mut draws = HashMap::new();
+    for key in ["noise_vae", "noise_add"] {
+        draws.insert(key.to_string(), g[key].narrow(0, f, 1)?);
+    }
+    Ok(Box::new(ReplayNoise::new(draws)))
+}
+
+fn parity(variant: &str) {
+    let opts = LoadOptions {
+        vae_tiling: VaeTiling::Off,
+        ..LoadOptions::new(Device::Cpu)
+    };
+    let source = ModelSource::Folder(fixtures().join(variant));
+    let files = SdFiles::resolve(&source, &opts, &mut NoProgress).unwrap();
+    let text = files.encode_prompts(PROMPT, Some("")).unwrap();
+    let model = SdModel::load(&files, &mut NoProgress).unwrap();
+    let scheduler = SchedulerConfig::from_value(&files.scheduler_config).unwrap();
+    let path = fixtures().join(format!("golden/{variant}/img2img_crossframe.safetensors"));
+    let g = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
+    assert!(
+        max_abs(&text, &g["prompt_embeds"]) < 1e-4,
+        "{variant}: text"
+    );
+    let frames = &g["image_in"];
+    let cases = [
+        ("crossframe_first", Some(CrossFrameKeys::Anchor), 7.5),
+        (
+            "crossframe_first_self",
+            Some(CrossFrameKeys::AnchorAndSelf),
+            7.5,
+        ),
+        (
+            "crossframe_first_noguidance",
+            Some(CrossFrameKeys::Anchor),
+            1.0,
+        ),
+        ("independent", None, 7.5),
+    ];
+    for (case, keys, guidance) in cases {
+        let params = Img2ImgParams {
+            strength: 0.6,
+            steps: 10,
+            guidance,
+            scheduler: SchedulerKind::Ddim,
+        };
+        let (latents, images) =
+            img2img_frames(&model, &scheduler, &params, &text, frames, keys, &mut |f| {
+                frame_noise(&g, f)
+            })
+            .unwrap();
+        let e_lat = max_abs(&latents, &g[&format!("{case}.final_latents")]);
+        let e_img = max_abs(&images, &g[&format!("{case}.image_out")]);
+        println!("{variant} {case}: max abs: final latents {e_lat:.2e}, images {e_img:.2e}");
+        assert!(e_lat < TOL && e_img < TOL, "{variant} {case}: beyond {TOL}");
+    }
+    // The golden itself shows the attention matters: later frames differ from the baseline.
+    let (a, b) = (
+        &g["crossframe_first.final_latents"],
+        &g["independent.final_latents"],
+    );
+    let n = a.dim(0).unwrap();
+    let later = |t: &Tensor| t.narrow(0, 1, n - 1).unwrap();
+    assert!(max_abs(&later(a), &later(b)) > 10.0 * TOL, "{variant}");
+}
+
+#[test]
+fn cross_frame_attention_matches_diffusers_tiny_sd() {
+    parity("tiny-sd");
+}
+
+#[test]
+fn cross_frame_attention_matches_diffusers_tiny_sd2() {
+    parity("tiny-sd2");
+}
