@@ -287,7 +287,7 @@ fn cross_frame_attention_renders_the_same_frames_whole_or_resumed() {
             .filter(|(a, b)| a != b)
             .count();
         assert!(
-            diff > independent.data.len() / 10,
+            diff > independent.data.len() / 100,
             "{keys}: cross-frame attention changed only {diff} values"
         );
 
