@@ -19,6 +19,7 @@ use stylizer::stylize::stage::{StylizeSettings, StylizeStage};
 use stylizer::stylize::vae::VaeTiling;
 use stylizer::temporal::flicker::measure_files;
 use stylizer::temporal::flow::{DisParams, DisPreset};
+use stylizer::temporal::fusion::FusionWeights;
 use stylizer::upscale::{images, resize::Target, UpscaleOptions, UpscaleStage};
 use stylizer::video::{probe, Codec, EncodeSettings, MaxRes, VideoInfo};
 use stylizer::weights::ModelSource;
@@ -244,13 +245,20 @@ struct StylizeArgs {
     #[arg(long)]
     noise_per_frame: bool,
     /// How frames are kept consistent: cross-frame (every frame's self-attention also looks
-    /// at the first frame), none (every frame on its own); flow and cross-frame+flow are
-    /// not available yet.
+    /// at the first frame), flow (the previous restyled frame is carried along the motion
+    /// into the next), cross-frame+flow (both), none (every frame on its own).
     #[arg(long, default_value = "cross-frame", value_parser = parse_consistency)]
     consistency: Consistency,
     /// Testing: the keys cross-frame attention uses: anchor, or anchor+self.
     #[arg(long, hide = true, default_value = "anchor", value_parser = parse_cross_frame_keys)]
     cross_frame_keys: CrossFrameKeys,
+    /// Restyle only every K-th frame with Stable Diffusion and carry the style to the frames
+    /// between along the optical flow from both neighbouring keyframes (about K× faster).
+    #[arg(long, default_value_t = 1, value_name = "K")]
+    keyframe_every: u64,
+    /// Testing: flow-fusion weights LATENT,PIXEL (0..1 each).
+    #[arg(long, hide = true, value_parser = parse_fusion_weights)]
+    flow_blend: Option<FusionWeights>,
     /// Upscale the stylized frames ×4 with Real-ESRGAN, to full HD (see --upscale-to).
     #[arg(long)]
     upscale: bool,
@@ -340,6 +348,20 @@ fn parse_consistency(s: &str) -> Result<Consistency, String> {
     }
 }
 
+fn parse_fusion_weights(s: &str) -> Result<FusionWeights, String> {
+    let weight = |v: &str| match v.trim().parse::<f32>() {
+        Ok(w) if (0.0..=1.0).contains(&w) => Ok(w),
+        _ => Err(format!("`{v}` is not a weight between 0 and 1")),
+    };
+    match s.split_once(',') {
+        Some((latent, pixel)) => Ok(FusionWeights {
+            latent: weight(latent)?,
+            pixel: weight(pixel)?,
+        }),
+        None => Err("expected LATENT,PIXEL, e.g. 0.5,0.5".into()),
+    }
+}
+
 fn parse_cross_frame_keys(s: &str) -> Result<CrossFrameKeys, String> {
     match s {
         "anchor" => Ok(CrossFrameKeys::Anchor),
@@ -401,15 +423,6 @@ fn build_stages(
         )
         .into());
     }
-    if matches!(
-        a.consistency,
-        Consistency::Flow | Consistency::CrossFrameFlow
-    ) {
-        return Err(Error::NotImplemented(
-            "flow-guided fusion (--consistency flow, cross-frame+flow)".into(),
-        )
-        .into());
-    }
     let mut stages: Vec<Box<dyn FrameStage>> = Vec::new();
     match &a.frame_stage {
         Some(name) => {
@@ -461,7 +474,17 @@ fn sd_stage(a: &StylizeArgs, seed: u64) -> anyhow::Result<StylizeStage> {
         },
         seed,
         noise_per_frame: a.noise_per_frame,
-        cross_frame: (a.consistency == Consistency::CrossFrame).then_some(a.cross_frame_keys),
+        cross_frame: matches!(
+            a.consistency,
+            Consistency::CrossFrame | Consistency::CrossFrameFlow
+        )
+        .then_some(a.cross_frame_keys),
+        flow: matches!(
+            a.consistency,
+            Consistency::Flow | Consistency::CrossFrameFlow
+        )
+        .then(|| a.flow_blend.unwrap_or_default()),
+        keyframe_every: a.keyframe_every,
     })?)
 }
 

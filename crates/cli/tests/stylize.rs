@@ -101,57 +101,70 @@ fn stylize_errors_before_any_work() {
 }
 
 #[test]
-fn cross_frame_attention_renders_the_same_video_whole_or_in_shares() {
+fn every_temporal_mode_renders_the_same_video_whole_or_in_shares() {
     let dir = tempfile::tempdir().unwrap();
     let input = make_clip(dir.path(), "in.mp4", "72x40", "25", 0.6, None, &[]);
     let seg = ["--seed", "3", "--segment-seconds", "0.2"];
-    let whole = dir.path().join("whole.mp4");
-    let out = stylize(&input, &whole, &seg);
-    assert!(out.status.success(), "{}", stderr(&out));
-
-    // Shares 2 and 3 start after frame 0 in a process of their own: they re-run the anchor.
-    let split = dir.path().join("split.mp4");
-    for k in 1..=3 {
-        let share = format!("{k}/3");
-        let out = stylize(&input, &split, &[&seg[..], &["--segment", &share]].concat());
-        assert!(out.status.success(), "{}", stderr(&out));
+    let render = |name: &str, mode: &[&str]| {
+        let out_path = dir.path().join(format!("{name}.mp4"));
+        let out = stylize(&input, &out_path, &[&seg[..], mode].concat());
+        assert!(out.status.success(), "{name}: {}", stderr(&out));
+        decode_rgb(&out_path, 72, 40, "")
+    };
+    let none = render("none", &["--consistency", "none"]);
+    assert_eq!(none.len(), 15);
+    let modes: [(&str, &[&str]); 4] = [
+        ("cross", &[]),
+        ("flow", &["--consistency", "flow"]),
+        ("crossflow", &["--consistency", "cross-frame+flow"]),
+        ("keyframes", &["--keyframe-every", "3"]),
+    ];
+    for (name, mode) in modes {
+        let whole = render(name, mode);
+        // Shares 2 and 3 start in a process of their own, after frame 0 (segments of 5
+        // frames: 5 and 10 are not keyframes): they rebuild the anchor, the look-back frame
+        // or the keyframe before them.
+        let split = dir.path().join(format!("{name}_split.mp4"));
+        for k in 1..=3 {
+            let share = format!("{k}/3");
+            let args = [&seg[..], mode, &["--segment", &share]].concat();
+            let out = stylize(&input, &split, &args);
+            assert!(out.status.success(), "{name}: {}", stderr(&out));
+        }
+        let out = run(bin()
+            .arg("join")
+            .arg(dir.path().join(format!("{name}_split.mp4.work"))));
+        assert!(out.status.success(), "{name}: {}", stderr(&out));
+        assert_eq!(whole.len(), 15, "{name}");
+        assert!(
+            whole == decode_rgb(&split, 72, 40, ""),
+            "{name}: joined shares differ from one run"
+        );
+        // Every mode changes the frames after the first, which attends to itself only.
+        assert!(whole[0] == none[0], "{name}: frame 0 changed");
+        assert!(whole[1..] != none[1..], "{name}: nothing changed");
     }
-    let out = run(bin().arg("join").arg(dir.path().join("split.mp4.work")));
-    assert!(out.status.success(), "{}", stderr(&out));
-    let frames = decode_rgb(&whole, 72, 40, "");
-    assert_eq!(frames.len(), 15);
-    assert!(
-        frames == decode_rgb(&split, 72, 40, ""),
-        "joined shares differ from one run"
-    );
-
-    // It is the default, and it changes the frames after the first.
-    let none = dir.path().join("none.mp4");
-    let out = stylize(
-        &input,
-        &none,
-        &[&seg[..], &["--consistency", "none"]].concat(),
-    );
-    assert!(out.status.success(), "{}", stderr(&out));
-    let independent = decode_rgb(&none, 72, 40, "");
-    assert!(independent[0] == frames[0], "the anchor attends to itself");
-    assert!(independent[1..] != frames[1..]);
 }
 
 #[test]
-fn consistency_modes_that_have_not_landed_say_so() {
+fn temporal_options_that_cannot_run_say_so() {
     let dir = tempfile::tempdir().unwrap();
     let input = make_clip(dir.path(), "in.mp4", "64x48", "25", 0.2, None, &[]);
     let output = dir.path().join("out.mp4");
-    for mode in ["flow", "cross-frame+flow"] {
-        let out = stylize(&input, &output, &["--consistency", mode]);
-        assert!(!out.status.success());
-        assert!(
-            stderr(&out).contains("not available yet"),
-            "{}",
-            stderr(&out)
-        );
-    }
+    let out = stylize(
+        &input,
+        &output,
+        &["--consistency", "flow", "--keyframe-every", "4"],
+    );
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("not available yet"),
+        "{}",
+        stderr(&out)
+    );
+    let out = stylize(&input, &output, &["--keyframe-every", "0"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("at least 1"), "{}", stderr(&out));
     let out = stylize(&input, &output, &["--consistency", "wobbly"]);
     assert!(
         stderr(&out).contains("unknown consistency"),

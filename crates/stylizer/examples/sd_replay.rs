@@ -153,7 +153,7 @@ fn img2img(files: &SdFiles, golden: &Tensors, args: &HashMap<String, String>) ->
         &mut NoProgress,
         &mut |i, l| {
             out.insert(format!("step{i}.latents_after"), l.clone());
-            Ok(())
+            Ok(l)
         },
     )?;
     if !noise.unused().is_empty() {

@@ -59,11 +59,22 @@ impl Frame {
             .permute((1, 2, 0))?
             .flatten_all()?
             .to_vec1()?;
-        let data = hwc
-            .into_iter()
+        Ok(Self::from_unit_rgb(w as u32, h as u32, &hwc))
+    }
+
+    /// A frame from interleaved RGB values in [0, 1], converted as
+    /// [`from_tensor`](Frame::from_tensor) does.
+    pub fn from_unit_rgb(width: u32, height: u32, rgb: &[f32]) -> Self {
+        let data = rgb
+            .iter()
             .map(|v| (v.clamp(0.0, 1.0) * 255.0).round_ties_even() as u8)
             .collect();
-        Ok(Self::from_rgb(w as u32, h as u32, data))
+        Self::from_rgb(width, height, data)
+    }
+
+    /// The pixels as interleaved RGB values in [0, 1] (v / 255).
+    pub fn to_unit_rgb(&self) -> Vec<f32> {
+        self.data.iter().map(|&v| v as f32 / 255.0).collect()
     }
 }
 

@@ -371,6 +371,25 @@ fn discard_unfinished(work: &Path, pending: &[usize], alone: bool) {
     }
 }
 
+/// A look-ahead stage's own decoder, ahead of the render position.
+struct Ahead {
+    decoder: Option<Decoder>,
+    /// The next frame to peek.
+    next: u64,
+    /// The video ended.
+    ended: bool,
+}
+
+impl Ahead {
+    fn new(next: u64) -> Self {
+        Self {
+            decoder: None,
+            next,
+            ended: false,
+        }
+    }
+}
+
 struct Renderer<'a> {
     info: &'a VideoInfo,
     work: &'a Path,
@@ -415,6 +434,10 @@ impl Renderer<'_> {
                 s.reset()?;
             }
             self.warm_up(stages, start, progress)?;
+            let mut ahead: Vec<Option<Ahead>> = stages
+                .iter()
+                .map(|s| (s.look_ahead() > 0).then(|| Ahead::new(start + 1)))
+                .collect();
             // The last segment runs to the end of the video, whatever the container said.
             let limit = (seg != last).then_some(m.segment_frames);
             let partial = partial_path(self.work, seg);
@@ -436,8 +459,12 @@ impl Renderer<'_> {
                     ended_at = Some(start + n);
                     break;
                 };
-                for s in stages.iter_mut() {
-                    frame = s.process(frame, start + n)?;
+                for k in 0..stages.len() {
+                    if let Some(a) = ahead[k].as_mut() {
+                        let until = start + n + stages[k].look_ahead();
+                        self.peek(stages, k, a, until)?;
+                    }
+                    frame = stages[k].process(frame, start + n)?;
                 }
                 let enc = match encoder.as_mut() {
                     Some(e) => e,
@@ -521,6 +548,36 @@ impl Renderer<'_> {
                 stages[k].warm_up(frame, index)?;
             }
             progress.stage(Stage::Render);
+        }
+        Ok(())
+    }
+
+    /// Shows stage `k` the frames after its render position up to `until` (inclusive), made
+    /// by the stages before it, from a decoder of its own.
+    fn peek(
+        &self,
+        stages: &mut [Box<dyn FrameStage>],
+        k: usize,
+        ahead: &mut Ahead,
+        until: u64,
+    ) -> Result<()> {
+        let m = self.manifest;
+        while !ahead.ended && ahead.next <= until {
+            let decoder = match ahead.decoder.as_mut() {
+                Some(d) => d,
+                None => ahead.decoder.insert(Decoder::open(
+                    self.info, m.width, m.height, ahead.next, m.tonemap,
+                )?),
+            };
+            let Some(mut frame) = decoder.next_frame()? else {
+                ahead.ended = true;
+                break;
+            };
+            for s in stages[..k].iter_mut() {
+                frame = s.process(frame, ahead.next)?;
+            }
+            stages[k].peek(frame, ahead.next)?;
+            ahead.next += 1;
         }
         Ok(())
     }

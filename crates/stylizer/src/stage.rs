@@ -12,7 +12,8 @@ use crate::{Frame, Result};
 /// whether the run started at frame 0, was resumed, or is one `--segment` share: at the start
 /// of every segment it is [`reset`](FrameStage::reset), then shown again the earlier frames
 /// it names in [`warm_up_frames`](FrameStage::warm_up_frames) (an anchor frame, a look-back),
-/// so its state can only depend on those and on the frames of the segment so far.
+/// so its state can only depend on those and on the frames of the segment so far (and the
+/// frames it [`peek`](FrameStage::peek)s ahead).
 pub trait FrameStage: Send {
     /// Short name for logs and errors ("identity", "stylize", "upscale").
     fn name(&self) -> &str;
@@ -47,6 +48,21 @@ pub trait FrameStage: Send {
     /// Rebuilds state from frame `index` (one of [`warm_up_frames`](FrameStage::warm_up_frames),
     /// as the stages before this one made it) without producing output.
     fn warm_up(&mut self, _frame: Frame, _index: u64) -> Result<()> {
+        Ok(())
+    }
+
+    /// How many frames past the one it is asked to [`process`](FrameStage::process) the
+    /// stage must already have seen through [`peek`](FrameStage::peek) (keyframes propagated
+    /// from the next keyframe look ahead).
+    fn look_ahead(&self) -> u64 {
+        0
+    }
+
+    /// Shows the stage frame `index` ahead of its turn, as the stages before this one made
+    /// it: before frame `i` is processed, every frame up to `i + look_ahead()` has been
+    /// peeked, in order, once per segment (the look-ahead starts again after
+    /// [`reset`](FrameStage::reset)); frames past the end of the video never come.
+    fn peek(&mut self, _frame: Frame, _index: u64) -> Result<()> {
         Ok(())
     }
 

@@ -129,7 +129,7 @@ fn loop_reproduces_diffusers_runs_with_replayed_networks() {
                 &mut NoProgress,
                 &mut |i, l| {
                     after.push((i, l.clone()));
-                    Ok(())
+                    Ok(l)
                 },
             )
             .unwrap();
@@ -213,7 +213,7 @@ fn guidance_at_most_one_runs_the_prompt_alone() {
         FrameAnchor::Independent,
         &mut noise,
         &mut NoProgress,
-        &mut |_, _| Ok(()),
+        &mut |_, l| Ok(l),
     )
     .unwrap();
     assert_eq!(image.dims(), g["image_in"].dims());

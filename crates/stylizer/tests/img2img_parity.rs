@@ -78,8 +78,8 @@ fn parity(variant: &str) {
             &mut noise,
             &mut NoProgress,
             &mut |i, l| {
-                e_steps = e_steps.max(max_abs(l, &g[&format!("step{i}.latents_after")]));
-                Ok(())
+                e_steps = e_steps.max(max_abs(&l, &g[&format!("step{i}.latents_after")]));
+                Ok(l)
             },
         )
         .unwrap();

@@ -12,6 +12,9 @@ use stylizer::stylize::img2img::Img2ImgParams;
 use stylizer::stylize::model::LoadOptions;
 use stylizer::stylize::schedulers::SchedulerKind;
 use stylizer::stylize::stage::{StylizeSettings, StylizeStage};
+use stylizer::temporal::flicker::FlickerMeter;
+use stylizer::temporal::flow::DisParams;
+use stylizer::temporal::fusion::FusionWeights;
 use stylizer::weights::ModelSource;
 use stylizer::{Frame, FrameStage, Progress};
 
@@ -38,6 +41,8 @@ fn settings(variant: &str) -> StylizeSettings {
         seed: 42,
         noise_per_frame: false,
         cross_frame: None,
+        flow: None,
+        keyframe_every: 1,
     }
 }
 
@@ -188,6 +193,30 @@ fn fingerprint_covers_every_pixel_changing_setting() {
                 ..settings("tiny-sd")
             },
         ),
+        (
+            "flow",
+            StylizeSettings {
+                flow: Some(FusionWeights::default()),
+                ..settings("tiny-sd")
+            },
+        ),
+        (
+            "flow weights",
+            StylizeSettings {
+                flow: Some(FusionWeights {
+                    latent: 0.2,
+                    pixel: 0.5,
+                }),
+                ..settings("tiny-sd")
+            },
+        ),
+        (
+            "keyframes",
+            StylizeSettings {
+                keyframe_every: 4,
+                ..settings("tiny-sd")
+            },
+        ),
         ("strength", {
             let mut s = settings("tiny-sd");
             s.params.strength = 0.5;
@@ -314,4 +343,174 @@ fn cross_frame_attention_renders_the_same_frames_whole_or_resumed() {
         let e = missing.process(frames[1].clone(), 1).unwrap_err();
         assert!(e.to_string().contains("anchor frame 0"), "{e}");
     }
+}
+
+#[test]
+fn flow_fusion_is_steadier_and_renders_the_same_frames_whole_or_resumed() {
+    let base = StylizeSettings {
+        cross_frame: Some(CrossFrameKeys::Anchor),
+        ..settings("tiny-sd2")
+    };
+    let fused = StylizeSettings {
+        flow: Some(FusionWeights::default()),
+        ..base.clone()
+    };
+    let frames: Vec<Frame> = (0..4).map(|t| panning(112, 96, t)).collect();
+    let render = |settings: &StylizeSettings, segment_start: u64| {
+        render_segments(settings, &frames, &[0, segment_start])
+    };
+    let plain = render(&base, 0);
+    let whole = render(&fused, 2);
+    assert_eq!(
+        whole[0], plain[0],
+        "the first frame has nothing to fuse with"
+    );
+    assert_ne!(whole[1], plain[1]);
+
+    // A fresh process resuming at frame 2 re-renders the anchor and the look-back frame 1.
+    let mut resumed = StylizeStage::new(fused.clone()).unwrap();
+    resumed.prepare().unwrap();
+    resumed.reset().unwrap();
+    assert_eq!(resumed.warm_up_frames(2), vec![0, 1]);
+    for w in [0, 1] {
+        resumed.warm_up(frames[w].clone(), w as u64).unwrap();
+    }
+    for t in 2..4 {
+        assert_eq!(
+            resumed.process(frames[t].clone(), t as u64).unwrap(),
+            whole[t]
+        );
+    }
+
+    // Steadier by the flicker metric.
+    let score = |out: &[Frame]| {
+        let mut meter = FlickerMeter::new(DisParams::default());
+        for (o, s) in frames.iter().zip(out) {
+            meter.push(o, s).unwrap();
+        }
+        meter.finish().unwrap().warp_error
+    };
+    let (before, after) = (score(&plain), score(&render(&fused, 0)));
+    assert!(after < 0.9 * before, "warp error {before} → {after}");
+}
+
+/// A smooth texture panning 3 px to the right per frame `t` (optical flow finds it).
+fn panning(w: u32, h: u32, t: u32) -> Frame {
+    let mut data = Vec::with_capacity((w * h * 3) as usize);
+    for y in 0..h {
+        for x in 0..w {
+            let (x, y) = (x as f32 - 3.0 * t as f32, y as f32);
+            let v = |a: f32, b: f32, c: f32| {
+                (128.0 + 60.0 * (x * a).sin() * (y * b).cos() + 40.0 * (x * c + y * 0.09).sin())
+                    as u8
+            };
+            data.extend([
+                v(0.21, 0.17, 0.05),
+                v(0.13, 0.23, 0.07),
+                v(0.17, 0.11, 0.03),
+            ]);
+        }
+    }
+    Frame::from_rgb(w, h, data)
+}
+
+/// Renders `frames` as the pipeline does, in one fresh process: segments starting at `starts`
+/// (reset, warm-up, look-ahead peeks), returning the output frames from `starts[0]` on.
+fn render_segments(settings: &StylizeSettings, frames: &[Frame], starts: &[u64]) -> Vec<Frame> {
+    let mut stage = StylizeStage::new(settings.clone()).unwrap();
+    stage.prepare().unwrap();
+    let mut out = Vec::new();
+    let mut next_peek = 0;
+    for (i, f) in frames.iter().enumerate().skip(starts[0] as usize) {
+        let i = i as u64;
+        if starts.contains(&i) {
+            stage.reset().unwrap();
+            for w in stage.warm_up_frames(i) {
+                stage.warm_up(frames[w as usize].clone(), w).unwrap();
+            }
+            next_peek = i + 1;
+        }
+        // Frames after i, up to i + look_ahead, each once.
+        next_peek = next_peek.max(i + 1);
+        while next_peek <= i + stage.look_ahead() && (next_peek as usize) < frames.len() {
+            stage
+                .peek(frames[next_peek as usize].clone(), next_peek)
+                .unwrap();
+            next_peek += 1;
+        }
+        out.push(stage.process(f.clone(), i).unwrap());
+    }
+    out
+}
+
+#[test]
+fn keyframes_are_diffused_and_the_frames_between_propagated_the_same_whole_or_resumed() {
+    let every_frame = StylizeSettings {
+        cross_frame: Some(CrossFrameKeys::Anchor),
+        ..settings("tiny-sd2")
+    };
+    let keyed = StylizeSettings {
+        keyframe_every: 3,
+        ..every_frame.clone()
+    };
+    // 8 frames: keyframes 0, 3, 6; frame 7 has no keyframe after it.
+    let frames: Vec<Frame> = (0..8).map(|t| panning(112, 96, t)).collect();
+    let steps = Arc::new(AtomicUsize::new(0));
+    let mut counted = StylizeStage::new(keyed.clone())
+        .unwrap()
+        .with_progress(Box::new(CountSteps(steps.clone())));
+    counted.prepare().unwrap();
+    assert_eq!(counted.look_ahead(), 2);
+    let plain = render_segments(&every_frame, &frames, &[0]);
+    let whole = render_segments(&keyed, &frames, &[0, 4]);
+    for key in [0, 3, 6] {
+        assert_eq!(
+            whole[key], plain[key],
+            "keyframe {key} is diffused as usual"
+        );
+    }
+    for between in [1, 2, 4, 5, 7] {
+        assert_ne!(whole[between], plain[between]);
+    }
+    // Segments [0, 4) and [4, 8) in one process, one segment, and a fresh process from
+    // frame 4 (which re-renders the anchor and keyframe 3 first) all agree.
+    assert_eq!(render_segments(&keyed, &frames, &[0]), whole);
+    assert_eq!(render_segments(&keyed, &frames, &[4]), whole[4..]);
+    let mut fresh = StylizeStage::new(keyed.clone()).unwrap();
+    fresh.prepare().unwrap();
+    assert_eq!(fresh.warm_up_frames(4), vec![0, 3]);
+    assert_eq!(fresh.warm_up_frames(6), vec![0]);
+
+    // About K× fewer diffusion passes: 3 keyframes for 8 frames.
+    let per_frame = {
+        let mut one = StylizeStage::new(StylizeSettings {
+            keyframe_every: 1,
+            ..settings("tiny-sd2")
+        })
+        .unwrap()
+        .with_progress(Box::new(CountSteps(steps.clone())));
+        one.prepare().unwrap();
+        steps.store(0, Ordering::SeqCst);
+        one.process(frames[0].clone(), 0).unwrap();
+        steps.swap(0, Ordering::SeqCst)
+    };
+    let mut next = 1;
+    for (i, f) in frames.iter().enumerate() {
+        while next <= i + 2 && next < frames.len() {
+            counted.peek(frames[next].clone(), next as u64).unwrap();
+            next += 1;
+        }
+        counted.process(f.clone(), i as u64).unwrap();
+    }
+    assert_eq!(steps.load(Ordering::SeqCst), 3 * per_frame);
+
+    // Keyframes with flow fusion are not there yet: a clear error.
+    let err = StylizeStage::new(StylizeSettings {
+        flow: Some(FusionWeights::default()),
+        ..keyed
+    })
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(err.contains("not available yet"), "{err}");
 }

@@ -181,7 +181,7 @@ pub fn img2img_frames(
             anchor,
             noise(f)?.as_mut(),
             &mut NoProgress,
-            &mut |_, _| Ok(()),
+            &mut |_, l| Ok(l),
         )?;
         images.push(decode(model, &l)?);
         latents.push(l);

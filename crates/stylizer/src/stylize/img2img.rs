@@ -102,7 +102,7 @@ pub fn img2img(
     anchor: FrameAnchor,
     noise: &mut dyn NoiseSource,
     progress: &mut dyn Progress,
-    on_step: &mut dyn FnMut(usize, &Tensor) -> Result<()>,
+    on_step: &mut dyn FnMut(usize, Tensor) -> Result<Tensor>,
 ) -> Result<(Tensor, Tensor)> {
     let latents = denoise(
         model,
@@ -127,8 +127,9 @@ pub fn img2img(
 /// * `image`: [1,3,H,W] in [-1, 1], H and W multiples of the VAE's downscale factor.
 /// * `anchor`: what the UNet's self-attention attends to at each step (the frame alone, or a
 ///   recorded anchor frame: [`super::cross_frame`]).
-/// * `on_step(i, latents)` sees the latents after each step that runs (i from 0), for tests and
-///   replays; `progress.step` is told the same.
+/// * `on_step(i, latents)` gets the latents after each step that runs (i from 0) and returns
+///   the latents the loop goes on from: tests and replays look at them, flow-guided fusion
+///   ([`crate::temporal::fusion`]) blends the previous frame in; `progress.step` is told too.
 #[allow(clippy::too_many_arguments)]
 pub fn denoise(
     model: &dyn Img2ImgModel,
@@ -139,7 +140,7 @@ pub fn denoise(
     mut anchor: FrameAnchor,
     noise: &mut dyn NoiseSource,
     progress: &mut dyn Progress,
-    on_step: &mut dyn FnMut(usize, &Tensor) -> Result<()>,
+    on_step: &mut dyn FnMut(usize, Tensor) -> Result<Tensor>,
 ) -> Result<Tensor> {
     // 1. Schedule: the full schedule for `steps`, entered at the step `strength` picks.
     let first = params.first_step()?;
@@ -191,8 +192,10 @@ pub fn denoise(
         } else {
             None
         };
-        latents = scheduler.step(&out, index, &latents, step_noise.as_ref())?;
-        on_step(i, &latents)?;
+        latents = on_step(
+            i,
+            scheduler.step(&out, index, &latents, step_noise.as_ref())?,
+        )?;
         progress.step(i + 1, total);
     }
     Ok(latents)

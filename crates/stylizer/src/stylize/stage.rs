@@ -1,6 +1,9 @@
 //! The stylize [`FrameStage`]: Stable Diffusion img2img on every frame, with the prompt
 //! encoded once per run, (by default) the same noise for every frame and cross-frame
-//! attention to the first frame.
+//! attention to the first frame, and optionally flow-guided fusion with the previous frame,
+//! or diffusion on keyframes only with the frames between propagated by flow.
+
+use std::collections::BTreeMap;
 
 use candle_core::Tensor;
 
@@ -9,6 +12,8 @@ use super::img2img::{decode, denoise, Img2ImgModel, Img2ImgParams};
 use super::model::{LoadOptions, SdFiles, SdModel};
 use super::noise::{NoiseSource, SeededNoise};
 use super::schedulers::SchedulerConfig;
+use crate::temporal::flow::{DisParams, Gray};
+use crate::temporal::fusion::{interpolate, FusionWeights, Motion, FUSION_FLOW};
 use crate::weights::ModelSource;
 use crate::{Error, Frame, FrameStage, NoProgress, Progress, Result};
 
@@ -30,6 +35,12 @@ pub struct StylizeSettings {
     /// Cross-frame attention to the video's first frame (`--consistency cross-frame`), and
     /// which keys; `None` stylizes every frame on its own.
     pub cross_frame: Option<CrossFrameKeys>,
+    /// Flow-guided fusion with the previous frame (`--consistency flow`); `None` keeps every
+    /// frame's own result.
+    pub flow: Option<FusionWeights>,
+    /// Run diffusion on every K-th frame only and propagate it to the frames between
+    /// (`--keyframe-every`); 1 restyles every frame.
+    pub keyframe_every: u64,
 }
 
 /// The frame every other frame attends to under cross-frame attention.
@@ -50,6 +61,27 @@ struct Loaded {
     /// The anchor frame's self-attention tokens (cross-frame attention); kept across
     /// segments, since every segment attends to the same frame.
     anchor: AnchorBank,
+    /// The frame rendered last, for flow-guided fusion.
+    previous: Option<Previous>,
+    /// Restyled keyframes by index: the ones around the current frame and any peeked ahead.
+    keys: BTreeMap<u64, Keyframe>,
+}
+
+/// A restyled keyframe and the original's luminance, to measure motion from.
+struct Keyframe {
+    gray: Gray,
+    frame: Frame,
+}
+
+/// What flow-guided fusion keeps of the frame rendered last.
+struct Previous {
+    index: u64,
+    /// The original frame's luminance, to measure motion from.
+    gray: Gray,
+    /// The (fused) latents after every denoising step.
+    steps: Vec<Tensor>,
+    /// The (fused) image, RGB interleaved in [0, 1].
+    image: Vec<f32>,
 }
 
 impl StylizeStage {
@@ -57,6 +89,16 @@ impl StylizeStage {
     /// Settings that can never run (strength, steps, guidance) are rejected here.
     pub fn new(settings: StylizeSettings) -> Result<Self> {
         settings.params.first_step()?;
+        if settings.keyframe_every == 0 {
+            return Err(Error::Config(
+                "--keyframe-every must be at least 1 (1 restyles every frame)".into(),
+            ));
+        }
+        if settings.keyframe_every > 1 && settings.flow.is_some() {
+            return Err(Error::NotImplemented(
+                "keyframes with flow-guided fusion (--keyframe-every with --consistency flow or cross-frame+flow)".into(),
+            ));
+        }
         Ok(Self {
             settings,
             progress: Box::new(NoProgress),
@@ -91,7 +133,7 @@ impl FrameStage for StylizeStage {
         format!(
             "stylize model={:?} revision={:?} variant={:?} dtype={:?} vae_tiling={:?} prompt={:?} \
              negative={:?} strength={} steps={} guidance={} scheduler={} seed={} noise={} \
-             cross_frame={}",
+             cross_frame={} flow={} keyframe_every={}",
             s.model,
             s.load.hub.revision,
             s.load.hub.variant,
@@ -110,6 +152,8 @@ impl FrameStage for StylizeStage {
                 "fixed"
             },
             s.cross_frame.map_or("none".into(), |k| k.to_string()),
+            s.flow.map_or("none".into(), |w| w.to_string()),
+            s.keyframe_every,
         )
     }
 
@@ -131,37 +175,187 @@ impl FrameStage for StylizeStage {
             scheduler,
             text,
             anchor: AnchorBank::default(),
+            previous: None,
+            keys: BTreeMap::new(),
         });
+        Ok(())
+    }
+
+    fn reset(&mut self) -> Result<()> {
+        // Fusion restarts at every segment from a look-back frame rendered on its own (see
+        // warm_up_frames), so a segment's frames never depend on where the run started.
+        if let Some(loaded) = self.loaded.as_mut() {
+            loaded.previous = None;
+        }
         Ok(())
     }
 
     fn warm_up_frames(&self, start: u64) -> Vec<u64> {
         let have_anchor = self.loaded.as_ref().is_some_and(|l| !l.anchor.is_empty());
-        match self.settings.cross_frame {
-            Some(_) if start > ANCHOR_FRAME && !have_anchor => vec![ANCHOR_FRAME],
-            _ => Vec::new(),
+        let mut frames = Vec::new();
+        if self.settings.cross_frame.is_some() && start > ANCHOR_FRAME && !have_anchor {
+            frames.push(ANCHOR_FRAME);
         }
+        if self.settings.flow.is_some() && start > 0 && frames.last() != Some(&(start - 1)) {
+            frames.push(start - 1);
+        }
+        // Keyframes depend on nothing but the anchor, so the ones held stay valid.
+        let k = self.settings.keyframe_every;
+        let key = start - start % k;
+        let have_key = self
+            .loaded
+            .as_ref()
+            .is_some_and(|l| l.keys.contains_key(&key));
+        if key != start && !have_key && frames.last() != Some(&key) {
+            frames.push(key);
+        }
+        frames
     }
 
     fn warm_up(&mut self, frame: Frame, index: u64) -> Result<()> {
-        if self.settings.cross_frame.is_some() && index == ANCHOR_FRAME {
+        if self.settings.keyframe_every > 1 {
+            self.keyframe(frame, index)?;
+        } else if self.settings.flow.is_some() {
+            // The look-back frame is rendered without fusion: it starts the chain.
+            if let Some(loaded) = self.loaded.as_mut() {
+                loaded.previous = None;
+            }
+            self.render(&frame, index)?;
+        } else if self.settings.cross_frame.is_some() && index == ANCHOR_FRAME {
             // Only the denoising pass records the anchor: its decode is not needed.
-            self.denoise_frame(&frame, index)?;
+            self.denoise_frame(&frame, index, None)?;
+        }
+        Ok(())
+    }
+
+    fn look_ahead(&self) -> u64 {
+        self.settings.keyframe_every - 1
+    }
+
+    fn peek(&mut self, frame: Frame, index: u64) -> Result<()> {
+        let k = self.settings.keyframe_every;
+        if k > 1 && index % k == 0 {
+            self.keyframe(frame, index)?;
         }
         Ok(())
     }
 
     fn process(&mut self, frame: Frame, index: u64) -> Result<Frame> {
-        let latents = self.denoise_frame(&frame, index)?;
-        let loaded = self.loaded.as_ref().expect("loaded by denoise_frame");
-        Frame::from_tensor(&decode(&loaded.model, &latents)?)
+        let k = self.settings.keyframe_every;
+        if k == 1 {
+            return self.render(&frame, index);
+        }
+        let before = index - index % k;
+        if before == index {
+            return Ok(self.keyframe(frame, index)?.clone());
+        }
+        let loaded = self
+            .loaded
+            .as_mut()
+            .ok_or_else(|| Error::Model("stylize: process() before prepare()".into()))?;
+        // Keyframes behind the one before this frame are no longer needed.
+        loaded.keys = loaded.keys.split_off(&before);
+        let Some(a) = loaded.keys.get(&before) else {
+            return Err(Error::Model(format!(
+                "stylize: frame {index} needs keyframe {before}, which was not rendered first"
+            )));
+        };
+        // The keyframe after is missing only when the video ends before it.
+        let b = loaded.keys.get(&(before + k));
+        let (w, h) = (frame.width as usize, frame.height as usize);
+        let gray = Gray::from_rgb(w, h, &frame.data);
+        let params = DisParams::preset(FUSION_FLOW);
+        let near_b = (index - before) as f32 / k as f32;
+        let keys: Vec<(Motion, Vec<f32>, f32)> = [Some((a, 1.0 - near_b)), b.map(|b| (b, near_b))]
+            .into_iter()
+            .flatten()
+            .map(|(key, weight)| {
+                let motion = Motion::between(&key.gray, &gray, &params);
+                (motion, key.frame.to_unit_rgb(), weight)
+            })
+            .collect();
+        let refs: Vec<(&Motion, &[f32], f32)> =
+            keys.iter().map(|(m, i, w)| (m, i.as_slice(), *w)).collect();
+        Ok(Frame::from_unit_rgb(
+            frame.width,
+            frame.height,
+            &interpolate(&refs, 3),
+        ))
     }
 }
 
 impl StylizeStage {
-    /// Encodes and denoises frame `index`, returning its final latents: the anchor frame
-    /// records its self-attention tokens, later frames attend to them.
-    fn denoise_frame(&mut self, frame: &Frame, index: u64) -> Result<Tensor> {
+    /// The restyled keyframe `index`, rendered unless it is held already.
+    fn keyframe(&mut self, frame: Frame, index: u64) -> Result<&Frame> {
+        let held = self
+            .loaded
+            .as_ref()
+            .is_some_and(|l| l.keys.contains_key(&index));
+        if !held {
+            let gray = Gray::from_rgb(frame.width as usize, frame.height as usize, &frame.data);
+            let frame = self.render(&frame, index)?;
+            let loaded = self.loaded.as_mut().expect("loaded by render");
+            loaded.keys.insert(index, Keyframe { gray, frame });
+        }
+        let loaded = self.loaded.as_ref().expect("held or just rendered");
+        Ok(&loaded.keys[&index].frame)
+    }
+
+    /// Restyles frame `index`, fusing it with the frame before when flow fusion is on.
+    fn render(&mut self, frame: &Frame, index: u64) -> Result<Frame> {
+        let Some(weights) = self.settings.flow else {
+            let (latents, _) = self.denoise_frame(frame, index, None)?;
+            let loaded = self.loaded.as_ref().expect("loaded by denoise_frame");
+            return Frame::from_tensor(&decode(&loaded.model, &latents)?);
+        };
+        let (w, h) = (frame.width as usize, frame.height as usize);
+        let gray = Gray::from_rgb(w, h, &frame.data);
+        let previous = self
+            .loaded
+            .as_mut()
+            .and_then(|l| l.previous.take())
+            .filter(|p| p.index + 1 == index);
+        let motion = previous
+            .as_ref()
+            .map(|p| Motion::between(&p.gray, &gray, &DisParams::preset(FUSION_FLOW)));
+        let factor = self
+            .loaded
+            .as_ref()
+            .map_or(8, |l| l.model.vae_scale_factor());
+        let latent_motion = motion.as_ref().map(|m| m.downscale(factor));
+        let fusion = previous
+            .as_ref()
+            .zip(latent_motion.as_ref())
+            .map(|(p, m)| LatentFusion {
+                motion: m,
+                steps: &p.steps,
+                weight: weights.latent,
+            });
+        let (latents, steps) = self.denoise_frame(frame, index, fusion)?;
+        let loaded = self.loaded.as_mut().expect("loaded by denoise_frame");
+        let mut image = hwc(&decode(&loaded.model, &latents)?.squeeze(0)?)?;
+        if let (Some(p), Some(m)) = (&previous, &motion) {
+            m.fuse(&mut image, &p.image, 3, weights.pixel);
+        }
+        let out = Frame::from_unit_rgb(frame.width, frame.height, &image);
+        loaded.previous = Some(Previous {
+            index,
+            gray,
+            steps,
+            image,
+        });
+        Ok(out)
+    }
+
+    /// Encodes and denoises frame `index`, returning its final latents and, under flow
+    /// fusion, the latents after every step: the anchor frame records its self-attention
+    /// tokens, later frames attend to them; `fusion` blends the previous frame in.
+    fn denoise_frame(
+        &mut self,
+        frame: &Frame,
+        index: u64,
+        fusion: Option<LatentFusion>,
+    ) -> Result<(Tensor, Vec<Tensor>)> {
         let Self {
             settings,
             progress,
@@ -192,6 +386,8 @@ impl StylizeStage {
             }
             Some(keys) => FrameAnchor::Attend(&loaded.anchor, keys),
         };
+        let record = settings.flow.is_some();
+        let mut steps = Vec::new();
         let latents = denoise(
             &loaded.model,
             &loaded.scheduler,
@@ -201,7 +397,16 @@ impl StylizeStage {
             anchor,
             noise.as_mut(),
             progress.as_mut(),
-            &mut |_, _| Ok(()),
+            &mut |i, latents| {
+                let latents = match &fusion {
+                    Some(f) if i < f.steps.len() => f.fuse(&latents, &f.steps[i])?,
+                    _ => latents,
+                };
+                if record {
+                    steps.push(latents.clone());
+                }
+                Ok(latents)
+            },
         )?;
         if index == ANCHOR_FRAME && settings.cross_frame.is_some() {
             tracing::debug!(
@@ -209,8 +414,37 @@ impl StylizeStage {
                 loaded.anchor.bytes() >> 20
             );
         }
-        Ok(latents)
+        Ok((latents, steps))
     }
+}
+
+/// Blends the previous frame's latents after the same step into the current ones.
+struct LatentFusion<'a> {
+    /// The motion on the latent grid.
+    motion: &'a Motion,
+    steps: &'a [Tensor],
+    weight: f32,
+}
+
+impl LatentFusion<'_> {
+    fn fuse(&self, latents: &Tensor, previous: &Tensor) -> Result<Tensor> {
+        let (_, c, h, w) = latents.dims4()?;
+        let mut current = hwc(&latents.squeeze(0)?)?;
+        self.motion
+            .fuse(&mut current, &hwc(&previous.squeeze(0)?)?, c, self.weight);
+        Ok(Tensor::from_vec(current, (h, w, c), latents.device())?
+            .permute((2, 0, 1))?
+            .unsqueeze(0)?
+            .contiguous()?)
+    }
+}
+
+/// A `[C, H, W]` tensor as f32 values interleaved by pixel (the layout warping works on).
+fn hwc(t: &Tensor) -> Result<Vec<f32>> {
+    Ok(t.to_dtype(candle_core::DType::F32)?
+        .permute((1, 2, 0))?
+        .flatten_all()?
+        .to_vec1()?)
 }
 
 impl Img2ImgModel for SdModel {

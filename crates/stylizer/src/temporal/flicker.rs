@@ -68,26 +68,30 @@ pub fn occlusion(fw: &Flow, bw: &Flow) -> Vec<bool> {
         .collect()
 }
 
-/// RGB in [0, 1], interleaved.
-fn unit_rgb(frame: &Frame) -> Vec<f32> {
-    frame.data.iter().map(|&v| v as f32 / 255.0).collect()
-}
-
 /// Σ M‖a − warp(b)‖² / Σ M over the visible pixels (the reference divides by the pixel
-/// count when everything is occluded, which then scores 0).
+/// count when everything is occluded, which then scores 0). Summed in fixed chunks, in order:
+/// a work-stealing reduction would add in a different order from run to run.
 fn pair_error(a: &[f32], b_warped: &[f32], occluded: &[bool]) -> f64 {
-    let (sum, visible) = occluded
-        .par_iter()
+    const CHUNK: usize = 4096;
+    let partial: Vec<(f64, u64)> = occluded
+        .par_chunks(CHUNK)
         .enumerate()
-        .filter(|(_, &occ)| !occ)
-        .map(|(i, _)| {
-            let d: f64 = (0..3)
-                .map(|c| (a[3 * i + c] - b_warped[3 * i + c]) as f64)
-                .map(|d| d * d)
-                .sum();
-            (d, 1u64)
+        .map(|(k, chunk)| {
+            let mut acc = (0.0f64, 0u64);
+            for (j, _) in chunk.iter().enumerate().filter(|(_, &occ)| !occ) {
+                let i = k * CHUNK + j;
+                acc.0 += (0..3)
+                    .map(|c| (a[3 * i + c] - b_warped[3 * i + c]) as f64)
+                    .map(|d| d * d)
+                    .sum::<f64>();
+                acc.1 += 1;
+            }
+            acc
         })
-        .reduce(|| (0.0, 0), |x, y| (x.0 + y.0, x.1 + y.1));
+        .collect();
+    let (sum, visible) = partial
+        .into_iter()
+        .fold((0.0, 0), |x, y| (x.0 + y.0, x.1 + y.1));
     if visible == 0 {
         0.0
     } else {
@@ -142,8 +146,8 @@ impl FlickerMeter {
                 original.height as usize,
                 &original.data,
             ),
-            original: unit_rgb(original),
-            stylized: unit_rgb(stylized),
+            original: original.to_unit_rgb(),
+            stylized: stylized.to_unit_rgb(),
         };
         if let Some(prev) = &self.previous {
             let (fw, bw) = rayon::join(

