@@ -244,11 +244,12 @@ struct StylizeArgs {
     /// Draw new noise for every frame (default: the same noise for all frames, less flicker).
     #[arg(long)]
     noise_per_frame: bool,
-    /// How frames are kept consistent: cross-frame (every frame's self-attention also looks
-    /// at the first frame), flow (the previous restyled frame is carried along the motion
-    /// into the next), cross-frame+flow (both), none (every frame on its own).
-    #[arg(long, default_value = "cross-frame", value_parser = parse_consistency)]
-    consistency: Consistency,
+    /// How frames are kept consistent: cross-frame+flow (both below; the default, or
+    /// cross-frame with --keyframe-every), cross-frame (every frame's self-attention also
+    /// looks at the first frame), flow (the previous restyled frame is carried along the
+    /// motion into the next), none (every frame on its own).
+    #[arg(long, value_parser = parse_consistency)]
+    consistency: Option<Consistency>,
     /// Testing: the keys cross-frame attention uses: anchor, or anchor+self.
     #[arg(long, hide = true, default_value = "anchor", value_parser = parse_cross_frame_keys)]
     cross_frame_keys: CrossFrameKeys,
@@ -461,6 +462,11 @@ fn sd_stage(a: &StylizeArgs, seed: u64) -> anyhow::Result<StylizeStage> {
     load.hub.variant = a.variant.clone();
     load.hub.offline |= a.offline;
     load.vae_tiling = a.vae_tiling;
+    // Keyframes are diffused apart, with the frames between carried by flow already.
+    let consistency = a.consistency.unwrap_or(match a.keyframe_every {
+        1 => Consistency::CrossFrameFlow,
+        _ => Consistency::CrossFrame,
+    });
     Ok(StylizeStage::new(StylizeSettings {
         model: ModelSource::parse(&a.model_id)?,
         load,
@@ -475,15 +481,12 @@ fn sd_stage(a: &StylizeArgs, seed: u64) -> anyhow::Result<StylizeStage> {
         seed,
         noise_per_frame: a.noise_per_frame,
         cross_frame: matches!(
-            a.consistency,
+            consistency,
             Consistency::CrossFrame | Consistency::CrossFrameFlow
         )
         .then_some(a.cross_frame_keys),
-        flow: matches!(
-            a.consistency,
-            Consistency::Flow | Consistency::CrossFrameFlow
-        )
-        .then(|| a.flow_blend.unwrap_or_default()),
+        flow: matches!(consistency, Consistency::Flow | Consistency::CrossFrameFlow)
+            .then(|| a.flow_blend.unwrap_or_default()),
         keyframe_every: a.keyframe_every,
     })?)
 }

@@ -114,9 +114,9 @@ fn every_temporal_mode_renders_the_same_video_whole_or_in_shares() {
     let none = render("none", &["--consistency", "none"]);
     assert_eq!(none.len(), 15);
     let modes: [(&str, &[&str]); 4] = [
-        ("cross", &[]),
+        ("cross", &["--consistency", "cross-frame"]),
         ("flow", &["--consistency", "flow"]),
-        ("crossflow", &["--consistency", "cross-frame+flow"]),
+        ("crossflow", &[]),
         ("keyframes", &["--keyframe-every", "3"]),
     ];
     for (name, mode) in modes {
@@ -140,9 +140,22 @@ fn every_temporal_mode_renders_the_same_video_whole_or_in_shares() {
             whole == decode_rgb(&split, 72, 40, ""),
             "{name}: joined shares differ from one run"
         );
-        // Every mode changes the frames after the first, which attends to itself only.
-        assert!(whole[0] == none[0], "{name}: frame 0 changed");
-        assert!(whole[1..] != none[1..], "{name}: nothing changed");
+        // Every mode changes the frames after the first, which is restyled on its own (as
+        // encoded, frame 0 still moves a little: x265 spends bits on it by what follows).
+        let diff = |t: usize| {
+            let (a, b) = (&whole[t], &none[t]);
+            a.iter()
+                .zip(b)
+                .map(|(x, y)| x.abs_diff(*y) as f64)
+                .sum::<f64>()
+                / a.len() as f64
+        };
+        let later = (1..15).map(diff).sum::<f64>() / 14.0;
+        assert!(
+            later > 2.0 * diff(0),
+            "{name}: frame 0 differs by {:.2}, the others by {later:.2}",
+            diff(0)
+        );
     }
 }
 
