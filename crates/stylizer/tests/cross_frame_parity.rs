@@ -9,27 +9,20 @@
 //! (tools/reference/golden_crossframe.py: DDIM, strength 0.6, 10 steps).
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 
 use candle_core::{Device, Tensor};
 use stylizer::stylize::cross_frame::{img2img_frames, CrossFrameKeys};
 use stylizer::stylize::img2img::Img2ImgParams;
-use stylizer::stylize::model::{LoadOptions, SdFiles, SdModel};
 use stylizer::stylize::noise::{NoiseSource, ReplayNoise};
-use stylizer::stylize::schedulers::{SchedulerConfig, SchedulerKind};
-use stylizer::stylize::vae::VaeTiling;
-use stylizer::weights::ModelSource;
-use stylizer::NoProgress;
+use stylizer::stylize::schedulers::SchedulerKind;
 
 mod common;
+#[path = "common/tiny_sd.rs"]
+mod tiny_sd;
 use common::max_abs;
+use tiny_sd::fixtures;
 
-const PROMPT: &str = "a photograph of an astronaut riding a horse";
 const TOL: f32 = 1e-3;
-
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/sd")
-}
 
 /// Frame `f`'s slice of every recorded draw.
 fn frame_noise(g: &HashMap<String, Tensor>, f: usize) -> stylizer::Result<Box<dyn NoiseSource>> {
@@ -41,15 +34,7 @@ fn frame_noise(g: &HashMap<String, Tensor>, f: usize) -> stylizer::Result<Box<dy
 }
 
 fn parity(variant: &str) {
-    let opts = LoadOptions {
-        vae_tiling: VaeTiling::Off,
-        ..LoadOptions::new(Device::Cpu)
-    };
-    let source = ModelSource::Folder(fixtures().join(variant));
-    let files = SdFiles::resolve(&source, &opts, &mut NoProgress).unwrap();
-    let text = files.encode_prompts(PROMPT, Some("")).unwrap();
-    let model = SdModel::load(&files, &mut NoProgress).unwrap();
-    let scheduler = SchedulerConfig::from_value(&files.scheduler_config).unwrap();
+    let (_, text, model, scheduler) = tiny_sd::load(variant);
     let path = fixtures().join(format!("golden/{variant}/img2img_crossframe.safetensors"));
     let g = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
     assert!(

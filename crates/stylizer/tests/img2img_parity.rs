@@ -6,38 +6,23 @@
 //! tests/fixtures/sd/golden/<variant>/img2img_<scheduler>.safetensors
 //! (tools/reference/golden_sd.py: prompt below, negative "", strength 0.6, 10 steps, guidance 7.5).
 
-use std::path::PathBuf;
-
 use candle_core::Device;
 use stylizer::stylize::cross_frame::FrameAnchor;
 use stylizer::stylize::img2img::{img2img, Img2ImgParams};
-use stylizer::stylize::model::{LoadOptions, SdFiles, SdModel};
 use stylizer::stylize::noise::ReplayNoise;
-use stylizer::stylize::schedulers::{SchedulerConfig, SchedulerKind};
-use stylizer::stylize::vae::VaeTiling;
-use stylizer::weights::ModelSource;
+use stylizer::stylize::schedulers::SchedulerKind;
 use stylizer::NoProgress;
 
 mod common;
+#[path = "common/tiny_sd.rs"]
+mod tiny_sd;
 use common::max_abs;
+use tiny_sd::{fixtures, PROMPT};
 
-const PROMPT: &str = "a photograph of an astronaut riding a horse";
 const TOL: f32 = 1e-3;
 
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/sd")
-}
-
 fn parity(variant: &str) {
-    let opts = LoadOptions {
-        vae_tiling: VaeTiling::Off,
-        ..LoadOptions::new(Device::Cpu)
-    };
-    let source = ModelSource::Folder(fixtures().join(variant));
-    let files = SdFiles::resolve(&source, &opts, &mut NoProgress).unwrap();
-    let text = files.encode_prompts(PROMPT, Some("")).unwrap();
-    let model = SdModel::load(&files, &mut NoProgress).unwrap();
-    let scheduler = SchedulerConfig::from_value(&files.scheduler_config).unwrap();
+    let (files, text, model, scheduler) = tiny_sd::load(variant);
     for kind in SchedulerKind::ALL {
         let path = fixtures().join(format!("golden/{variant}/img2img_{kind}.safetensors"));
         let g = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
