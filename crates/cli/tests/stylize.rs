@@ -97,6 +97,29 @@ fn stylize_errors_before_any_work() {
         "{}",
         stderr(&out)
     );
+    // Weights that fail to load (found only once the work folder exists) leave none behind,
+    // for stylize and for upscale.
+    let models = tempfile::tempdir().unwrap();
+    let out = run(bin()
+        .arg("stylize")
+        .arg(&input)
+        .args(["-p", "x", "-m"])
+        .arg(models.path())
+        .arg("-o")
+        .arg(&output));
+    assert!(stderr(&out).contains("lacks"), "{}", stderr(&out));
+    let out = run(bin()
+        .arg("upscale")
+        .arg(&input)
+        .arg("--upscale-model")
+        .arg(models.path().join("missing.pth"))
+        .arg("-o")
+        .arg(&output));
+    assert!(
+        stderr(&out).contains("no such model file"),
+        "{}",
+        stderr(&out)
+    );
     assert_eq!(listing(dir.path()), ["in.mp4"]);
 }
 

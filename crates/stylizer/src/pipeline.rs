@@ -277,7 +277,11 @@ pub fn run(
     if !pending.is_empty() {
         progress.stage(Stage::LoadModels);
         for s in stages.iter_mut() {
-            s.prepare()?;
+            if let Err(e) = s.prepare() {
+                // A run that stops before its first frame leaves nothing behind.
+                discard_unfinished(&work, &pending, job.share.is_none());
+                return Err(e);
+            }
         }
         progress.stage(Stage::Render);
         progress.frame(done_frames, range_frames);
