@@ -54,12 +54,7 @@ impl Frame {
                 "an RGB frame needs 3 channels, the tensor has {c}"
             )));
         }
-        let hwc: Vec<f32> = t
-            .to_dtype(candle_core::DType::F32)?
-            .permute((1, 2, 0))?
-            .flatten_all()?
-            .to_vec1()?;
-        Ok(Self::from_unit_rgb(w as u32, h as u32, &hwc))
+        Ok(Self::from_unit_rgb(w as u32, h as u32, &interleaved(&t)?))
     }
 
     /// A frame from interleaved RGB values in [0, 1], converted as
@@ -76,6 +71,15 @@ impl Frame {
     pub fn to_unit_rgb(&self) -> Vec<f32> {
         self.data.iter().map(|&v| v as f32 / 255.0).collect()
     }
+}
+
+/// A `[C, H, W]` tensor as f32 values interleaved by pixel (HWC): the layout of frames and of
+/// the images and latents that [`crate::temporal`] warps.
+pub fn interleaved(t: &candle_core::Tensor) -> crate::Result<Vec<f32>> {
+    Ok(t.to_dtype(candle_core::DType::F32)?
+        .permute((1, 2, 0))?
+        .flatten_all()?
+        .to_vec1()?)
 }
 
 impl std::fmt::Debug for Frame {

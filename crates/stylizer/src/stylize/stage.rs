@@ -12,6 +12,7 @@ use super::img2img::{decode, denoise, Img2ImgModel, Img2ImgParams};
 use super::model::{LoadOptions, SdFiles, SdModel};
 use super::noise::{NoiseSource, SeededNoise};
 use super::schedulers::SchedulerConfig;
+use crate::frame::interleaved;
 use crate::temporal::flow::{DisParams, Gray};
 use crate::temporal::fusion::{interpolate, FusionWeights, Motion, FUSION_FLOW};
 use crate::weights::ModelSource;
@@ -333,7 +334,7 @@ impl StylizeStage {
             });
         let (latents, steps) = self.denoise_frame(frame, index, fusion)?;
         let loaded = self.loaded.as_mut().expect("loaded by denoise_frame");
-        let mut image = hwc(&decode(&loaded.model, &latents)?.squeeze(0)?)?;
+        let mut image = interleaved(&decode(&loaded.model, &latents)?.squeeze(0)?)?;
         if let (Some(p), Some(m)) = (&previous, &motion) {
             m.fuse(&mut image, &p.image, 3, weights.pixel);
         }
@@ -429,22 +430,18 @@ struct LatentFusion<'a> {
 impl LatentFusion<'_> {
     fn fuse(&self, latents: &Tensor, previous: &Tensor) -> Result<Tensor> {
         let (_, c, h, w) = latents.dims4()?;
-        let mut current = hwc(&latents.squeeze(0)?)?;
-        self.motion
-            .fuse(&mut current, &hwc(&previous.squeeze(0)?)?, c, self.weight);
+        let mut current = interleaved(&latents.squeeze(0)?)?;
+        self.motion.fuse(
+            &mut current,
+            &interleaved(&previous.squeeze(0)?)?,
+            c,
+            self.weight,
+        );
         Ok(Tensor::from_vec(current, (h, w, c), latents.device())?
             .permute((2, 0, 1))?
             .unsqueeze(0)?
             .contiguous()?)
     }
-}
-
-/// A `[C, H, W]` tensor as f32 values interleaved by pixel (the layout warping works on).
-fn hwc(t: &Tensor) -> Result<Vec<f32>> {
-    Ok(t.to_dtype(candle_core::DType::F32)?
-        .permute((1, 2, 0))?
-        .flatten_all()?
-        .to_vec1()?)
 }
 
 impl Img2ImgModel for SdModel {

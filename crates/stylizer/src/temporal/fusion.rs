@@ -138,6 +138,7 @@ pub fn interpolate(keys: &[(&Motion, &[f32], f32)], channels: usize) -> Vec<f32>
         .map(|(m, image, _)| warp(image, channels, &m.back))
         .collect();
     let pixels = keys.first().map_or(0, |(m, _, _)| m.visible.len());
+    let total: f32 = keys.iter().map(|k| k.2).sum();
     let mut out = vec![0f32; pixels * channels];
     out.par_chunks_mut(channels)
         .enumerate()
@@ -147,7 +148,7 @@ pub fn interpolate(keys: &[(&Motion, &[f32], f32)], channels: usize) -> Vec<f32>
                 let share = if seen > 0.0 {
                     w * m.visible[i] / seen
                 } else {
-                    w / keys.iter().map(|k| k.2).sum::<f32>()
+                    w / total
                 };
                 for (c, v) in px.iter_mut().enumerate() {
                     *v += share * warped[k][i * channels + c];
