@@ -20,7 +20,7 @@ use stylizer::stylize::vae::VaeTiling;
 use stylizer::temporal::flicker::measure_files;
 use stylizer::temporal::flow::{DisParams, DisPreset};
 use stylizer::temporal::fusion::FusionWeights;
-use stylizer::upscale::{images, resize::Target, UpscaleOptions, UpscaleStage};
+use stylizer::upscale::{images, resize::Target, AlphaUpscale, UpscaleOptions, UpscaleStage};
 use stylizer::video::{probe, Codec, EncodeSettings, MaxRes, VideoInfo};
 use stylizer::weights::ModelSource;
 use stylizer::{Error, FrameStage, Progress, Stage};
@@ -106,7 +106,7 @@ struct UpscaleFlags {
     #[arg(long, default_value = stylizer::upscale::fetch::DEFAULT_MODEL)]
     upscale_model: String,
     /// Size after upscaling: 1080p (fit 1920×1080), 1440p, 2160p, x2 or x4.
-    #[arg(long, default_value = "1080p", value_parser = parse_target)]
+    #[arg(long, default_value = "1080p", value_parser = parse_lib::<Target>)]
     upscale_to: Target,
     /// Tile size in input pixels (0 = whole frame; default: the largest that fits in memory).
     #[arg(long)]
@@ -139,7 +139,7 @@ struct VideoOut {
     #[arg(short, long)]
     output: Option<PathBuf>,
     /// Video codec: h265, h264 or av1.
-    #[arg(long, default_value = "h265", value_parser = parse_codec)]
+    #[arg(long, default_value = "h265", value_parser = parse_lib::<Codec>)]
     codec: Codec,
     /// Constant rate factor (default: 26 for h265, 21 for h264, 32 for av1).
     #[arg(long)]
@@ -188,6 +188,13 @@ struct UpscaleArgs {
     input: PathBuf,
     #[command(flatten)]
     upscale: UpscaleFlags,
+    /// Images with transparency: upscale the alpha channel with the model (as a grey image,
+    /// sharp edges; the default, as Real-ESRGAN) or resize it (bilinear, faster).
+    #[arg(long, value_name = "model|resize", value_parser = parse_lib::<AlphaUpscale>)]
+    alpha_upscale: Option<AlphaUpscale>,
+    /// Images: write no alpha channel when the image is fully opaque.
+    #[arg(long)]
+    drop_opaque_alpha: bool,
     #[command(flatten)]
     out: VideoOut,
 }
@@ -266,7 +273,7 @@ struct StylizeArgs {
     #[command(flatten)]
     upscale_flags: UpscaleFlags,
     /// Short side of the stylized frames: 480p, 720p, 1080p or original.
-    #[arg(long, default_value = "480p", value_parser = parse_max_res)]
+    #[arg(long, default_value = "480p", value_parser = parse_lib::<MaxRes>)]
     max_res: MaxRes,
     #[command(flatten)]
     out: VideoOut,
@@ -287,14 +294,6 @@ fn unit_interval(s: &str) -> Result<f64, String> {
     }
 }
 
-fn parse_max_res(s: &str) -> Result<MaxRes, String> {
-    s.parse().map_err(|e: Error| e.to_string())
-}
-
-fn parse_codec(s: &str) -> Result<Codec, String> {
-    s.parse().map_err(|e: Error| e.to_string())
-}
-
 fn parse_dtype(s: &str) -> Result<DType, String> {
     match s {
         "f32" => Ok(DType::F32),
@@ -313,7 +312,8 @@ fn parse_vae_tiling(s: &str) -> Result<VaeTiling, String> {
     }
 }
 
-fn parse_target(s: &str) -> Result<Target, String> {
+/// For clap: a library type parsed by its `FromStr`, whose errors name the flag.
+fn parse_lib<T: std::str::FromStr<Err = Error>>(s: &str) -> Result<T, String> {
     s.parse().map_err(|e: Error| e.to_string())
 }
 
@@ -561,6 +561,9 @@ fn upscale(a: UpscaleArgs, progress: &mut CliProgress) -> anyhow::Result<ExitCod
     if a.input.is_dir() || images::is_image(&a.input) {
         return upscale_images(&a, stage, progress);
     }
+    if a.alpha_upscale.is_some() || a.drop_opaque_alpha {
+        bail!("--alpha-upscale and --drop-opaque-alpha are for images; video frames have no alpha here");
+    }
     // Videos are upscaled from their own size: `--max-res` belongs to stylizing.
     let mut job = a.out.job(&a.input, "upscaled", MaxRes::Original)?;
     job.size_multiple = 2;
@@ -625,8 +628,11 @@ fn upscale_images(
         if stylizer::cancel::requested() {
             bail!("interrupted after {n} of {} images", inputs.len());
         }
-        let frame = images::read_image(input)?;
-        let out = stage.process(frame, n as u64)?;
+        let img = images::read_image(input)?;
+        let mut out = stage.upscale_image(&img, a.alpha_upscale.unwrap_or_default())?;
+        if a.drop_opaque_alpha {
+            out = images::drop_opaque_alpha(&out).unwrap_or(out);
+        }
         images::write_image(&out, target)?;
         progress.frame(n as u64 + 1, inputs.len() as u64);
     }

@@ -184,3 +184,105 @@ fn models_list_names_the_cache() {
     assert!(text.contains(&dir.path().display().to_string()), "{text}");
     assert!(text.contains("RealESRGAN_x4plus"), "{text}");
 }
+
+/// Transparency, grey and 16-bit survive `upscale` (the pixels are checked against
+/// Real-ESRGAN in the library's tests): layout in = layout out, alpha by the model or resized,
+/// JPEG output flattened with a warning, opaque alpha dropped only on request.
+#[test]
+fn upscale_keeps_alpha_grey_and_16_bit() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = animevideo();
+    let pics = dir.path().join("pics");
+    std::fs::create_dir(&pics).unwrap();
+    // Odd sizes: testsrc2 rounds its own size to even, so crop after it.
+    let alpha_ramp = "format=rgba,crop=37:29:0:0,geq=r='r(X,Y)':g='g(X,Y)':b='b(X,Y)':a='255*X/W'";
+    for (name, vf) in [
+        ("rgba.png", alpha_ramp.to_string()),
+        ("grey_alpha.png", format!("{alpha_ramp},format=ya8")),
+        ("deep.png", format!("{alpha_ramp},format=rgba64be")),
+        ("opaque.png", "format=rgba,crop=37:29:0:0".to_string()),
+    ] {
+        ffmpeg(&[
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=40x32",
+            "-frames:v",
+            "1",
+            "-vf",
+            &vf,
+            pics.join(name).to_str().unwrap(),
+        ]);
+    }
+    let upscale = |extra: &[&str]| {
+        let out = run(bin()
+            .arg("upscale")
+            .args([
+                "--quiet",
+                "--upscale-to",
+                "x4",
+                "--overwrite",
+                "--upscale-model",
+            ])
+            .arg(&model)
+            .args(extra));
+        assert!(out.status.success(), "{}", stderr(&out));
+        stderr(&out)
+    };
+    let probe = |p: &Path| {
+        let s = ffprobe_stream(p, "v:0", "width,height,pix_fmt");
+        let get = |k: &str| s[k].as_str().to_string();
+        (get("width"), get("height"), get("pix_fmt"))
+    };
+    let size = ("148".to_string(), "116".to_string());
+    upscale(&[pics.to_str().unwrap()]);
+    for (name, fmt) in [
+        ("rgba", "rgba"),
+        ("grey_alpha", "ya8"),
+        ("deep", "rgba64be"),
+        ("opaque", "rgba"),
+    ] {
+        let (w, h, f) = probe(&pics.join(format!("{name}_upscaled.png")));
+        assert_eq!(((w, h), f.as_str()), (size.clone(), fmt), "{name}");
+    }
+    let rgba = pics.join("rgba.png");
+    let resized = dir.path().join("resized.png");
+    upscale(&[
+        rgba.to_str().unwrap(),
+        "--alpha-upscale",
+        "resize",
+        "-o",
+        resized.to_str().unwrap(),
+    ]);
+    assert_eq!(probe(&resized).2, "rgba");
+    let flat = dir.path().join("flat.jpg");
+    let err = upscale(&[rgba.to_str().unwrap(), "-o", flat.to_str().unwrap()]);
+    assert!(err.contains("flattened onto white"), "{err}");
+    assert_ne!(probe(&flat).2, "rgba");
+    let dropped = dir.path().join("dropped.png");
+    let opaque = pics.join("opaque.png");
+    upscale(&[
+        opaque.to_str().unwrap(),
+        "--drop-opaque-alpha",
+        "-o",
+        dropped.to_str().unwrap(),
+    ]);
+    assert_eq!(probe(&dropped).2, "rgb24");
+    // Not opaque: the flag keeps the alpha.
+    upscale(&[
+        rgba.to_str().unwrap(),
+        "--drop-opaque-alpha",
+        "-o",
+        dropped.to_str().unwrap(),
+    ]);
+    assert_eq!(probe(&dropped).2, "rgba");
+
+    let clip = make_clip(dir.path(), "in.mp4", "64x48", "25", 0.2, None, &[]);
+    let out = run(bin()
+        .arg("upscale")
+        .arg(&clip)
+        .args(["--alpha-upscale", "resize", "--upscale-model"])
+        .arg(&model));
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("are for images"), "{}", stderr(&out));
+}

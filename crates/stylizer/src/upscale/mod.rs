@@ -6,8 +6,8 @@
 //! let path = fetch::resolve_model("RealESRGAN_x4plus")?; // cache lookup, or a file path
 //! let model = Model::load(&path, &candle_core::Device::Cpu)?;
 //! let mut up = Upscaler::new(model, UpscaleOptions::default()); // ×4, then fit 1920×1080
-//! let frame = stylizer::upscale::images::read_image("in.png".as_ref())?;
-//! let out = up.upscale_frame(&frame)?;
+//! let img = stylizer::upscale::images::read_image("in.png".as_ref())?; // alpha, 16-bit kept
+//! let out = up.upscale_image(&img, stylizer::upscale::AlphaUpscale::Model)?;
 //! stylizer::upscale::images::write_image(&out, "out.png".as_ref())?;
 //! # Ok(()) }
 //! ```
@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
+use image::DynamicImage;
 
 use crate::models::{SrConfig, SrNet};
 use crate::{Error, Frame, Result};
@@ -152,6 +153,29 @@ impl Default for UpscaleOptions {
             prepad: 10,
             target: Target::default(),
             max_memory: None,
+        }
+    }
+}
+
+/// How the alpha plane of an image is upscaled (Real-ESRGAN's `--alpha_upsampler`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum AlphaUpscale {
+    /// By the network, as a grey image: sharp edges (Real-ESRGAN's default).
+    #[default]
+    Model,
+    /// Bilinear (OpenCV `INTER_LINEAR`): softer edges, no second network pass.
+    Resize,
+}
+
+impl std::str::FromStr for AlphaUpscale {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "model" => Ok(Self::Model),
+            "resize" => Ok(Self::Resize),
+            _ => Err(Error::Config(format!(
+                "--alpha-upscale {s}: expected model or resize"
+            ))),
         }
     }
 }
@@ -317,30 +341,24 @@ impl Upscaler {
         Ok(Tensor::from_vec(out, (1, 3, h * s, w * s), &Device::Cpu)?)
     }
 
-    /// Upscales one frame and resizes it to the target. When memory runs out the frame is
-    /// retried with tiles half as large, down to [`MIN_TILE`]; if that fails too the frame is
-    /// resized with Lanczos instead (with a warning; see [`Upscaler::fallbacks`]).
-    pub fn upscale_frame(&mut self, frame: &Frame) -> Result<Frame> {
-        let (w, h) = (frame.width as usize, frame.height as usize);
-        let (tw, th) = self.output_size(frame.width, frame.height);
-        let img = frame_to_planar(frame);
+    /// Model-scale upscale of a planar `[3][h][w]` image with the automatic tile size. When
+    /// memory runs out it is retried with tiles half as large, down to [`MIN_TILE`]; if that
+    /// fails too it returns `None` (counted in [`Upscaler::fallbacks`], with a warning) and the
+    /// caller resizes with Lanczos instead.
+    fn upscale_retrying(&mut self, img: &[f32], w: usize, h: usize) -> Result<Option<Vec<f32>>> {
         let mut tile = self.tile_for(w, h);
-        let s = self.model.scale();
         loop {
-            match self.upscale_planar(&img, w, h, tile) {
-                Ok(out) => {
-                    let up = planar_to_frame(&out, (w * s) as u32, (h * s) as u32);
-                    return Ok(resize::resize(&up, tw, th));
-                }
+            match self.upscale_planar(img, w, h, tile) {
+                Ok(out) => return Ok(Some(out)),
                 Err(e) if is_oom(&e) => {
                     self.model.release_buffers();
                     let current = if tile == 0 { w.max(h) } else { tile };
                     if current <= MIN_TILE {
                         self.fallbacks += 1;
                         tracing::warn!(
-                            "upscale: out of memory even with {MIN_TILE}px tiles ({e}); this frame is resized with Lanczos instead"
+                            "upscale: out of memory even with {MIN_TILE}px tiles ({e}); this picture is resized with Lanczos instead"
                         );
-                        return Ok(resize::resize(frame, tw, th));
+                        return Ok(None);
                     }
                     tile = (current / 2).max(MIN_TILE);
                     tracing::warn!("upscale: {e}; retrying with {tile}px tiles");
@@ -348,5 +366,79 @@ impl Upscaler {
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    /// Upscales one frame and resizes it to the target (see `upscale_retrying` for what
+    /// happens when memory runs out).
+    pub fn upscale_frame(&mut self, frame: &Frame) -> Result<Frame> {
+        let (w, h) = (frame.width as usize, frame.height as usize);
+        let (tw, th) = self.output_size(frame.width, frame.height);
+        let s = self.model.scale();
+        Ok(
+            match self.upscale_retrying(&frame_to_planar(frame), w, h)? {
+                Some(out) => resize::resize(
+                    &planar_to_frame(&out, (w * s) as u32, (h * s) as u32),
+                    tw,
+                    th,
+                ),
+                None => resize::resize(frame, tw, th),
+            },
+        )
+    }
+
+    /// Upscales a still image as Real-ESRGAN's `RealESRGANer.enhance` does, then resizes it to
+    /// the target: a grey image runs as RGB and comes back grey, the alpha plane is upscaled
+    /// as `alpha` says and kept, and 8/16-bit images stay 8/16-bit. An alpha plane with one
+    /// value everywhere (an opaque image saved with alpha) skips the network: it upscales to
+    /// the same value.
+    pub fn upscale_image(
+        &mut self,
+        img: &DynamicImage,
+        alpha: AlphaUpscale,
+    ) -> Result<DynamicImage> {
+        let planes = images::Planes::split(img);
+        let (w, h) = (img.width() as usize, img.height() as usize);
+        let (tw, th) = self.output_size(img.width(), img.height());
+        let s = self.model.scale();
+        let fallback = || img.resize_exact(tw, th, image::imageops::FilterType::Lanczos3);
+        let Some(colour) = self.upscale_retrying(&planes.colour, w, h)? else {
+            return Ok(fallback());
+        };
+        let alpha = match planes.alpha {
+            None => None,
+            Some(a) if a.iter().all(|&v| v == a[0]) => Some(vec![a[0]; w * s * h * s]),
+            Some(a) if alpha == AlphaUpscale::Resize => {
+                Some(resize::linear(&a, w, h, w * s, h * s))
+            }
+            Some(a) => {
+                // As a grey image through the network, back to one plane by luma (cv2
+                // GRAY2RGB … BGR2GRAY).
+                let grey = images::Planes {
+                    width: (w * s) as u32,
+                    height: (h * s) as u32,
+                    colour: match self.upscale_retrying(&a.repeat(3), w, h)? {
+                        Some(out) => out,
+                        None => return Ok(fallback()),
+                    },
+                    alpha: None,
+                    grey: true,
+                    sixteen_bit: false,
+                };
+                Some(grey.luma())
+            }
+        };
+        let up = images::Planes {
+            width: (w * s) as u32,
+            height: (h * s) as u32,
+            colour,
+            alpha,
+            ..planes
+        }
+        .compose();
+        Ok(if (tw, th) == (up.width(), up.height()) {
+            up
+        } else {
+            up.resize_exact(tw, th, image::imageops::FilterType::Lanczos3)
+        })
     }
 }

@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use candle_core::Device;
 
-use super::{fetch, Model, UpscaleOptions, Upscaler};
+use image::DynamicImage;
+
+use super::{fetch, AlphaUpscale, Model, UpscaleOptions, Upscaler};
 use crate::{Error, Frame, FrameStage, Result};
 
 /// Real-ESRGAN ×scale, then resize to the target. The model file is resolved when the stage is
@@ -37,6 +39,30 @@ impl UpscaleStage {
     /// smallest tile); the front end reports it at the end of the run.
     pub fn fallback_counter(&self) -> Arc<AtomicU64> {
         self.fallbacks.clone()
+    }
+}
+
+impl UpscaleStage {
+    /// A still image (any layout, alpha kept): see [`Upscaler::upscale_image`].
+    pub fn upscale_image(
+        &mut self,
+        img: &DynamicImage,
+        alpha: AlphaUpscale,
+    ) -> Result<DynamicImage> {
+        self.with_upscaler(|up| up.upscale_image(img, alpha))
+    }
+
+    /// Runs `f` on the loaded upscaler, adding its Lanczos fallbacks to the shared counter.
+    fn with_upscaler<T>(&mut self, f: impl FnOnce(&mut Upscaler) -> Result<T>) -> Result<T> {
+        let up = self
+            .upscaler
+            .as_mut()
+            .ok_or_else(|| Error::Model("upscale stage used before prepare()".into()))?;
+        let before = up.fallbacks();
+        let out = f(up);
+        self.fallbacks
+            .fetch_add(up.fallbacks() - before, Ordering::Relaxed);
+        out
     }
 }
 
@@ -71,14 +97,6 @@ impl FrameStage for UpscaleStage {
     }
 
     fn process(&mut self, frame: Frame, _index: u64) -> Result<Frame> {
-        let up = self
-            .upscaler
-            .as_mut()
-            .ok_or_else(|| Error::Model("upscale stage used before prepare()".into()))?;
-        let before = up.fallbacks();
-        let out = up.upscale_frame(&frame)?;
-        self.fallbacks
-            .fetch_add(up.fallbacks() - before, Ordering::Relaxed);
-        Ok(out)
+        self.with_upscaler(|up| up.upscale_frame(&frame))
     }
 }
