@@ -21,7 +21,7 @@ use stylizer::temporal::flicker::measure_files;
 use stylizer::temporal::flow::{DisParams, DisPreset};
 use stylizer::temporal::fusion::FusionWeights;
 use stylizer::upscale::{images, resize::Target, AlphaUpscale, UpscaleOptions, UpscaleStage};
-use stylizer::video::{probe, Codec, EncodeSettings, MaxRes, VideoInfo};
+use stylizer::video::{probe, Codec, EncodeSettings, MaxRes, Timing, VideoInfo};
 use stylizer::weights::ModelSource;
 use stylizer::{Error, FrameStage, Progress, Stage};
 
@@ -679,19 +679,37 @@ fn models(command: ModelsCommand, progress: &mut CliProgress) -> anyhow::Result<
     Ok(ExitCode::SUCCESS)
 }
 
+/// ", N repeats reused" for the summary line, when there were any.
+fn repeated(repeats: u64) -> String {
+    match repeats {
+        0 => String::new(),
+        n => format!(", {n} repeated frames reused"),
+    }
+}
+
 fn report(outcome: Outcome) -> anyhow::Result<ExitCode> {
     match outcome {
-        Outcome::Finished { output, frames } => {
-            eprintln!("wrote {} ({frames} frames)", output.display());
+        Outcome::Finished {
+            output,
+            frames,
+            repeats,
+        } => {
+            eprintln!(
+                "wrote {} ({frames} frames{})",
+                output.display(),
+                repeated(repeats)
+            );
         }
         Outcome::ShareDone {
             k,
             n,
             segments,
             work_dir,
+            repeats,
         } => {
             eprintln!(
-                "share {k}/{n}: rendered {segments} segment(s) into {}; run `video-stylizer join {}` (or the same command without --segment) once every share is done",
+                "share {k}/{n}: rendered {segments} segment(s){} into {}; run `video-stylizer join {}` (or the same command without --segment) once every share is done",
+                repeated(repeats),
                 work_dir.display(),
                 work_dir.display()
             );
@@ -710,7 +728,17 @@ fn print_probe(input: &Path, json: bool) -> anyhow::Result<ExitCode> {
             "avg_fps": i.avg_fps.map(|r| r.to_string()),
             "frame_count": i.frame_count,
             "duration": i.duration,
-            "vfr": i.vfr,
+            "vfr": i.vfr(),
+            "timing": match i.timing {
+                Timing::Constant => "constant",
+                Timing::Variable { declared: true } => "variable",
+                Timing::Variable { declared: false } => "variable (undeclared)",
+                Timing::Dropped { .. } => "dropped frames",
+            },
+            "coded_frames": match i.timing {
+                Timing::Dropped { coded } => Some(coded),
+                _ => None,
+            },
             "has_audio": i.has_audio,
             "audio_codec": i.audio_codec,
             "audio_streams": i.audio_streams,
@@ -737,7 +765,16 @@ fn print_probe(input: &Path, json: bool) -> anyhow::Result<ExitCode> {
             i.frame_count,
             i.fps,
             i.fps.as_f64(),
-            if i.vfr { ", variable frame rate" } else { "" },
+            match i.timing {
+                Timing::Constant => String::new(),
+                Timing::Variable { declared: true } => ", variable frame rate".into(),
+                Timing::Variable { declared: false } =>
+                    ", variable frame rate (found from the timestamps)".into(),
+                Timing::Dropped { coded } => format!(
+                    ", {} dropped frames (repeats of the picture before)",
+                    i.frame_count.saturating_sub(coded)
+                ),
+            },
             i.duration
         );
         println!(

@@ -459,3 +459,132 @@ fn hdr_input_is_tone_mapped() {
     let (min, max) = (f.iter().min().unwrap(), f.iter().max().unwrap());
     assert!(max - min > 150, "contrast kept: {min}..{max}");
 }
+
+fn rate(fraction: &str) -> f64 {
+    let (n, d) = fraction.split_once('/').unwrap_or((fraction, "1"));
+    n.parse::<f64>().unwrap() / d.parse::<f64>().unwrap()
+}
+
+/// 2 s at 30 fps then 2 s at 15 fps, with audio: Matroska's header says a constant 30/1, MP4's
+/// sample table gives the average away. Found either way, rendered at the average rate, and
+/// picture and audio end together (within a frame).
+#[test]
+fn undeclared_variable_frame_rate_is_found_from_the_timestamps() {
+    let dir = tempfile::tempdir().unwrap();
+    for (ext, timing) in [("mkv", "variable (undeclared)"), ("mp4", "variable")] {
+        let input = make_clip(
+            dir.path(),
+            &format!("vfr.{ext}"),
+            "160x96",
+            "30",
+            4.0,
+            Some("aac"),
+            &[
+                "-vf",
+                "select='lt(n\\,60)+not(mod(n\\,2))'",
+                "-fps_mode",
+                "vfr",
+            ],
+        );
+        let j = probe_json(&input);
+        assert_eq!(
+            (j["vfr"].as_bool(), j["timing"].as_str()),
+            (Some(true), Some(timing)),
+            "{ext}"
+        );
+        let fps = rate(j["fps"].as_str().unwrap());
+        assert!(
+            (21.5..23.5).contains(&fps),
+            "{ext}: {fps} fps, 90 frames over 4 s"
+        );
+        let output = dir.path().join(format!("out_{ext}.mp4"));
+        let out = stylize_ok(&input, &output, "identity", &[]);
+        assert!(stderr(&out).contains("variable frame rate"), "warned");
+        let v = video_facts(&output);
+        let picture = v.frames as f64 / rate(&v.fps);
+        let (_, sound) = audio_duration(&output).unwrap();
+        println!(
+            "{ext}: {} frames at {} = {picture:.3} s, audio {sound:.3} s",
+            v.frames, v.fps
+        );
+        assert!((88..=92).contains(&v.frames), "{ext}: {} frames", v.frames);
+        assert!(
+            (picture - sound).abs() <= 1.0 / fps + 0.03,
+            "{ext}: ends together"
+        );
+    }
+}
+
+/// An AVI capture with dropped frames (15 fps for 29.6 s, one picture in 7 stored; the muxer
+/// writes empty packets for the rest): the output lasts as long as the input, repeating each
+/// picture as players and ffmpeg's fps filter do, and the stage runs once per picture.
+#[test]
+fn dropped_frames_repeat_the_picture_and_are_not_rendered_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("capture.avi");
+    ffmpeg(&[
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=160x96:rate=15:duration=29.6",
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=duration=29.6",
+        "-vf",
+        "select='not(mod(n\\,7))'",
+        "-fps_mode",
+        "vfr",
+        "-c:v",
+        "mjpeg",
+        "-c:a",
+        "pcm_s16le",
+        input.to_str().unwrap(),
+    ]);
+    let j = probe_json(&input);
+    assert_eq!(j["timing"], "dropped frames");
+    assert_eq!(j["fps"], "15/1");
+    assert_eq!(j["coded_frames"], 64);
+    let frames = j["frame_count"].as_u64().unwrap();
+    assert!((441..=444).contains(&frames), "{frames}");
+
+    let output = dir.path().join("out.mp4");
+    // 20 ms per rendered frame: 64 pictures take ~1.3 s, 442 frames would take ~9 s.
+    let out = stylize_ok(
+        &input,
+        &output,
+        "identity",
+        &["--frame-stage-delay-ms", "20"],
+    );
+    let err = stderr(&out);
+    assert!(err.contains("dropped frames"), "{err}");
+    let reused: u64 = err
+        .split(" repeated frames reused")
+        .next()
+        .and_then(|s| s.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no repeat count in {err}"));
+    // Every repeat but those that start a segment (a segment never looks back).
+    assert!((370..=378).contains(&reused), "{reused} reused");
+    let v = video_facts(&output);
+    assert_eq!(v.fps, "15/1");
+    assert!(v.frames.abs_diff(frames) <= 1, "{} frames", v.frames);
+    // As long as the input's video (its last picture is at 29.4 s, shown for 1/15 s).
+    let seconds = j["duration"].as_f64().unwrap();
+    assert!(
+        (v.frames as f64 / 15.0 - seconds).abs() <= 1.0 / 15.0,
+        "{seconds} s"
+    );
+    assert!(audio_duration(&output).is_some(), "audio kept");
+    // The pictures are the input's repeated as ffmpeg's fps filter repeats them.
+    let want = decode_rgb(&input, 160, 96, "fps=15,");
+    let got = decode_rgb(&output, 160, 96, "");
+    assert_eq!(want.len(), got.len());
+    // In step: much closer than the same frames three places off (testsrc2 at this size loses
+    // ~33 dB to the 4:2:0 round trip whatever the timing).
+    let (aligned, off) = (psnr(&want, &got), psnr(&want[3..], &got[..got.len() - 3]));
+    assert!(
+        aligned >= 30.0 && aligned > off + 3.0,
+        "{aligned:.1} dB, {off:.1} dB off by 3"
+    );
+}

@@ -13,8 +13,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::stage::FrameStage;
 use crate::video::encode::{self, Container};
-use crate::video::{render_size, Decoder, EncodeSettings, Encoder, MaxRes, VideoInfo};
-use crate::{Error, Progress, Result, Stage};
+use crate::video::{render_size, Decoder, EncodeSettings, Encoder, MaxRes, Timing, VideoInfo};
+use crate::{Error, Frame, Progress, Result, Stage};
 
 /// One rendering job: where from, where to, and the settings that do not belong to a stage.
 #[derive(Debug, Clone)]
@@ -90,13 +90,20 @@ pub fn resume_seed(job: &Job) -> Option<u64> {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
     /// The output file is complete.
-    Finished { output: PathBuf, frames: u64 },
+    /// `repeats`: frames this run took from the frame before instead of rendering them (the
+    /// same picture again: dropped frames, re-timing, still shots).
+    Finished {
+        output: PathBuf,
+        frames: u64,
+        repeats: u64,
+    },
     /// A `--segment K/N` share is rendered; the join happens in a later run.
     ShareDone {
         k: u32,
         n: u32,
         segments: usize,
         work_dir: PathBuf,
+        repeats: u64,
     },
 }
 
@@ -236,15 +243,25 @@ pub fn run(
     if info.hdr && !tonemap {
         progress.warn("HDR input, but this ffmpeg lacks zscale/tonemap: colours will look washed out; install an ffmpeg built with libzimg");
     }
-    if info.vfr {
-        progress.warn(&format!(
-            "variable frame rate input: rendering at its average rate {} fps (frames are repeated or dropped to keep audio in sync)",
+    match info.timing {
+        Timing::Constant => {}
+        Timing::Variable { declared } => progress.warn(&format!(
+            "variable frame rate input{}: rendering at its average rate {} fps ({:.3}; frames are repeated or dropped to keep audio in sync)",
+            if declared { "" } else { " (found from the timestamps; the container declares a constant rate)" },
+            info.fps,
+            info.fps.as_f64()
+        )),
+        Timing::Dropped { coded } => progress.warn(&format!(
+            "{} of the input's {} frames are dropped frames (stored empty): each shows the picture before it again, as players do, at {} fps; repeats are not rendered twice",
+            info.frame_count.saturating_sub(coded),
+            info.frame_count,
             info.fps
-        ));
+        )),
     }
     let segment_frames = ((job.segment_seconds * info.fps.as_f64()).round() as u64).max(1);
     let manifest = Manifest {
-        version: 1,
+        // 2: frames equal to the one before reuse its output.
+        version: 2,
         input: InputIdentity::of(&job.input)?,
         width,
         height,
@@ -274,10 +291,11 @@ pub fn run(
     } else {
         (end - first) as u64 * segment_frames
     };
+    let mut repeats = 0;
     if !pending.is_empty() {
         progress.stage(Stage::LoadModels);
         for s in stages.iter_mut() {
-            if let Err(e) = s.prepare() {
+            if let Err(e) = s.prepare().and_then(|()| s.start_input()) {
                 // A run that stops before its first frame leaves nothing behind.
                 discard_unfinished(&work, &pending, job.share.is_none());
                 return Err(e);
@@ -292,10 +310,13 @@ pub fn run(
             encode: &job.encode,
             range_frames,
         };
-        if let Err(e) = renderer.render(&pending, stages, done_frames, progress) {
-            discard_unfinished(&work, &pending, job.share.is_none());
-            return Err(e);
-        }
+        repeats = match renderer.render(&pending, stages, done_frames, progress) {
+            Ok(r) => r,
+            Err(e) => {
+                discard_unfinished(&work, &pending, job.share.is_none());
+                return Err(e);
+            }
+        };
     }
 
     if let Some((k, n)) = job.share {
@@ -304,11 +325,13 @@ pub fn run(
             n,
             segments: pending.len(),
             work_dir: work,
+            repeats,
         });
     }
     let frames = finish_join(job, info, &work, total, progress)?;
     Ok(Outcome::Finished {
         output: job.output.clone(),
+        repeats,
         frames,
     })
 }
@@ -404,13 +427,15 @@ struct Renderer<'a> {
 
 impl Renderer<'_> {
     /// Renders the `pending` segments in order, decoding continuously across neighbours.
+    /// Returns how many frames were repeats of the frame before.
     fn render(
         &self,
         pending: &[usize],
         stages: &mut [Box<dyn FrameStage>],
         mut done: u64,
         progress: &mut dyn Progress,
-    ) -> Result<()> {
+    ) -> Result<u64> {
+        let mut repeats = 0;
         let m = self.manifest;
         let last = m.segments - 1;
         let mut decoder: Option<(Decoder, usize)> = None; // decoder and the segment it is at
@@ -446,6 +471,10 @@ impl Renderer<'_> {
             let limit = (seg != last).then_some(m.segment_frames);
             let partial = partial_path(self.work, seg);
             let mut encoder: Option<Encoder> = None;
+            // The segment's previous decoded frame and what the stages made of it: a frame
+            // equal to it takes the same output (never across segments, so a resumed or split
+            // run decides the same).
+            let mut last: Option<(Frame, Frame)> = None;
             let mut n = 0u64;
             while limit.is_none_or(|l| n < l) {
                 if crate::cancel::requested() {
@@ -459,17 +488,31 @@ impl Renderer<'_> {
                         work_dir: self.work.to_path_buf(),
                     });
                 }
-                let Some(mut frame) = dec.next_frame()? else {
+                let Some(input) = dec.next_frame()? else {
                     ended_at = Some(start + n);
                     break;
                 };
-                for k in 0..stages.len() {
-                    if let Some(a) = ahead[k].as_mut() {
-                        let until = start + n + stages[k].look_ahead();
-                        self.peek(stages, k, a, until)?;
+                let frame = match last.as_ref() {
+                    Some((before, output)) if *before == input => {
+                        for s in stages.iter_mut() {
+                            s.repeat(start + n)?;
+                        }
+                        repeats += 1;
+                        output.clone()
                     }
-                    frame = stages[k].process(frame, start + n)?;
-                }
+                    _ => {
+                        let mut frame = input.clone();
+                        for k in 0..stages.len() {
+                            if let Some(a) = ahead[k].as_mut() {
+                                let until = start + n + stages[k].look_ahead();
+                                self.peek(stages, k, a, until)?;
+                            }
+                            frame = stages[k].process(frame, start + n)?;
+                        }
+                        last = Some((input, frame.clone()));
+                        frame
+                    }
+                };
                 let enc = match encoder.as_mut() {
                     Some(e) => e,
                     None => encoder.insert(Encoder::create(
@@ -520,7 +563,7 @@ impl Renderer<'_> {
                 return Err(Error::input(&self.info.path, "no frame could be decoded"));
             }
         }
-        Ok(())
+        Ok(repeats)
     }
 
     /// Shows every stage the earlier frames it needs before frame `start`, made by the
@@ -630,6 +673,7 @@ pub fn join_work_dir(
     Ok(Outcome::Finished {
         output: job.output,
         frames,
+        repeats: 0,
     })
 }
 

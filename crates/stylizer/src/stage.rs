@@ -32,6 +32,13 @@ pub trait FrameStage: Send {
         Ok(())
     }
 
+    /// Called before the first frame of every video (after [`prepare`](FrameStage::prepare)):
+    /// a stage that renders several inputs in turn drops all it kept of the previous one
+    /// (an anchor frame, keyframes).
+    fn start_input(&mut self) -> Result<()> {
+        Ok(())
+    }
+
     /// Called before the first frame of every segment.
     fn reset(&mut self) -> Result<()> {
         Ok(())
@@ -68,6 +75,14 @@ pub trait FrameStage: Send {
 
     /// Transforms frame number `index` (0-based, in the whole video).
     fn process(&mut self, frame: Frame, index: u64) -> Result<Frame>;
+
+    /// Frame `index` is the same picture as the frame before it in this segment (a dropped
+    /// frame, a repeat from re-timing, a still shot): the pipeline gives it that frame's
+    /// output and does not [`process`](FrameStage::process) it. A stage that follows the
+    /// frames (flow fusion) moves its state on to `index`.
+    fn repeat(&mut self, _index: u64) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Passes frames through unchanged: used to re-encode and by the tests.

@@ -382,6 +382,18 @@ fn flow_fusion_is_steadier_and_renders_the_same_frames_whole_or_resumed() {
         );
     }
 
+    // A repeated picture keeps the chain going: frame 1 shown again as frame 2 (the pipeline
+    // reuses its output and calls `repeat`), then frame 2's picture as frame 3 is fused with
+    // frame 1's, as it was at index 2 (same noise for every frame).
+    let mut repeated = StylizeStage::new(fused.clone()).unwrap();
+    repeated.prepare().unwrap();
+    repeated.reset().unwrap();
+    for t in 0..2 {
+        repeated.process(frames[t].clone(), t as u64).unwrap();
+    }
+    repeated.repeat(2).unwrap();
+    assert_eq!(repeated.process(frames[2].clone(), 3).unwrap(), whole[2]);
+
     // Steadier by the flicker metric.
     let score = |out: &[Frame]| {
         let mut meter = FlickerMeter::new(DisParams::default());

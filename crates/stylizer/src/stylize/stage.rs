@@ -182,6 +182,15 @@ impl FrameStage for StylizeStage {
         Ok(())
     }
 
+    fn start_input(&mut self) -> Result<()> {
+        if let Some(loaded) = self.loaded.as_mut() {
+            loaded.anchor = AnchorBank::default();
+            loaded.previous = None;
+            loaded.keys.clear();
+        }
+        Ok(())
+    }
+
     fn reset(&mut self) -> Result<()> {
         // Fusion restarts at every segment from a look-back frame rendered on its own (see
         // warm_up_frames), so a segment's frames never depend on where the run started.
@@ -237,6 +246,16 @@ impl FrameStage for StylizeStage {
         let k = self.settings.keyframe_every;
         if k > 1 && index % k == 0 {
             self.keyframe(frame, index)?;
+        }
+        Ok(())
+    }
+
+    fn repeat(&mut self, index: u64) -> Result<()> {
+        // The same picture again: the flow chain goes on from it (zero motion).
+        if let Some(p) = self.loaded.as_mut().and_then(|l| l.previous.as_mut()) {
+            if p.index + 1 == index {
+                p.index = index;
+            }
         }
         Ok(())
     }

@@ -75,7 +75,7 @@ pub fn can_tonemap() -> bool {
     has_filter("zscale") && has_filter("tonemap")
 }
 
-/// Builds the `-vf` chain: re-time VFR, skip to `start`, tone-map HDR, scale to square
+/// Builds the `-vf` chain: re-time VFR and dropped frames, skip to `start`, tone-map HDR, scale to square
 /// pixels at `width`×`height`.
 pub fn filter_chain(
     info: &VideoInfo,
@@ -85,7 +85,7 @@ pub fn filter_chain(
     tonemap: bool,
 ) -> String {
     let mut f = Vec::new();
-    if info.vfr {
+    if info.timing.retimed() {
         f.push(format!("fps={}", info.fps));
     }
     if start > 0 {

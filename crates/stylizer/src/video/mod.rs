@@ -6,4 +6,4 @@ pub mod process;
 
 pub use decode::{render_size, Decoder, MaxRes};
 pub use encode::{Codec, Container, EncodeSettings, Encoder};
-pub use probe::{probe, Rational, VideoInfo};
+pub use probe::{probe, Rational, Timing, VideoInfo};

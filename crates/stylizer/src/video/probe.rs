@@ -46,6 +46,27 @@ impl Rational {
     pub fn as_f64(self) -> f64 {
         self.num as f64 / self.den as f64
     }
+
+    /// The closest rational to `x > 0` whose denominator is at most `max_den` (continued
+    /// fractions), so that a measured rate like 29.97 comes out as 30000/1001, not 2997/100.
+    pub fn approximate(x: f64, max_den: u64) -> Self {
+        let (mut p0, mut q0, mut p1, mut q1) = (0u64, 1u64, 1u64, 0u64);
+        let mut v = x;
+        loop {
+            let a = v.floor();
+            let (p2, q2) = (a as u64 * p1 + p0, a as u64 * q1 + q0);
+            if q2 > max_den {
+                break;
+            }
+            (p0, q0, p1, q1) = (p1, q1, p2, q2);
+            let frac = v - a;
+            if frac < 1e-9 || (p1 as f64 / q1 as f64 - x).abs() < 1e-12 * x {
+                break;
+            }
+            v = 1.0 / frac;
+        }
+        Self::new(p1.max(1), q1.max(1))
+    }
 }
 
 impl std::fmt::Display for Rational {
@@ -67,14 +88,15 @@ pub struct VideoInfo {
     pub coded_height: u32,
     /// Rotation to apply for display, clockwise degrees (0, 90, 180, 270).
     pub rotation: u32,
-    /// The frame rate the output is rendered at: `r_frame_rate` for constant-rate input,
-    /// `avg_frame_rate` for variable-rate input.
+    /// The frame rate the output is rendered at: `r_frame_rate` for constant-rate input and
+    /// for dropped frames, the average rate for variable-rate input.
     pub fps: Rational,
     /// The container's average frame rate (frames / duration).
     pub avg_fps: Option<Rational>,
-    /// Variable frame rate: frames are re-timed to `fps` (dropped or repeated) on decode.
-    pub vfr: bool,
-    /// Frames in the video stream (from the container, else counted).
+    /// How the stored frames are spread in time; all but [`Timing::Constant`] are re-timed to
+    /// `fps` on decode (ffmpeg's `fps` filter: frames dropped or repeated).
+    pub timing: Timing,
+    /// Frames rendered: the video stream's frames, after re-timing to `fps`.
     pub frame_count: u64,
     /// Seconds.
     pub duration: f64,
@@ -96,6 +118,44 @@ pub struct VideoInfo {
     pub video_stream: usize,
     /// ffprobe's `format_name` ("mov,mp4,m4a,3gp,3g2,mj2", "matroska,webm", ...).
     pub format_name: String,
+}
+
+/// How the stored frames of a video are spread in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Timing {
+    /// One frame every 1/fps.
+    Constant,
+    /// The rate changes. `declared`: the container says so (its average rate is not its
+    /// nominal one); else the packets give it away (a count that does not fit the duration,
+    /// as in Matroska files whose header keeps the first rate).
+    Variable { declared: bool },
+    /// A constant rate with pictures left out: AVI captures store a dropped frame as an empty
+    /// packet meaning "show the previous picture again". `coded` pictures stand for
+    /// `frame_count` frames; players repeat the previous picture, and so does decoding.
+    Dropped { coded: u64 },
+}
+
+impl Timing {
+    /// Decoding re-times the frames to the output rate.
+    pub fn retimed(self) -> bool {
+        self != Timing::Constant
+    }
+}
+
+impl VideoInfo {
+    /// Variable frame rate (declared or found).
+    pub fn vfr(&self) -> bool {
+        matches!(self.timing, Timing::Variable { .. })
+    }
+}
+
+/// The video packets as the demuxer sees them (nothing decoded): how many carry a picture,
+/// and the first and last presentation times in seconds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Packets {
+    pub count: u64,
+    pub first: f64,
+    pub last: f64,
 }
 
 #[derive(Deserialize)]
@@ -181,10 +241,15 @@ pub fn probe(path: &Path) -> Result<VideoInfo> {
     };
     let parsed: ProbeJson = serde_json::from_slice(&json)
         .map_err(|e| Error::input(path, format!("unreadable ffprobe output: {e}")))?;
-    info_from_json(path, parsed)
+    info_from_json(path, parsed, |stream| packets(path, stream))
 }
 
-fn info_from_json(path: &Path, p: ProbeJson) -> Result<VideoInfo> {
+/// `packets(video_stream)` reads the packets when the header cannot be trusted for timing.
+fn info_from_json(
+    path: &Path,
+    p: ProbeJson,
+    packets: impl FnOnce(usize) -> Result<Packets>,
+) -> Result<VideoInfo> {
     let format = p.format.unwrap_or_default();
     let videos: Vec<&StreamJson> = p
         .streams
@@ -229,20 +294,6 @@ fn info_from_json(path: &Path, p: ProbeJson) -> Result<VideoInfo> {
 
     let r_fps = v.r_frame_rate.as_deref().and_then(Rational::parse);
     let avg_fps = v.avg_frame_rate.as_deref().and_then(Rational::parse);
-    let (fps, vfr) = match (r_fps, avg_fps) {
-        (Some(r), Some(a)) => {
-            let differ = (r.as_f64() - a.as_f64()).abs() / a.as_f64() > 0.01;
-            if differ {
-                (a, true)
-            } else {
-                (r, false)
-            }
-        }
-        (Some(r), None) => (r, false),
-        (None, Some(a)) => (a, false),
-        (None, None) => return Err(Error::input(path, "video stream has no frame rate")),
-    };
-
     let duration = parse_f64(&v.duration)
         .or_else(|| parse_f64(&format.duration))
         .unwrap_or(0.0);
@@ -250,11 +301,24 @@ fn info_from_json(path: &Path, p: ProbeJson) -> Result<VideoInfo> {
         (Some(v), Some(f)) => (v - f).max(0.0),
         _ => 0.0,
     };
-    let frame_count = match v.nb_frames.as_deref().and_then(|n| n.parse::<u64>().ok()) {
-        Some(n) if n > 0 && !vfr => n,
-        // VFR is re-timed to `fps` on decode, so the container's count is not what we render.
-        _ if vfr && duration > 0.0 => (duration * fps.as_f64()).round() as u64,
-        _ => count_frames(path, video_stream)?,
+    let nb_frames = v
+        .nb_frames
+        .as_deref()
+        .and_then(|n| n.parse::<u64>().ok())
+        .filter(|&n| n > 0);
+    // The header's count is the truth for MP4/MOV (it is the sample table); AVI's counts the
+    // empty packets of dropped frames too, and Matroska has none: read the packets there.
+    // Declared VFR with a duration needs neither.
+    let declared = declares_vfr(r_fps, avg_fps) && duration > 0.0;
+    let untrusted = nb_frames.is_none() || format.format_name.split(',').any(|f| f == "avi");
+    let packets = if untrusted && !declared {
+        Some(packets(video_stream)?)
+    } else {
+        None
+    };
+    let Some((fps, timing, frame_count)) = timing_of(r_fps, avg_fps, nb_frames, duration, packets)
+    else {
+        return Err(Error::input(path, "video stream has no frame rate"));
     };
     if frame_count == 0 {
         return Err(Error::input(path, "video stream has no frames"));
@@ -292,7 +356,7 @@ fn info_from_json(path: &Path, p: ProbeJson) -> Result<VideoInfo> {
         rotation,
         fps,
         avg_fps,
-        vfr,
+        timing,
         frame_count,
         duration,
         video_start_offset,
@@ -344,16 +408,91 @@ fn bit_depth_of(pix_fmt: &str) -> u32 {
         .unwrap_or(8)
 }
 
-/// Counts video packets when the container does not store a frame count (Matroska, ...).
-fn count_frames(path: &Path, video_stream: usize) -> Result<u64> {
+/// The container's average rate differs from its nominal one.
+fn declares_vfr(r: Option<Rational>, avg: Option<Rational>) -> bool {
+    r.zip(avg)
+        .is_some_and(|(r, a)| (r.as_f64() - a.as_f64()).abs() / a.as_f64() > 0.01)
+}
+
+/// The output rate, timing and frame count from what the container declares (`r`, `avg`,
+/// `nb_frames`, `duration`) and, where the header cannot be trusted, the `packets`.
+fn timing_of(
+    r: Option<Rational>,
+    avg: Option<Rational>,
+    nb_frames: Option<u64>,
+    duration: f64,
+    packets: Option<Packets>,
+) -> Option<(Rational, Timing, u64)> {
+    let by_duration = |fps: Rational| (duration * fps.as_f64()).round() as u64;
+    let rate = match (r, avg) {
+        (Some(_), Some(a)) if declares_vfr(r, avg) => {
+            let count = match (duration > 0.0, nb_frames, packets) {
+                (true, _, _) => by_duration(a),
+                (false, Some(n), _) => n,
+                (false, None, p) => p.map_or(0, |p| p.count),
+            };
+            return Some((a, Timing::Variable { declared: true }, count));
+        }
+        (Some(r), _) => r,
+        (None, Some(a)) => a,
+        (None, None) => return None,
+    };
+    let Some(p) = packets else {
+        return Some((rate, Timing::Constant, nb_frames.unwrap_or(0)));
+    };
+    let expected = duration * rate.as_f64();
+    // Off by a frame or two (edit lists, a last frame's duration) is not a different timing.
+    let fits = |n: u64| (n as f64 - expected).abs() <= (0.02 * expected).max(2.0);
+    if duration <= 0.0 || fits(p.count) {
+        return Some((rate, Timing::Constant, nb_frames.unwrap_or(p.count)));
+    }
+    if nb_frames.is_some_and(|n| fits(n) && p.count < n) {
+        let timing = Timing::Dropped { coded: p.count };
+        return Some((rate, timing, by_duration(rate)));
+    }
+    // The true average: frame intervals over the time they span.
+    let span = p.last - p.first;
+    if p.count < 2 || span <= 0.0 {
+        return Some((rate, Timing::Constant, p.count));
+    }
+    let fps = Rational::approximate((p.count - 1) as f64 / span, 1001);
+    Some((fps, Timing::Variable { declared: false }, p.count))
+}
+
+/// Reads the video packets (demuxing only: seconds for a long file, no decoding).
+fn packets(path: &Path, video_stream: usize) -> Result<Packets> {
     let mut cmd: Command = Tool::Ffprobe.command();
     cmd.args(["-select_streams", &format!("v:{video_stream}")])
-        .args(["-count_packets", "-show_entries", "stream=nb_read_packets"])
+        .args(["-show_entries", "packet=pts_time"])
         .args(["-print_format", "csv=p=0"])
         .arg(path);
     let out = output(Tool::Ffprobe, cmd)?;
-    let text = String::from_utf8_lossy(&out);
-    Ok(text.trim().trim_end_matches(',').parse().unwrap_or(0))
+    Ok(packets_from_csv(&String::from_utf8_lossy(&out)))
+}
+
+/// One `pts_time` per line (`N/A` when unknown), in decoding order.
+fn packets_from_csv(text: &str) -> Packets {
+    let mut p = Packets {
+        count: 0,
+        first: f64::INFINITY,
+        last: f64::NEG_INFINITY,
+    };
+    for line in text.lines().map(|l| l.trim().trim_end_matches(',')) {
+        if line.is_empty() {
+            continue;
+        }
+        p.count += 1;
+        if let Ok(t) = line.parse::<f64>() {
+            if t.is_finite() {
+                p.first = p.first.min(t);
+                p.last = p.last.max(t);
+            }
+        }
+    }
+    if p.first > p.last {
+        (p.first, p.last) = (0.0, 0.0);
+    }
+    p
 }
 
 #[cfg(test)]
@@ -382,6 +521,71 @@ mod tests {
         assert_eq!(bit_depth_of("yuv444p12be"), 12);
         assert_eq!(bit_depth_of("rgb24"), 8);
         assert_eq!(bit_depth_of("gray16le"), 16);
+    }
+
+    fn no_packets(_: usize) -> Result<Packets> {
+        panic!("the header is enough here")
+    }
+
+    #[test]
+    fn rates_are_approximated_by_small_denominators() {
+        assert_eq!(
+            Rational::approximate(29.97002997, 1001).to_string(),
+            "30000/1001"
+        );
+        assert_eq!(Rational::approximate(22.5, 1001).to_string(), "45/2");
+        assert_eq!(Rational::approximate(25.0, 1001).to_string(), "25/1");
+        let r = Rational::approximate(89.0 / 3.933, 1001);
+        assert!(
+            r.den <= 1001 && (r.as_f64() - 89.0 / 3.933).abs() < 1e-5,
+            "{r}"
+        );
+    }
+
+    /// The shapes of the generated clips in the CLI tests, as ffprobe reports them.
+    #[test]
+    fn timing_from_packets_where_the_header_cannot_be_trusted() {
+        let r30 = Rational::new(30, 1);
+        let pk = |count, first, last| Some(Packets { count, first, last });
+        // Matroska, 2 s at 30 fps then 2 s at 15 fps, header 30/1: 90 packets over 4 s.
+        let (fps, t, n) =
+            timing_of(Some(r30), Some(r30), None, 4.023, pk(90, 0.023, 3.956)).unwrap();
+        assert_eq!(t, Timing::Variable { declared: false });
+        assert!((fps.as_f64() - 89.0 / 3.933).abs() < 1e-4, "{fps}");
+        assert_eq!(n, 90);
+        // AVI at 15 fps: 442 frames in the index, 64 with a picture.
+        let r15 = Rational::new(15, 1);
+        let (fps, t, n) = timing_of(
+            Some(r15),
+            Some(r15),
+            Some(442),
+            29.466667,
+            pk(64, 0.0, 29.4),
+        )
+        .unwrap();
+        assert_eq!((fps, t, n), (r15, Timing::Dropped { coded: 64 }, 442));
+        // Constant: a frame or two off the duration is still constant.
+        let (fps, t, n) = timing_of(Some(r30), Some(r30), None, 4.05, pk(120, 0.0, 3.967)).unwrap();
+        assert_eq!((fps, t, n), (r30, Timing::Constant, 120));
+        // Declared VFR (MP4 sample table): the average rate, no packets needed.
+        let avg = Rational::new(300, 13);
+        let (fps, t, n) = timing_of(Some(r30), Some(avg), Some(90), 3.9, None).unwrap();
+        assert_eq!((fps, t, n), (avg, Timing::Variable { declared: true }, 90));
+        assert!(timing_of(None, None, Some(9), 1.0, None).is_none());
+    }
+
+    #[test]
+    fn packet_times_from_csv() {
+        let p = packets_from_csv("0.023000\n0.089000,\nN/A\n0.056000\n\n");
+        assert_eq!(
+            p,
+            Packets {
+                count: 4,
+                first: 0.023,
+                last: 0.089
+            }
+        );
+        assert_eq!(packets_from_csv("").count, 0);
     }
 
     fn stream(json: serde_json::Value) -> StreamJson {
@@ -416,9 +620,9 @@ mod tests {
             "format": {"format_name": "mov,mp4", "duration": "10.0"}
         }))
         .unwrap();
-        let info = info_from_json(Path::new("x.mp4"), p).unwrap();
+        let info = info_from_json(Path::new("x.mp4"), p, no_packets).unwrap();
         assert_eq!(info.video_stream, 1);
-        assert!(info.vfr);
+        assert!(info.vfr());
         assert_eq!(info.fps.to_string(), "24000/1001");
         assert_eq!((info.width, info.height), (360, 640));
         assert_eq!(info.frame_count, 240);
@@ -433,9 +637,9 @@ mod tests {
                 "nb_frames": "50"}],
         }))
         .unwrap();
-        let info = info_from_json(Path::new("x.mpg"), p).unwrap();
+        let info = info_from_json(Path::new("x.mpg"), p, no_packets).unwrap();
         assert_eq!((info.width, info.height), (1024, 576));
-        assert!(!info.vfr);
+        assert!(!info.vfr());
     }
 
     #[test]
@@ -444,7 +648,7 @@ mod tests {
             "streams": [{"codec_type": "audio", "codec_name": "mp3"}],
         }))
         .unwrap();
-        let e = info_from_json(Path::new("a.mp3"), p).unwrap_err();
+        let e = info_from_json(Path::new("a.mp3"), p, no_packets).unwrap_err();
         assert!(e.to_string().contains("audio only"), "{e}");
     }
 }
