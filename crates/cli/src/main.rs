@@ -46,7 +46,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Restyle every frame of a video and write `<input>_stylized.mp4`.
+    /// Restyle every frame of videos and write `<input>_stylized.mp4` for each.
     Stylize(Box<StylizeArgs>),
     /// Show what is in a video file.
     Probe {
@@ -55,7 +55,7 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Upscale a video, an image, or a folder of images with Real-ESRGAN.
+    /// Upscale videos, images or folders of them with Real-ESRGAN.
     Upscale(Box<UpscaleArgs>),
     /// Manage the Real-ESRGAN model cache.
     Models {
@@ -184,8 +184,9 @@ impl VideoOut {
 
 #[derive(Args)]
 struct UpscaleArgs {
-    /// A video, an image (png, jpg, webp) or a folder of images.
-    input: PathBuf,
+    /// Videos, images (png, jpg, webp) or folders of them (the models load once).
+    #[arg(required = true)]
+    input: Vec<PathBuf>,
     #[command(flatten)]
     upscale: UpscaleFlags,
     /// Images with transparency: upscale the alpha channel with the model (as a grey image,
@@ -201,8 +202,9 @@ struct UpscaleArgs {
 
 #[derive(Args)]
 struct StylizeArgs {
-    /// The video to restyle (never modified).
-    input: PathBuf,
+    /// The videos to restyle, or folders of them (never modified; the models load once).
+    #[arg(required = true)]
+    input: Vec<PathBuf>,
     /// What the frames should look like ("anime style").
     #[arg(short, long)]
     prompt: Option<String>,
@@ -513,19 +515,28 @@ fn stylize(a: StylizeArgs, progress: &mut CliProgress) -> anyhow::Result<ExitCod
         );
     }
     stylizer::device::select(&a.out.device)?;
-    let mut job = a.out.job(&a.input, "stylized", a.max_res)?;
+    let inputs = pipeline::expand_inputs(&a.input, stylizer::video::is_video, "videos")?;
+    check_output_folder(a.out.output.as_deref(), inputs.len())?;
+    let mut jobs = inputs
+        .iter()
+        .map(|i| a.out.job(i, "stylized", a.max_res))
+        .collect::<anyhow::Result<Vec<Job>>>()?;
+    check_distinct_outputs(jobs.iter().map(|j| (&j.input, &j.output)))?;
     // Same seed ⇒ same video: a rerun without --seed resumes with the unfinished run's seed,
-    // and shares of one job must agree on it.
-    let seed = match (a.seed, pipeline::resume_seed(&job)) {
+    // and shares of one job must agree on it. A batch runs with one seed.
+    let unfinished = jobs
+        .iter()
+        .find_map(|j| pipeline::resume_seed(j).map(|seed| (seed, j.work_dir())));
+    let seed = match (a.seed, unfinished) {
         (Some(seed), _) => seed,
-        (None, Some(seed)) => {
+        (None, Some((seed, work))) => {
             eprintln!(
                 "seed {seed} (from the unfinished run in {})",
-                job.work_dir().display()
+                work.display()
             );
             seed
         }
-        (None, None) if job.share.is_some() && a.frame_stage.is_none() => {
+        (None, None) if a.out.segment.is_some() && a.frame_stage.is_none() => {
             bail!("--segment needs --seed, so that every share draws the same noise")
         }
         (None, None) => {
@@ -537,10 +548,145 @@ fn stylize(a: StylizeArgs, progress: &mut CliProgress) -> anyhow::Result<ExitCod
         }
     };
     if a.frame_stage.is_none() {
-        job.seed = Some(seed);
+        for job in &mut jobs {
+            job.seed = Some(seed);
+        }
     }
     let mut stages = build_stages(&a, seed, progress)?;
-    render(job, &mut stages, progress)
+    let mut batch = Batch::new(jobs.len());
+    for job in jobs {
+        batch.render(job, &mut stages, progress)?;
+    }
+    Ok(batch.exit())
+}
+
+/// `-o` with several outputs must be a folder.
+fn check_output_folder(output: Option<&Path>, outputs: usize) -> anyhow::Result<()> {
+    match output {
+        Some(o) if outputs > 1 && !o.is_dir() => bail!(
+            "{}: with several inputs, -o must be an existing folder",
+            o.display()
+        ),
+        _ => Ok(()),
+    }
+}
+
+/// Two inputs may not write the same file (a.mp4 and a.mov both make a_stylized.mp4).
+fn check_distinct_outputs<'a>(
+    pairs: impl Iterator<Item = (&'a PathBuf, &'a PathBuf)>,
+) -> anyhow::Result<()> {
+    let mut seen = std::collections::HashMap::new();
+    for (input, output) in pairs {
+        if let Some(other) = seen.insert(output, input) {
+            bail!(
+                "{} and {} would both be written to {}; use -o with separate folders",
+                other.display(),
+                input.display(),
+                output.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The inputs of one command, run in turn with the models loaded once. A failure that
+/// concerns one input (unreadable, damaged, an output that cannot be written) is reported
+/// and the rest go on; any other (a model, Ctrl-C) stops the batch. A single input is not
+/// a batch: its error is the command's.
+struct Batch {
+    total: usize,
+    done: usize,
+    failed: Vec<PathBuf>,
+}
+
+impl Batch {
+    fn new(total: usize) -> Self {
+        Self {
+            total,
+            done: 0,
+            failed: Vec::new(),
+        }
+    }
+
+    fn run(
+        &mut self,
+        input: &Path,
+        progress: &mut CliProgress,
+        one: impl FnOnce(&mut CliProgress) -> anyhow::Result<ExitCode>,
+    ) -> anyhow::Result<()> {
+        self.done += 1;
+        if self.total == 1 {
+            return one(progress).map(drop);
+        }
+        progress.heading(&format!(
+            "[{}/{}] {}",
+            self.done,
+            self.total,
+            input.display()
+        ));
+        let Err(e) = one(progress) else {
+            return Ok(());
+        };
+        progress.finish();
+        let about_this_input = e.downcast_ref::<Error>().is_some_and(|e| {
+            matches!(
+                e,
+                Error::Input { .. }
+                    | Error::Output { .. }
+                    | Error::Ffmpeg { .. }
+                    | Error::Io { .. }
+            )
+        });
+        if !about_this_input {
+            return Err(e);
+        }
+        eprintln!("error: {e:#}");
+        self.failed.push(input.to_path_buf());
+        Ok(())
+    }
+
+    /// Renders one video of the batch. In a batch, an input whose output is finished (there,
+    /// with no unfinished run) is skipped, so that rerunning a batch that stopped half-way
+    /// resumes it.
+    fn render(
+        &mut self,
+        job: Job,
+        stages: &mut [Box<dyn FrameStage>],
+        progress: &mut CliProgress,
+    ) -> anyhow::Result<()> {
+        let input = job.input.clone();
+        if self.total > 1 && !job.overwrite && job.output.exists() && !job.work_dir().exists() {
+            self.done += 1;
+            progress.heading(&format!(
+                "[{}/{}] {}: {} is there, skipped (--overwrite renders it again)",
+                self.done,
+                self.total,
+                input.display(),
+                job.output.display()
+            ));
+            return Ok(());
+        }
+        self.run(&input, progress, |p| render(job, stages, p))
+    }
+
+    /// Success only when every input succeeded; the failed ones are listed.
+    fn exit(self) -> ExitCode {
+        if self.failed.is_empty() {
+            return ExitCode::SUCCESS;
+        }
+        let names: Vec<String> = self
+            .failed
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        eprintln!(
+            "{} of {} inputs failed: {}",
+            self.failed.len(),
+            self.total,
+            names.join(", ")
+        );
+        ExitCode::from(1)
+    }
 }
 
 /// A seed from the clock and the process id (only needs to differ between runs).
@@ -557,49 +703,21 @@ fn random_seed() -> u64 {
 }
 
 fn upscale(a: UpscaleArgs, progress: &mut CliProgress) -> anyhow::Result<ExitCode> {
-    let stage = a.upscale.stage(&a.out.device)?;
-    if a.input.is_dir() || images::is_image(&a.input) {
-        return upscale_images(&a, stage, progress);
-    }
-    if a.alpha_upscale.is_some() || a.drop_opaque_alpha {
+    let mut stage = a.upscale.stage(&a.out.device)?;
+    let inputs = pipeline::expand_inputs(
+        &a.input,
+        |p| images::is_image(p) || stylizer::video::is_video(p),
+        "videos or images (png, jpg, webp)",
+    )?;
+    let (pictures, videos): (Vec<PathBuf>, Vec<PathBuf>) =
+        inputs.into_iter().partition(|p| images::is_image(p));
+    if pictures.is_empty() && (a.alpha_upscale.is_some() || a.drop_opaque_alpha) {
         bail!("--alpha-upscale and --drop-opaque-alpha are for images; video frames have no alpha here");
     }
-    // Videos are upscaled from their own size: `--max-res` belongs to stylizing.
-    let mut job = a.out.job(&a.input, "upscaled", MaxRes::Original)?;
-    job.size_multiple = 2;
-    let mut stages: Vec<Box<dyn FrameStage>> = vec![Box::new(stage)];
-    render(job, &mut stages, progress)
-}
-
-/// `upscale` on an image or a folder of images: `<stem>_upscaled.<ext>` next to each, or in
-/// the `-o` folder (or `-o` file for a single image).
-fn upscale_images(
-    a: &UpscaleArgs,
-    mut stage: UpscaleStage,
-    progress: &mut CliProgress,
-) -> anyhow::Result<ExitCode> {
-    let inputs = if a.input.is_dir() {
-        images::list_images(&a.input)?
-    } else {
-        vec![a.input.clone()]
-    };
-    if inputs.is_empty() {
-        bail!(
-            "{}: no png, jpg or webp images in this folder",
-            a.input.display()
-        );
-    }
-    let out_dir = a
-        .out
-        .output
-        .as_deref()
-        .filter(|o| o.is_dir() || inputs.len() > 1);
-    if let Some(dir) = out_dir {
-        if !dir.is_dir() {
-            bail!("{}: output folder does not exist", dir.display());
-        }
-    }
-    let targets: Vec<PathBuf> = inputs
+    let total = pictures.len() + videos.len();
+    check_output_folder(a.out.output.as_deref(), total)?;
+    let out_dir = a.out.output.as_deref().filter(|o| o.is_dir());
+    let targets: Vec<PathBuf> = pictures
         .iter()
         .map(|i| {
             let stem = i.file_stem().unwrap_or_default().to_string_lossy();
@@ -612,6 +730,21 @@ fn upscale_images(
             }
         })
         .collect();
+    // Videos are upscaled from their own size: `--max-res` belongs to stylizing.
+    let jobs = videos
+        .iter()
+        .map(|v| {
+            let mut job = a.out.job(v, "upscaled", MaxRes::Original)?;
+            job.size_multiple = 2;
+            Ok(job)
+        })
+        .collect::<anyhow::Result<Vec<Job>>>()?;
+    check_distinct_outputs(
+        pictures
+            .iter()
+            .zip(&targets)
+            .chain(jobs.iter().map(|j| (&j.input, &j.output))),
+    )?;
     // Checked for all images before the first one is processed.
     for t in &targets {
         if t.exists() && !a.out.overwrite {
@@ -621,24 +754,35 @@ fn upscale_images(
             );
         }
     }
-    progress.stage(Stage::LoadModels);
-    stage.prepare()?;
-    progress.stage(Stage::Render);
-    for (n, (input, target)) in inputs.iter().zip(&targets).enumerate() {
-        if stylizer::cancel::requested() {
-            bail!("interrupted after {n} of {} images", inputs.len());
+    let mut batch = Batch::new(total);
+    if !pictures.is_empty() {
+        progress.stage(Stage::LoadModels);
+        stage.prepare()?;
+        progress.stage(Stage::Render);
+        let alpha = a.alpha_upscale.unwrap_or_default();
+        for (n, (input, target)) in pictures.iter().zip(&targets).enumerate() {
+            if stylizer::cancel::requested() {
+                bail!("interrupted after {n} of {} images", pictures.len());
+            }
+            batch.run(input, progress, |_| {
+                let img = images::read_image(input)?;
+                let mut out = stage.upscale_image(&img, alpha)?;
+                if a.drop_opaque_alpha {
+                    out = images::drop_opaque_alpha(&out).unwrap_or(out);
+                }
+                images::write_image(&out, target)?;
+                Ok(ExitCode::SUCCESS)
+            })?;
+            progress.frame(n as u64 + 1, pictures.len() as u64);
         }
-        let img = images::read_image(input)?;
-        let mut out = stage.upscale_image(&img, a.alpha_upscale.unwrap_or_default())?;
-        if a.drop_opaque_alpha {
-            out = images::drop_opaque_alpha(&out).unwrap_or(out);
-        }
-        images::write_image(&out, target)?;
-        progress.frame(n as u64 + 1, inputs.len() as u64);
+        progress.finish();
+        eprintln!("wrote {} image(s)", pictures.len() - batch.failed.len());
     }
-    progress.finish();
-    eprintln!("wrote {} image(s)", targets.len());
-    Ok(ExitCode::SUCCESS)
+    let mut stages: Vec<Box<dyn FrameStage>> = vec![Box::new(stage)];
+    for job in jobs {
+        batch.render(job, &mut stages, progress)?;
+    }
+    Ok(batch.exit())
 }
 
 fn models(command: ModelsCommand, progress: &mut CliProgress) -> anyhow::Result<ExitCode> {

@@ -68,6 +68,13 @@ impl CliProgress {
         println_above(&self.bar, line);
     }
 
+    /// A line that says what comes next (the file of a batch); not with `--quiet`.
+    pub fn heading(&mut self, line: &str) {
+        if !matches!(self.mode, Mode::Quiet) {
+            self.println(line);
+        }
+    }
+
     pub fn finish(&mut self) {
         if let Some(bar) = self.bar.lock().expect("progress lock").take() {
             bar.finish_and_clear();

@@ -45,13 +45,14 @@ fn missing_file() {
 }
 
 #[test]
-fn folder_as_input() {
+fn folder_without_videos_as_input() {
     let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("notes.txt"), b"no video here").unwrap();
     fails_with(
         dir.path(),
         dir.path(),
         &["--frame-stage", "identity"],
-        "is a folder",
+        "no videos in this folder",
     );
 }
 

@@ -117,6 +117,8 @@ fn upscale_images_and_folders() {
             pics.join(name).to_str().unwrap(),
         ]);
     }
+    // Videos in the folder are upscaled too, in the same run.
+    make_clip(&pics, "clip.mp4", "32x24", "25", 0.2, None, &[]);
     let outdir = dir.path().join("big");
     std::fs::create_dir(&outdir).unwrap();
     let out = run(bin()
@@ -127,7 +129,11 @@ fn upscale_images_and_folders() {
         .arg("-o")
         .arg(&outdir));
     assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(listing(&outdir), ["a_upscaled.png", "b_upscaled.jpg"]);
+    assert_eq!(
+        listing(&outdir),
+        ["a_upscaled.png", "b_upscaled.jpg", "clip_upscaled.mp4"]
+    );
+    assert_eq!(video_facts(&outdir.join("clip_upscaled.mp4")).frames, 5);
     // Portrait fits 1080×1920.
     let s = ffprobe_stream(&outdir.join("b_upscaled.jpg"), "v:0", "width,height");
     assert_eq!(

@@ -588,3 +588,87 @@ fn dropped_frames_repeat_the_picture_and_are_not_rendered_twice() {
         "{aligned:.1} dB, {off:.1} dB off by 3"
     );
 }
+
+/// `stylize a folder, a broken file and another clip`: each input gets its output, a broken
+/// one is reported and the rest go on, the exit status says one failed; `-o` must then be a
+/// folder, and two inputs may not write the same file.
+#[test]
+fn many_inputs_run_in_turn_and_a_bad_one_does_not_stop_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let clips = dir.path().join("clips");
+    std::fs::create_dir(&clips).unwrap();
+    make_clip(&clips, "a.mp4", "64x48", "25", 0.4, Some("aac"), &[]);
+    make_clip(&clips, "b.mkv", "48x64", "30", 0.3, None, &[]);
+    std::fs::write(clips.join("notes.txt"), b"not a video").unwrap();
+    let broken = dir.path().join("broken.mp4");
+    std::fs::write(&broken, b"\x00\x00\x00\x18ftypmp42 and then nothing useful").unwrap();
+    let other = make_clip(dir.path(), "c.mov", "64x48", "24", 0.25, None, &[]);
+    let outdir = dir.path().join("out");
+    std::fs::create_dir(&outdir).unwrap();
+    let out = run(bin()
+        .arg("stylize")
+        .arg(&clips)
+        .arg(&broken)
+        .arg(&other)
+        .args(["--frame-stage", "invert", "-o"])
+        .arg(&outdir));
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("[1/4]") && err.contains("[4/4]"), "{err}");
+    assert!(err.contains("1 of 4 inputs failed"), "{err}");
+    assert!(err.contains("broken.mp4"), "{err}");
+    assert_eq!(
+        listing(&outdir),
+        ["a_stylized.mp4", "b_stylized.mp4", "c_stylized.mp4"]
+    );
+    for (name, frames) in [("a", 10), ("b", 9), ("c", 6)] {
+        let v = video_facts(&outdir.join(format!("{name}_stylized.mp4")));
+        assert_eq!(v.frames, frames, "{name}");
+    }
+    // Rerun: finished outputs are skipped (a batch that stopped half-way resumes).
+    let out = run(bin()
+        .arg("stylize")
+        .arg(&clips)
+        .arg(&other)
+        .args(["--frame-stage", "invert", "-o"])
+        .arg(&outdir));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        stderr(&out).matches("skipped").count(),
+        3,
+        "{}",
+        stderr(&out)
+    );
+    // Without -o, next to each input; all good ⇒ success.
+    let out = run(bin()
+        .arg("stylize")
+        .arg(&clips)
+        .args(["--frame-stage", "identity", "--quiet"]));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(clips.join("a_stylized.mp4").exists() && clips.join("b_stylized.mp4").exists());
+
+    let out = run(bin()
+        .arg("stylize")
+        .arg(&clips)
+        .args(["--frame-stage", "identity", "-o"])
+        .arg(dir.path().join("one.mp4")));
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("-o must be an existing folder"),
+        "{}",
+        stderr(&out)
+    );
+    make_clip(&clips, "a.mov", "64x48", "25", 0.2, None, &[]);
+    let out = run(bin()
+        .arg("stylize")
+        .arg(clips.join("a.mp4"))
+        .arg(clips.join("a.mov"))
+        .args(["--frame-stage", "identity", "-o"])
+        .arg(&outdir));
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("would both be written to"),
+        "{}",
+        stderr(&out)
+    );
+}

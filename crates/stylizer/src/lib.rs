@@ -22,3 +22,10 @@ pub use error::{Error, Result};
 pub use frame::Frame;
 pub use progress::{NoProgress, Progress, Stage};
 pub use stage::FrameStage;
+
+/// `path`'s extension, lower-cased, is one of `extensions`.
+pub(crate) fn has_extension(path: &std::path::Path, extensions: &[&str]) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| extensions.contains(&e.to_ascii_lowercase().as_str()))
+}

@@ -77,6 +77,37 @@ pub fn output_path(input: &Path, output: Option<&Path>, suffix: &str) -> PathBuf
     }
 }
 
+/// The files a batch runs on: files as given, folders replaced by the files directly inside
+/// them that `accept` takes (sorted by name), each file once. A path that does not exist is
+/// kept: it fails as an input of its own. A folder with nothing to take is an error that
+/// names `what` it looked for.
+pub fn expand_inputs(
+    inputs: &[PathBuf],
+    accept: impl Fn(&Path) -> bool,
+    what: &str,
+) -> Result<Vec<PathBuf>> {
+    let mut out: Vec<PathBuf> = Vec::new();
+    for input in inputs {
+        if !input.is_dir() {
+            out.push(input.clone());
+            continue;
+        }
+        let rd = std::fs::read_dir(input).map_err(|e| Error::input(input, e.to_string()))?;
+        let mut files: Vec<PathBuf> = rd
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_file() && accept(p))
+            .collect();
+        if files.is_empty() {
+            return Err(Error::input(input, format!("no {what} in this folder")));
+        }
+        files.sort();
+        out.extend(files);
+    }
+    let mut seen = std::collections::HashSet::new();
+    out.retain(|p| seen.insert(std::fs::canonicalize(p).unwrap_or_else(|_| p.clone())));
+    Ok(out)
+}
+
 /// The seed of an unfinished run of the same input into the same output, so that rerunning
 /// a command without `--seed` resumes instead of starting afresh with new noise.
 pub fn resume_seed(job: &Job) -> Option<u64> {
@@ -755,6 +786,38 @@ mod tests {
                 assert_eq!(next, total);
             }
         }
+    }
+
+    #[test]
+    fn inputs_expand_folders_by_name_once_each() {
+        let dir = tempfile::tempdir().unwrap();
+        let clips = dir.path().join("clips");
+        std::fs::create_dir(&clips).unwrap();
+        for name in ["b.MOV", "a.mp4", "notes.txt"] {
+            std::fs::write(clips.join(name), b"").unwrap();
+        }
+        std::fs::create_dir(dir.path().join("empty")).unwrap();
+        let given = [
+            clips.join("a.mp4"),
+            clips.clone(),
+            dir.path().join("missing.mkv"),
+        ];
+        let got = expand_inputs(&given, crate::video::is_video, "videos").unwrap();
+        assert_eq!(
+            got,
+            [
+                clips.join("a.mp4"),
+                clips.join("b.MOV"),
+                dir.path().join("missing.mkv")
+            ]
+        );
+        let e = expand_inputs(
+            &[dir.path().join("empty")],
+            crate::video::is_video,
+            "videos",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("no videos in this folder"), "{e}");
     }
 
     #[test]

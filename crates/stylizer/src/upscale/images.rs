@@ -12,9 +12,7 @@ use crate::{Error, Result};
 pub const IMAGE_EXTENSIONS: &[&str] = &["png", "jpg", "jpeg", "webp"];
 
 pub fn is_image(path: &Path) -> bool {
-    path.extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+    crate::has_extension(path, IMAGE_EXTENSIONS)
 }
 
 /// Decodes an image, keeping grey/colour, alpha and 8/16-bit depth (float images become
@@ -256,17 +254,6 @@ pub fn write_image(img: &DynamicImage, path: &Path) -> Result<()> {
     std::fs::rename(&tmp, path).map_err(|e| Error::io(format!("renaming to {}", path.display()), e))
 }
 
-/// The images directly inside `dir`, sorted by name.
-pub fn list_images(dir: &Path) -> Result<Vec<PathBuf>> {
-    let rd = std::fs::read_dir(dir).map_err(|e| Error::input(dir, e.to_string()))?;
-    let mut v: Vec<PathBuf> = rd
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_file() && is_image(p))
-        .collect();
-    v.sort();
-    Ok(v)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -359,19 +346,5 @@ mod tests {
         img.put_pixel(4, 2, LumaA([9, u16::MAX - 1]));
         assert!(drop_opaque_alpha(&DynamicImage::ImageLumaA16(img)).is_none());
         assert!(drop_opaque_alpha(&layouts(2, 2)[2]).is_none());
-    }
-
-    #[test]
-    fn folders_list_images_by_name() {
-        let dir = tempfile::tempdir().unwrap();
-        for name in ["b.JPG", "a.webp", "a.png", "notes.txt"] {
-            std::fs::write(dir.path().join(name), b"").unwrap();
-        }
-        let names: Vec<_> = list_images(dir.path())
-            .unwrap()
-            .iter()
-            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
-            .collect();
-        assert_eq!(names, ["a.png", "a.webp", "b.JPG"]);
     }
 }
