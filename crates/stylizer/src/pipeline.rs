@@ -188,6 +188,9 @@ fn segment_path(work: &Path, i: usize) -> PathBuf {
 fn empty_marker(work: &Path, i: usize) -> PathBuf {
     work.join(format!("seg_{i:05}.empty"))
 }
+fn count_path(work: &Path, i: usize) -> PathBuf {
+    work.join(format!("seg_{i:05}.frames"))
+}
 fn partial_path(work: &Path, i: usize) -> PathBuf {
     work.join(format!("seg_{i:05}.partial.mp4"))
 }
@@ -256,6 +259,9 @@ pub fn run(
     progress: &mut dyn Progress,
 ) -> Result<Outcome> {
     check_output(job)?;
+    // Frames (1–25 MB each, a few per frame) come and go all the time: from the heap, not
+    // a fresh mmap each, whose pages the kernel would fault in and zero every frame.
+    crate::device::keep_mid_size_buffers_in_heap();
     if let Some((k, n)) = job.share {
         if n == 0 || k == 0 || k > n {
             return Err(Error::Config(format!(
@@ -523,27 +529,23 @@ impl Renderer<'_> {
                     ended_at = Some(start + n);
                     break;
                 };
-                let frame = match last.as_ref() {
-                    Some((before, output)) if *before == input => {
-                        for s in stages.iter_mut() {
-                            s.repeat(start + n)?;
-                        }
-                        repeats += 1;
-                        output.clone()
+                if last.as_ref().is_some_and(|(before, _)| *before == input) {
+                    for s in stages.iter_mut() {
+                        s.repeat(start + n)?;
                     }
-                    _ => {
-                        let mut frame = input.clone();
-                        for k in 0..stages.len() {
-                            if let Some(a) = ahead[k].as_mut() {
-                                let until = start + n + stages[k].look_ahead();
-                                self.peek(stages, k, a, until)?;
-                            }
-                            frame = stages[k].process(frame, start + n)?;
+                    repeats += 1;
+                } else {
+                    let mut frame = input.clone();
+                    for k in 0..stages.len() {
+                        if let Some(a) = ahead[k].as_mut() {
+                            let until = start + n + stages[k].look_ahead();
+                            self.peek(stages, k, a, until)?;
                         }
-                        last = Some((input, frame.clone()));
-                        frame
+                        frame = stages[k].process(frame, start + n)?;
                     }
-                };
+                    last = Some((input, frame));
+                }
+                let frame = &last.as_ref().expect("rendered or repeated").1;
                 let enc = match encoder.as_mut() {
                     Some(e) => e,
                     None => encoder.insert(Encoder::create(
@@ -554,7 +556,7 @@ impl Renderer<'_> {
                         self.encode,
                     )?),
                 };
-                enc.write_frame(&frame)?;
+                enc.write_frame(frame)?;
                 if draining.as_mut().is_some_and(|(e, _)| e.has_finished()) {
                     self.commit(draining.take().expect("checked above"))?;
                 }
@@ -660,9 +662,13 @@ impl Renderer<'_> {
         Ok(())
     }
 
-    /// Waits for a segment's encoder and gives the file its final name.
+    /// Waits for a segment's encoder and gives the file its final name, its frame count
+    /// written beside it first (the join needs it; probing every segment again costs a
+    /// process each).
     fn commit(&self, (enc, seg): (Encoder, usize)) -> Result<()> {
-        enc.finish()?;
+        let frames = enc.finish()?;
+        std::fs::write(count_path(self.work, seg), frames.to_string())
+            .map_err(|e| Error::io(format!("finishing segment {seg}"), e))?;
         std::fs::rename(partial_path(self.work, seg), segment_path(self.work, seg))
             .map_err(|e| Error::io(format!("finishing segment {seg}"), e))
     }
@@ -726,9 +732,17 @@ fn finish_join(
         )));
     }
     let segments = (0..total)
-        .map(|i| segment_path(work, i))
-        .filter(|p| p.exists())
-        .map(|p| crate::video::probe(&p).map(|info| (p, info.frame_count)))
+        .filter(|&i| segment_path(work, i).exists())
+        .map(|i| {
+            let path = segment_path(work, i);
+            let counted = std::fs::read_to_string(count_path(work, i))
+                .ok()
+                .and_then(|c| c.trim().parse::<u64>().ok());
+            match counted {
+                Some(frames) => Ok((path, frames)),
+                None => crate::video::probe(&path).map(|info| (path, info.frame_count)),
+            }
+        })
         .collect::<Result<Vec<_>>>()?;
     if segments.is_empty() {
         return Err(Error::input(&info.path, "no frame could be decoded"));
