@@ -9,6 +9,7 @@ pub mod error;
 pub mod frame;
 pub mod models;
 pub mod ops;
+mod pickle_guard;
 pub mod pipeline;
 pub mod progress;
 pub mod stage;

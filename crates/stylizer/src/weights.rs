@@ -306,10 +306,10 @@ impl TensorFile {
             })
         } else if matches!(ext.as_str(), "ckpt" | "pth" | "pt" | "bin") {
             // SD checkpoints keep the weights under "state_dict"; plain .pth files do not.
-            let with_key = candle_core::pickle::PthTensors::new(path, Some("state_dict"));
+            let with_key = crate::pickle_guard::open_pth(path, Some("state_dict"));
             let pth = match with_key {
                 Ok(p) if !p.tensor_infos().is_empty() => p,
-                _ => candle_core::pickle::PthTensors::new(path, None).map_err(|e| bad(&e))?,
+                _ => crate::pickle_guard::open_pth(path, None)?,
             };
             Ok(Self::Pickle(pth))
         } else {

@@ -37,7 +37,7 @@ pub fn load_weights(path: &Path) -> Result<HashMap<String, Tensor>> {
         .to_ascii_lowercase();
     let ts = match ext.as_str() {
         "safetensors" => candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| bad(&e))?,
-        "pth" | "pt" | "ckpt" => load_pth(path).map_err(|e| bad(&e))?,
+        "pth" | "pt" | "ckpt" => load_pth(path)?,
         "param" | "bin" => {
             let (param, bin) = ncnn_pair(path);
             load_ncnn(&param, &bin)?
@@ -59,14 +59,29 @@ fn ncnn_pair(path: &Path) -> (PathBuf, PathBuf) {
     (path.with_extension("param"), path.with_extension("bin"))
 }
 
-fn load_pth(path: &Path) -> candle_core::Result<HashMap<String, Tensor>> {
+fn load_pth(path: &Path) -> Result<HashMap<String, Tensor>> {
     // Official Real-ESRGAN checkpoints keep the generator under one of these keys.
-    for key in ["params_ema", "params"] {
-        if let Ok(v) = candle_core::pickle::read_all_with_key(path, Some(key)) {
-            return Ok(v.into_iter().collect());
+    let mut failure = None;
+    for key in [Some("params_ema"), Some("params"), None] {
+        match crate::pickle_guard::open_pth(path, key) {
+            Ok(pth) if !pth.tensor_infos().is_empty() => {
+                let bad =
+                    |e: candle_core::Error| Error::Weights(format!("{}: {e}", path.display()));
+                let mut ts = HashMap::new();
+                for name in pth.tensor_infos().keys() {
+                    if let Some(t) = pth.get(name).map_err(bad)? {
+                        ts.insert(name.clone(), t);
+                    }
+                }
+                return Ok(ts);
+            }
+            Ok(_) => {}
+            Err(e) => failure = Some(e),
         }
     }
-    Ok(candle_core::pickle::read_all(path)?.into_iter().collect())
+    Err(failure.unwrap_or_else(|| {
+        Error::Weights(format!("{}: no tensors in this checkpoint", path.display()))
+    }))
 }
 
 struct Layer {
@@ -101,7 +116,8 @@ fn parse_param(text: &str, path: &Path) -> Result<Vec<Layer>> {
         .next()
         .and_then(|v| v.parse().ok())
         .ok_or_else(|| bad(format!("bad layer count line `{counts}`")))?;
-    let mut layers = Vec::with_capacity(n_layers);
+    // No capacity from the header: it is only a claim (fuzzing found 2^32 layers).
+    let mut layers = Vec::new();
     for line in lines {
         let tok: Vec<&str> = line.split_whitespace().collect();
         let num = |i: usize| tok.get(i).and_then(|v| v.parse::<usize>().ok());
@@ -109,7 +125,7 @@ fn parse_param(text: &str, path: &Path) -> Result<Vec<Layer>> {
             .zip(num(3))
             .ok_or_else(|| bad(format!("bad layer line `{line}`")))?;
         let mut params = HashMap::new();
-        for kv in tok.iter().skip(4 + nb + nt) {
+        for kv in tok.iter().skip(nb.saturating_add(nt).saturating_add(4)) {
             let (k, v) = kv
                 .split_once('=')
                 .ok_or_else(|| bad(format!("bad parameter `{kv}`")))?;
@@ -145,7 +161,7 @@ struct Bin<'a> {
 
 impl Bin<'_> {
     fn take(&mut self, n: usize) -> Result<&[u8]> {
-        let end = self.pos + n;
+        let end = self.pos.saturating_add(n);
         if end > self.data.len() {
             return Err(Error::Weights(format!(
                 "{}: file ends early (the .bin does not match the .param)",
@@ -159,7 +175,7 @@ impl Bin<'_> {
 
     fn f32s(&mut self, n: usize) -> Result<Vec<f32>> {
         Ok(self
-            .take(4 * n)?
+            .take(n.saturating_mul(4))?
             .chunks_exact(4)
             .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
             .collect())
@@ -171,7 +187,7 @@ impl Bin<'_> {
         let tag = u32::from_le_bytes([t[0], t[1], t[2], t[3]]);
         match tag {
             FP16_TAG => {
-                let raw = self.take((2 * n).div_ceil(4) * 4)?;
+                let raw = self.take(n.saturating_mul(2).div_ceil(4).saturating_mul(4))?;
                 Ok(raw[..2 * n]
                     .chunks_exact(2)
                     .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
@@ -208,14 +224,15 @@ pub fn load_ncnn(param: &Path, bin: &Path) -> Result<HashMap<String, Tensor>> {
                 let kw = l.int(1, 0)?;
                 let kh = l.int(11, kw)?;
                 let size = l.int(6, 0)?;
-                if out == 0 || kw == 0 || size % (out * kh * kw) != 0 {
+                let per_input = out.checked_mul(kh).and_then(|v| v.checked_mul(kw));
+                let Some(per_input) = per_input.filter(|&p| p > 0 && size % p == 0) else {
                     return Err(Error::Weights(format!(
                         "{}: layer {} has inconsistent sizes",
                         param.display(),
                         l.name
                     )));
-                }
-                let cin = size / (out * kh * kw);
+                };
+                let cin = size / per_input;
                 let w = b.tagged(size)?;
                 let bias = if l.int(5, 0)? != 0 {
                     Some(b.f32s(out)?)

@@ -184,12 +184,37 @@ pub struct SchedulerConfig {
 impl SchedulerConfig {
     /// Parses the text of a `scheduler_config.json`.
     pub fn from_json(text: &str) -> Result<Self> {
-        serde_json::from_str(text).map_err(|e| Error::Weights(format!("scheduler config: {e}")))
+        serde_json::from_str::<Self>(text)
+            .map_err(|e| Error::Weights(format!("scheduler config: {e}")))?
+            .checked()
     }
 
     /// From an already parsed `scheduler_config.json`.
     pub fn from_value(value: &serde_json::Value) -> Result<Self> {
-        Self::deserialize(value).map_err(|e| Error::Weights(format!("scheduler config: {e}")))
+        Self::deserialize(value)
+            .map_err(|e| Error::Weights(format!("scheduler config: {e}")))?
+            .checked()
+    }
+
+    /// Refuses sizes no trained model has (tables of this length are built from them;
+    /// fuzzing found `num_train_timesteps` near 2^64).
+    fn checked(self) -> Result<Self> {
+        const MAX: usize = 100_000;
+        let sizes = [
+            ("num_train_timesteps", self.num_train_timesteps),
+            ("original_inference_steps", self.original_inference_steps),
+            ("steps_offset", self.steps_offset),
+            ("trained_betas", self.trained_betas.as_ref().map(Vec::len)),
+        ];
+        for (key, value) in sizes {
+            if let Some(v) = value.filter(|&v| v > MAX || (key == "num_train_timesteps" && v == 0))
+            {
+                return Err(Error::Weights(format!(
+                    "scheduler config: {key} = {v} (expected 1 to {MAX})"
+                )));
+            }
+        }
+        Ok(self)
     }
 
     /// Reads a `scheduler_config.json` file.

@@ -1,0 +1,130 @@
+//! What each fuzz target does with its bytes: write them where a user's file would be and run
+//! the tool's own loading code on them, as far as a bad file can get (every tensor read, every
+//! config built). Errors are the expected outcome; a panic, a hang or an allocation beyond the
+//! fuzzer's limit is a finding. Shared with crates/stylizer/tests/fuzz_regressions.rs.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device};
+use candle_nn::var_builder::SimpleBackend;
+use stylizer::weights::TensorStore;
+
+/// Sections of one input, for targets that need several files: split on this line.
+pub const SECTION: &[u8] = b"\n--8<--\n";
+
+fn sections(data: &[u8]) -> Vec<&[u8]> {
+    let mut out = Vec::new();
+    let mut rest = data;
+    while let Some(i) = rest.windows(SECTION.len()).position(|w| w == SECTION) {
+        out.push(&rest[..i]);
+        rest = &rest[i + SECTION.len()..];
+    }
+    out.push(rest);
+    out
+}
+
+/// A private folder in memory where there is one (many runs per second).
+fn folder() -> tempfile::TempDir {
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir() {
+        if let Ok(d) = tempfile::tempdir_in(shm) {
+            return d;
+        }
+    }
+    tempfile::tempdir().expect("a temporary folder")
+}
+
+fn write(dir: &Path, name: &str, data: &[u8]) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, data).expect("writing the input");
+    p
+}
+
+/// A weight file through both loaders: the SD tensor store (every tensor read) and the
+/// Real-ESRGAN loader (then its architecture detection).
+fn weights(data: &[u8], name: &str) {
+    let dir = folder();
+    let path = write(dir.path(), name, data);
+    if let Ok(store) = TensorStore::open_plain(std::slice::from_ref(&path), "fuzz") {
+        for name in TensorStore::stored_names(&path).unwrap_or_default() {
+            let _ = store.get_unchecked(&name, DType::F32, &Device::Cpu);
+        }
+    }
+    if let Ok(ts) = stylizer::upscale::load::load_weights(&path) {
+        let _ = stylizer::models::SrConfig::detect(&ts);
+    }
+}
+
+/// `.safetensors`: header, tensor table, data offsets.
+pub fn safetensors(data: &[u8]) {
+    weights(data, "model.safetensors");
+}
+
+/// `.pth` / `.ckpt`: the PyTorch zip and its pickle (with and without `state_dict`).
+pub fn pickle(data: &[u8]) {
+    weights(data, "model.pth");
+}
+
+/// ncnn `.param` (text graph) and `.bin` (weights), as two sections.
+pub fn ncnn(data: &[u8]) {
+    let parts = sections(data);
+    let dir = folder();
+    let param = write(dir.path(), "model.param", parts[0]);
+    let bin = write(
+        dir.path(),
+        "model.bin",
+        parts.get(1).copied().unwrap_or_default(),
+    );
+    if let Ok(ts) = stylizer::upscale::load::load_ncnn(&param, &bin) {
+        let _ = stylizer::models::SrConfig::detect(&ts);
+    }
+}
+
+/// A diffusers `config.json` / `scheduler_config.json` into every config we build.
+pub fn configs(data: &[u8]) {
+    use stylizer::stylize::config::{ClipTextConfig, UNetConfig, VaeConfig};
+    let Ok(json) = serde_json::from_slice::<serde_json::Value>(data) else {
+        return;
+    };
+    let _ = UNetConfig::from_json(&json);
+    let _ = VaeConfig::from_json(&json);
+    let _ = ClipTextConfig::from_json(&json);
+    if let Ok(s) = stylizer::stylize::schedulers::SchedulerConfig::from_value(&json) {
+        for kind in stylizer::stylize::schedulers::SchedulerKind::ALL {
+            let _ = kind.build(&s, 10);
+        }
+    }
+}
+
+/// A tokenizer folder: `tokenizer_config.json`, `vocab.json`, `merges.txt` and, when the
+/// fourth section is there, `tokenizer.json`; then a prompt through it.
+pub fn tokenizer(data: &[u8]) {
+    let parts = sections(data);
+    let dir = folder();
+    let names = [
+        "tokenizer_config.json",
+        "vocab.json",
+        "merges.txt",
+        "tokenizer.json",
+    ];
+    for (name, part) in names.iter().zip(&parts) {
+        write(dir.path(), name, part);
+    }
+    if let Ok(t) = stylizer::stylize::tokenizer::ClipTokenizer::from_dir(dir.path(), 77) {
+        let _ = t.encode("a watercolor painting of a cat, 8k");
+    }
+}
+
+/// An image for `upscale` (png, jpg or webp by the first byte), taken apart and put back.
+pub fn image(data: &[u8]) {
+    let Some((&kind, bytes)) = data.split_first() else {
+        return;
+    };
+    let ext = ["png", "jpg", "webp"][kind as usize % 3];
+    let dir = folder();
+    let path = write(dir.path(), &format!("in.{ext}"), bytes);
+    if let Ok(img) = stylizer::upscale::images::read_image(&path) {
+        let planes = stylizer::upscale::images::Planes::split(&img);
+        let _ = planes.compose();
+    }
+}

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Fuzz every file parser a user can point the tool at (fuzz/, cargo-fuzz + libFuzzer, nightly):
+# each target runs SECONDS (default 60) from a corpus seeded with the repo's real and tiny
+# fixtures. Limits per input mirror what the tool promises: 2 GB of memory, 10 s.
+# Findings land in fuzz/artifacts/<target>/; fix them, then commit the input to
+# fuzz/regressions/<target>/ where the stable test suite replays it
+# (crates/stylizer/tests/fuzz_regressions.rs).
+# Usage: bash tools/fuzz.sh [SECONDS] [TARGET...]    (CI: bash tools/fuzz.sh 30)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+EACH=${1:-60}; shift || true
+TARGETS=("$@")
+[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(safetensors pickle ncnn configs tokenizer image)
+if ! rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
+  echo "fuzz: no nightly Rust toolchain on this machine: fuzzing skipped (fuzz/regressions still replay in the tests)"
+  exit 0
+fi
+command -v cargo-fuzz >/dev/null || cargo +stable install cargo-fuzz --locked -q
+
+# Seeds, made from the fixtures every run (the corpus itself is not committed).
+C=fuzz/corpus
+cut=$'\n--8<--\n'
+mkdir -p "$C"/{safetensors,pickle,ncnn,configs,tokenizer,image}
+cp tests/fixtures/esrgan/tiny/*.safetensors "$C/safetensors/"
+cp tests/fixtures/esrgan/tiny/*.pth "$C/pickle/"
+for m in rrdb_x2 srvgg_x4; do
+  { cat "tests/fixtures/esrgan/tiny/$m.param"; printf '%s' "$cut"; cat "tests/fixtures/esrgan/tiny/$m.bin"; } > "$C/ncnn/$m"
+done
+for v in tiny-sd tiny-sd2; do
+  for f in unet/config.json vae/config.json text_encoder/config.json scheduler/scheduler_config.json; do
+    cp "tests/fixtures/sd/$v/$f" "$C/configs/$v-${f//\//-}"
+  done
+  t=tests/fixtures/sd/$v/tokenizer
+  { cat "$t/tokenizer_config.json"; printf '%s' "$cut"; cat "$t/vocab.json"; printf '%s' "$cut"; cat "$t/merges.txt"; } > "$C/tokenizer/$v"
+done
+{ printf '\0'; cat tests/fixtures/esrgan/photo_160x120.png; } > "$C/image/photo.png"
+
+cd fuzz
+cargo +nightly fuzz build -O --debug-assertions
+for t in "${TARGETS[@]}"; do
+  echo "== $t (${EACH}s)"
+  cargo +nightly fuzz run -O --debug-assertions "$t" "corpus/$t" -- \
+    -max_total_time="$EACH" -rss_limit_mb=2048 -malloc_limit_mb=2048 -timeout=10 \
+    -max_len=262144 -print_final_stats=1 2>&1 | grep -E "^(stat::|Done|==|SUMMARY|.*(panicked|ERROR|Test unit written))" || true
+  if ls "artifacts/$t"/* >/dev/null 2>&1; then
+    echo "fuzz: $t has findings in fuzz/artifacts/$t" >&2
+    exit 1
+  fi
+done
