@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 EACH=${1:-60}; shift || true
 TARGETS=("$@")
-[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(safetensors pickle ncnn configs tokenizer image)
+[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(safetensors checkpoint pickle ncnn configs tokenizer image)
 if ! rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
   echo "fuzz: no nightly Rust toolchain on this machine: fuzzing skipped (fuzz/regressions still replay in the tests)"
   exit 0
@@ -20,9 +20,19 @@ command -v cargo-fuzz >/dev/null || cargo +stable install cargo-fuzz --locked -q
 # Seeds, made from the fixtures every run (the corpus itself is not committed).
 C=fuzz/corpus
 cut=$'\n--8<--\n'
-mkdir -p "$C"/{safetensors,pickle,ncnn,configs,tokenizer,image}
+mkdir -p "$C"/{safetensors,checkpoint,pickle,ncnn,configs,tokenizer,image}
 cp tests/fixtures/esrgan/tiny/*.safetensors "$C/safetensors/"
-cp tests/fixtures/esrgan/tiny/*.pth "$C/pickle/"
+cp tests/fixtures/esrgan/tiny/*.pth "$C/checkpoint/"
+for m in rrdb_x2 srvgg_x4; do  # the pickle program and its first storage
+  command -v python3 >/dev/null || break
+  python3 - "tests/fixtures/esrgan/tiny/$m.pth" "$C/pickle/$m" <<'PY'
+import sys, zipfile
+z = zipfile.ZipFile(sys.argv[1])
+pkl = next(n for n in z.namelist() if n.endswith("data.pkl"))
+data0 = next((n for n in z.namelist() if n.endswith("data/0")), None)
+open(sys.argv[2], "wb").write(z.read(pkl) + b"\n--8<--\n" + (z.read(data0) if data0 else b""))
+PY
+done
 for m in rrdb_x2 srvgg_x4; do
   { cat "tests/fixtures/esrgan/tiny/$m.param"; printf '%s' "$cut"; cat "tests/fixtures/esrgan/tiny/$m.bin"; } > "$C/ncnn/$m"
 done

@@ -44,7 +44,11 @@ fn write(dir: &Path, name: &str, data: &[u8]) -> PathBuf {
 /// Real-ESRGAN loader (then its architecture detection).
 fn weights(data: &[u8], name: &str) {
     let dir = folder();
-    let path = write(dir.path(), name, data);
+    load(&write(dir.path(), name, data));
+}
+
+fn load(path: &Path) {
+    let path = path.to_path_buf();
     if let Ok(store) = TensorStore::open_plain(std::slice::from_ref(&path), "fuzz") {
         for name in TensorStore::stored_names(&path).unwrap_or_default() {
             let _ = store.get_unchecked(&name, DType::F32, &Device::Cpu);
@@ -60,9 +64,29 @@ pub fn safetensors(data: &[u8]) {
     weights(data, "model.safetensors");
 }
 
-/// `.pth` / `.ckpt`: the PyTorch zip and its pickle (with and without `state_dict`).
-pub fn pickle(data: &[u8]) {
+/// `.pth` / `.ckpt` as a whole file: the zip container and what is in it.
+pub fn checkpoint(data: &[u8]) {
     weights(data, "model.pth");
+}
+
+/// The pickle program of a checkpoint (first section) with one storage `archive/data/0`
+/// (second section), in a well-formed zip, so that mutations reach the pickle reader instead
+/// of failing the zip's checksums.
+pub fn pickle(data: &[u8]) {
+    use std::io::Write;
+    let parts = sections(data);
+    let dir = folder();
+    let path = dir.path().join("model.pth");
+    let mut zip = zip::ZipWriter::new(std::fs::File::create(&path).expect("creating the zip"));
+    let stored =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    let storage = parts.get(1).copied().unwrap_or_default();
+    for (name, bytes) in [("archive/data.pkl", parts[0]), ("archive/data/0", storage)] {
+        zip.start_file(name, stored).expect("a zip entry");
+        zip.write_all(bytes).expect("writing the zip");
+    }
+    zip.finish().expect("finishing the zip");
+    load(&path);
 }
 
 /// ncnn `.param` (text graph) and `.bin` (weights), as two sections.

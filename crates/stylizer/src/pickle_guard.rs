@@ -4,7 +4,10 @@
 //! The file is checked here first, so that a bad checkpoint is one error line, not an abort:
 //! the pickle is replayed on a model of candle's stack that only counts (depth and size of
 //! every object, bytes a string claims), and every tensor must fit the data the zip holds.
-//! Nothing in the pickle is ever executed, by candle or here.
+//! Nothing in the pickle is ever executed, by candle or here. What the count-only model cannot
+//! see (candle indexes the arguments of `_rebuild_tensor_v2` without checking their number:
+//! fuzzing found that panic) is caught: candle's calls run under `quietly`, where a panic is an
+//! error like any other bad file.
 
 use std::io::Read;
 use std::path::Path;
@@ -43,7 +46,7 @@ pub(crate) fn open_pth(path: &Path, key: Option<&str>) -> Result<PthTensors> {
             .map_err(|e| bad(format!("{name}: {e}")))?;
         check_pickle(&bytes).map_err(|m| bad(format!("{name}: {m}")))?;
     }
-    let pth = PthTensors::new(path, key).map_err(|e| bad(e.to_string()))?;
+    let pth = quietly(|| PthTensors::new(path, key)).map_err(|e| bad(e.to_string()))?;
     for info in pth.tensor_infos().values() {
         let needed = info
             .layout
@@ -63,6 +66,45 @@ pub(crate) fn open_pth(path: &Path, key: Option<&str>) -> Result<PthTensors> {
         }
     }
     Ok(pth)
+}
+
+/// One tensor of a checkpoint opened by [`open_pth`], read under the same protection.
+pub(crate) fn read_tensor(
+    pth: &PthTensors,
+    name: &str,
+) -> candle_core::Result<Option<candle_core::Tensor>> {
+    quietly(|| pth.get(name))
+}
+
+/// Runs `f` (candle's pickle reader), turning a panic into an error without the panic
+/// message on stderr: the user gets one line about the bad file.
+fn quietly<T>(f: impl FnOnce() -> candle_core::Result<T>) -> candle_core::Result<T> {
+    use std::cell::Cell;
+    thread_local! {
+        static QUIET: Cell<bool> = const { Cell::new(false) };
+    }
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !QUIET.with(Cell::get) {
+                previous(info);
+            }
+        }));
+    });
+    QUIET.with(|q| q.set(true));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    QUIET.with(|q| q.set(false));
+    result.unwrap_or_else(|panic| {
+        let why = panic
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| panic.downcast_ref::<&str>().copied())
+            .unwrap_or("malformed data");
+        Err(candle_core::Error::Msg(format!(
+            "unreadable checkpoint (the pickle reader failed: {why})"
+        )))
+    })
 }
 
 /// What an object on candle's stack would cost: its nesting depth and object count.
@@ -226,15 +268,7 @@ fn check_pickle(bytes: &[u8]) -> std::result::Result<(), String> {
                 None
             }
             b'h' | b'j' => {
-                let id = if op == b'h' {
-                    let id = *r.first().ok_or("the pickle ends early")? as u32;
-                    take(&mut r, 1)?;
-                    id
-                } else {
-                    let id = u32_at(r).ok_or("the pickle ends early")?;
-                    take(&mut r, 4)?;
-                    id
-                };
+                let id = memo_id(&mut r, op == b'h')?;
                 // candle copies the memo object: its whole size is built again.
                 Some(
                     *memo
@@ -243,15 +277,7 @@ fn check_pickle(bytes: &[u8]) -> std::result::Result<(), String> {
                 )
             }
             b'q' | b'r' => {
-                let id = if op == b'q' {
-                    let id = *r.first().ok_or("the pickle ends early")? as u32;
-                    take(&mut r, 1)?;
-                    id
-                } else {
-                    let id = u32_at(r).ok_or("the pickle ends early")?;
-                    take(&mut r, 4)?;
-                    id
-                };
+                let id = memo_id(&mut r, op == b'q')?;
                 let Some(Item::Obj(c)) = stack.last() else {
                     return Err("PUT with nothing to store".into());
                 };
@@ -270,6 +296,21 @@ fn check_pickle(bytes: &[u8]) -> std::result::Result<(), String> {
             stack.push(Item::Obj(c));
         }
     }
+}
+
+/// The memo index after BINGET/BINPUT (one byte) or LONG_BINGET/LONG_BINPUT (four).
+fn memo_id(r: &mut &[u8], short: bool) -> std::result::Result<u32, String> {
+    let n = if short { 1 } else { 4 };
+    let Some(b) = r.get(..n) else {
+        return Err("the pickle ends early".into());
+    };
+    let id = if short {
+        b[0] as u32
+    } else {
+        u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+    };
+    *r = &r[n..];
+    Ok(id)
 }
 
 fn check(c: Cost, built: u64) -> std::result::Result<(), String> {

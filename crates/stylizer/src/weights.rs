@@ -354,7 +354,7 @@ impl TensorFile {
                 release_pages(mmap, start, end);
                 Ok(Some(t))
             }
-            Self::Pickle(p) => p.get(key),
+            Self::Pickle(p) => crate::pickle_guard::read_tensor(p, key),
         }
     }
 }

@@ -30,8 +30,9 @@ type Target = fn(&[u8]);
 
 #[test]
 fn committed_fuzz_findings_stay_fixed() {
-    let targets: [(&str, Target); 6] = [
+    let targets: [(&str, Target); 7] = [
         ("safetensors", entries::safetensors),
+        ("checkpoint", entries::checkpoint),
         ("pickle", entries::pickle),
         ("ncnn", entries::ncnn),
         ("configs", entries::configs),
@@ -91,4 +92,20 @@ fn hostile_ncnn_and_configs_are_refused() {
     survives("deep json", entries::configs, deep.as_bytes());
     let wide = r#"{"block_out_channels":[4294967296],"down_block_types":["DownBlock2D"],"up_block_types":["UpBlock2D"],"layers_per_block":4294967296,"num_train_timesteps":18446744073709551615}"#;
     survives("huge config", entries::configs, wide.as_bytes());
+}
+
+#[test]
+fn hostile_pickles_are_refused_before_candle_reads_them() {
+    let f = entries::pickle;
+    // Each of these aborted the process or tried to allocate what it claims, before the guard.
+    let deep = [&b"\x80\x02"[..], &[b']'; 200_000], &[b'a'; 199_999], b"."].concat();
+    survives("200 000-deep lists", f, &deep);
+    let mut bomb = b"\x80\x02]q\x00".to_vec();
+    for _ in 0..40 {
+        bomb.extend(b"(h\x00h\x00tq\x00");
+    }
+    bomb.push(b'.');
+    survives("memo copies doubling 40 times", f, &bomb);
+    survives("a 4 GB string", f, b"\x80\x02X\xff\xff\xff\xff.");
+    survives("no STOP", f, b"\x80\x02]]]]");
 }

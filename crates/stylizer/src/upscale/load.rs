@@ -69,7 +69,7 @@ fn load_pth(path: &Path) -> Result<HashMap<String, Tensor>> {
                     |e: candle_core::Error| Error::Weights(format!("{}: {e}", path.display()));
                 let mut ts = HashMap::new();
                 for name in pth.tensor_infos().keys() {
-                    if let Some(t) = pth.get(name).map_err(bad)? {
+                    if let Some(t) = crate::pickle_guard::read_tensor(&pth, name).map_err(bad)? {
                         ts.insert(name.clone(), t);
                     }
                 }
