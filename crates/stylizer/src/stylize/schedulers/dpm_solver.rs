@@ -77,6 +77,12 @@ impl DpmSolverPp2m {
             .take_while(|&l| l < lambda_min)
             .count();
         let last_t = n - clipped;
+        if last_t == 0 {
+            // Found by fuzzing: a λ_min above every λ_t left no timestep (and underflowed).
+            return Err(Error::Config(format!(
+                "scheduler config: lambda_min_clipped = {lambda_min} clips every timestep"
+            )));
+        }
         let mut timesteps: Vec<f64> = match common.spacing {
             TimestepSpacing::Linspace => numpy_linspace(0.0, (last_t - 1) as f64, steps + 1)
                 .into_iter()
