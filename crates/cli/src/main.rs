@@ -27,6 +27,20 @@ use stylizer::{Error, FrameStage, Progress, Stage};
 
 use progress::{CliProgress, Mode};
 
+/// `println!` for a command's results: when the reader goes away (`probe … | head`) the
+/// command ends quietly, as Unix tools do, instead of panicking on the broken pipe.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout().lock(), $($arg)*) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+            return Err(e.into());
+        }
+    }};
+}
+
 #[derive(Parser)]
 #[command(
     name = "video-stylizer",
@@ -790,7 +804,7 @@ fn models(command: ModelsCommand, progress: &mut CliProgress) -> anyhow::Result<
     let dir = fetch::models_dir();
     match command {
         ModelsCommand::List => {
-            println!(
+            out!(
                 "model cache: {} (set {} to move it)",
                 dir.display(),
                 fetch::MODELS_ENV
@@ -801,7 +815,7 @@ fn models(command: ModelsCommand, progress: &mut CliProgress) -> anyhow::Result<
                 } else {
                     "not downloaded"
                 };
-                println!("  {:<28} {:>5} MB  {have}", m.name, m.bytes >> 20);
+                out!("  {:<28} {:>5} MB  {have}", m.name, m.bytes >> 20);
             }
         }
         ModelsCommand::Fetch { name } => {
@@ -897,14 +911,19 @@ fn print_probe(input: &Path, json: bool) -> anyhow::Result<ExitCode> {
             "video_start_offset": i.video_start_offset,
             "format": i.format_name,
         });
-        println!("{v}");
+        out!("{v}");
     } else {
-        println!("{}", i.path.display());
-        println!(
+        out!("{}", i.path.display());
+        out!(
             "  video:     {} {}x{} (displayed; stored {}x{}, rotation {}°)",
-            i.codec, i.width, i.height, i.coded_width, i.coded_height, i.rotation
+            i.codec,
+            i.width,
+            i.height,
+            i.coded_width,
+            i.coded_height,
+            i.rotation
         );
-        println!(
+        out!(
             "  frames:    {} at {} fps ({:.3} fps){}, {:.3} s",
             i.frame_count,
             i.fps,
@@ -921,20 +940,20 @@ fn print_probe(input: &Path, json: bool) -> anyhow::Result<ExitCode> {
             },
             i.duration
         );
-        println!(
+        out!(
             "  pixels:    {}, {}-bit{}",
             i.pix_fmt,
             i.bit_depth,
             if i.hdr { ", HDR" } else { "" }
         );
-        println!(
+        out!(
             "  audio:     {}",
             match &i.audio_codec {
                 Some(c) => format!("{c} ({} stream(s))", i.audio_streams),
                 None => "none".into(),
             }
         );
-        println!("  subtitles: {}", i.subtitle_streams);
+        out!("  subtitles: {}", i.subtitle_streams);
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -956,18 +975,18 @@ fn flicker(
     )?;
     progress.finish();
     if json {
-        println!("{}", serde_json::to_string(&r)?);
+        out!("{}", serde_json::to_string(&r)?);
     } else {
-        println!("frames compared:     {}", r.frames);
-        println!("warp error:          {:.6}", r.warp_error);
-        println!("original's own:      {:.6}", r.warp_error_original);
+        out!("frames compared:     {}", r.frames);
+        out!("warp error:          {:.6}", r.warp_error);
+        out!("original's own:      {:.6}", r.warp_error_original);
         match r.ratio {
             Some(ratio) => {
-                println!("ratio:               {ratio:.3} (1 = as steady as the original)")
+                out!("ratio:               {ratio:.3} (1 = as steady as the original)")
             }
-            None => println!("ratio:               n/a (the original does not change)"),
+            None => out!("ratio:               n/a (the original does not change)"),
         }
-        println!("occluded pixels:     {:.1} %", 100.0 * r.occluded_fraction);
+        out!("occluded pixels:     {:.1} %", 100.0 * r.occluded_fraction);
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -333,3 +333,23 @@ fn disk_full_fails_cleanly() {
     assert!(!output.exists());
     assert!(!left.iter().any(|n| n.ends_with(".partial")), "{left:?}");
 }
+
+/// `probe … | head`: the reader goes away before the output is written; the command ends
+/// quietly (no panic about a broken pipe).
+#[test]
+fn a_closed_stdout_is_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = clip(dir.path());
+    let mut child = bin()
+        .args(["probe"])
+        .arg(&input)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(out.status.success(), "{err}");
+}
