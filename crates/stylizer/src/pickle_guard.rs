@@ -23,8 +23,10 @@ const MAX_OBJECTS: u64 = 20_000_000;
 /// A pickle larger than this is not a checkpoint (SD's is ~100 KB; the tensors live apart).
 const MAX_PICKLE_BYTES: u64 = 256 << 20;
 
-/// Opens a checkpoint with candle's reader once the pickle and the tensor sizes are checked.
-pub(crate) fn open_pth(path: &Path, key: Option<&str>) -> Result<PthTensors> {
+/// Opens a checkpoint with candle's reader once its pickles are checked: the state dict under
+/// the first of `keys` that holds tensors (`None`: the top level), else what the last key gives.
+/// Every tensor of the result is checked to fit the data the zip holds for it.
+pub(crate) fn open_pth(path: &Path, keys: &[Option<&str>]) -> Result<PthTensors> {
     let bad = |m: String| Error::Weights(format!("{}: {m}", path.display()));
     let file = std::fs::File::open(path).map_err(|e| bad(e.to_string()))?;
     let mut zip = zip::ZipArchive::new(std::io::BufReader::new(file))
@@ -46,7 +48,14 @@ pub(crate) fn open_pth(path: &Path, key: Option<&str>) -> Result<PthTensors> {
             .map_err(|e| bad(format!("{name}: {e}")))?;
         check_pickle(&bytes).map_err(|m| bad(format!("{name}: {m}")))?;
     }
-    let pth = quietly(|| PthTensors::new(path, key)).map_err(|e| bad(e.to_string()))?;
+    let mut opened = Err(bad("no state dict key to try".into()));
+    for &key in keys {
+        opened = quietly(|| PthTensors::new(path, key)).map_err(|e| bad(e.to_string()));
+        if opened.as_ref().is_ok_and(|p| !p.tensor_infos().is_empty()) {
+            break;
+        }
+    }
+    let pth = opened?;
     for info in pth.tensor_infos().values() {
         let needed = info
             .layout

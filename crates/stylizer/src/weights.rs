@@ -306,12 +306,8 @@ impl TensorFile {
             })
         } else if matches!(ext.as_str(), "ckpt" | "pth" | "pt" | "bin") {
             // SD checkpoints keep the weights under "state_dict"; plain .pth files do not.
-            let with_key = crate::pickle_guard::open_pth(path, Some("state_dict"));
-            let pth = match with_key {
-                Ok(p) if !p.tensor_infos().is_empty() => p,
-                _ => crate::pickle_guard::open_pth(path, None)?,
-            };
-            Ok(Self::Pickle(pth))
+            let keys = [Some("state_dict"), None];
+            Ok(Self::Pickle(crate::pickle_guard::open_pth(path, &keys)?))
         } else {
             Err(Error::Weights(format!(
                 "{}: unknown weight format (expected .safetensors, .ckpt or .pth)",

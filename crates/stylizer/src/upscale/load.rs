@@ -61,27 +61,23 @@ fn ncnn_pair(path: &Path) -> (PathBuf, PathBuf) {
 
 fn load_pth(path: &Path) -> Result<HashMap<String, Tensor>> {
     // Official Real-ESRGAN checkpoints keep the generator under one of these keys.
-    let mut failure = None;
-    for key in [Some("params_ema"), Some("params"), None] {
-        match crate::pickle_guard::open_pth(path, key) {
-            Ok(pth) if !pth.tensor_infos().is_empty() => {
-                let bad =
-                    |e: candle_core::Error| Error::Weights(format!("{}: {e}", path.display()));
-                let mut ts = HashMap::new();
-                for name in pth.tensor_infos().keys() {
-                    if let Some(t) = crate::pickle_guard::read_tensor(&pth, name).map_err(bad)? {
-                        ts.insert(name.clone(), t);
-                    }
-                }
-                return Ok(ts);
-            }
-            Ok(_) => {}
-            Err(e) => failure = Some(e),
+    let keys = [Some("params_ema"), Some("params"), None];
+    let pth = crate::pickle_guard::open_pth(path, &keys)?;
+    if pth.tensor_infos().is_empty() {
+        return Err(Error::Weights(format!(
+            "{}: no tensors in this checkpoint",
+            path.display()
+        )));
+    }
+    let mut ts = HashMap::new();
+    for name in pth.tensor_infos().keys() {
+        let read = crate::pickle_guard::read_tensor(&pth, name)
+            .map_err(|e| Error::Weights(format!("{}: {e}", path.display())))?;
+        if let Some(t) = read {
+            ts.insert(name.clone(), t);
         }
     }
-    Err(failure.unwrap_or_else(|| {
-        Error::Weights(format!("{}: no tensors in this checkpoint", path.display()))
-    }))
+    Ok(ts)
 }
 
 struct Layer {

@@ -40,9 +40,7 @@ impl UpscaleStage {
     pub fn fallback_counter(&self) -> Arc<AtomicU64> {
         self.fallbacks.clone()
     }
-}
 
-impl UpscaleStage {
     /// A still image (any layout, alpha kept): see [`Upscaler::upscale_image`].
     pub fn upscale_image(
         &mut self,
