@@ -185,7 +185,7 @@ impl VideoOut {
             bail!("--segment-seconds must be positive");
         }
         let encode = EncodeSettings::new(self.codec, self.crf, self.preset.clone())?;
-        let output = pipeline::output_path(input, self.output.as_deref(), suffix);
+        let output = pipeline::output_path(input, self.output.as_deref(), suffix, "mp4");
         let mut job = Job::new(input.to_path_buf(), output, encode);
         job.max_res = max_res;
         job.overwrite = self.overwrite;
@@ -730,18 +730,12 @@ fn upscale(a: UpscaleArgs, progress: &mut CliProgress) -> anyhow::Result<ExitCod
     }
     let total = pictures.len() + videos.len();
     check_output_folder(a.out.output.as_deref(), total)?;
-    let out_dir = a.out.output.as_deref().filter(|o| o.is_dir());
+    // Images keep their format: `<stem>_upscaled.<ext>`.
     let targets: Vec<PathBuf> = pictures
         .iter()
         .map(|i| {
-            let stem = i.file_stem().unwrap_or_default().to_string_lossy();
             let ext = i.extension().unwrap_or_default().to_string_lossy();
-            let name = format!("{stem}_upscaled.{ext}");
-            match (out_dir, &a.out.output) {
-                (Some(dir), _) => dir.join(name),
-                (None, Some(file)) => file.clone(),
-                (None, None) => i.with_file_name(name),
-            }
+            pipeline::output_path(i, a.out.output.as_deref(), "upscaled", &ext)
         })
         .collect();
     // Videos are upscaled from their own size: `--max-res` belongs to stylizing.

@@ -64,10 +64,10 @@ impl Job {
 }
 
 /// The output file for `input`: `-o` as given (a folder gets the default name inside it), or
-/// `<input stem>_stylized.mp4` next to the input.
-pub fn output_path(input: &Path, output: Option<&Path>, suffix: &str) -> PathBuf {
+/// the default name `<input stem>_<suffix>.<ext>` (`in_stylized.mp4`) next to the input.
+pub fn output_path(input: &Path, output: Option<&Path>, suffix: &str, ext: &str) -> PathBuf {
     let stem = input.file_stem().unwrap_or_default().to_string_lossy();
-    let default_name = format!("{stem}_{suffix}.mp4");
+    let default_name = format!("{stem}_{suffix}.{ext}");
     match output {
         Some(o) if o.is_dir() || o.as_os_str().to_string_lossy().ends_with('/') => {
             o.join(default_name)
@@ -837,21 +837,26 @@ mod tests {
     #[test]
     fn default_output_names() {
         assert_eq!(
-            output_path(Path::new("/v/in.mov"), None, "stylized"),
+            output_path(Path::new("/v/in.mov"), None, "stylized", "mp4"),
             PathBuf::from("/v/in_stylized.mp4")
         );
         assert_eq!(
             output_path(
                 Path::new("/v/in.mov"),
                 Some(Path::new("/o/x.mkv")),
-                "stylized"
+                "stylized",
+                "mp4"
             ),
             PathBuf::from("/o/x.mkv")
         );
         let dir = tempfile::tempdir().unwrap();
         assert_eq!(
-            output_path(Path::new("in.mp4"), Some(dir.path()), "upscaled"),
+            output_path(Path::new("in.mp4"), Some(dir.path()), "upscaled", "mp4"),
             dir.path().join("in_upscaled.mp4")
+        );
+        assert_eq!(
+            output_path(Path::new("/p/a.PNG"), None, "upscaled", "PNG"),
+            PathBuf::from("/p/a_upscaled.PNG")
         );
     }
 
