@@ -102,8 +102,6 @@ impl Process {
             std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied => tool.missing(),
             _ => Error::io(format!("cannot start {}", tool.name()), e),
         })?;
-        grow_pipe(child.stdin.as_ref());
-        grow_pipe(child.stdout.as_ref());
         let stderr = child.stderr.take().expect("stderr is piped");
         let stderr_tail = Arc::new(Mutex::new(VecDeque::new()));
         let tail = Arc::clone(&stderr_tail);
@@ -212,19 +210,4 @@ pub fn output(tool: Tool, cmd: Command) -> Result<Vec<u8>> {
         .map_err(|e| Error::io(format!("reading from {}", tool.name()), e))?;
     p.wait()?;
     Ok(out)
-}
-
-/// Raw frames go through these pipes: at Linux's default 64 KiB a 480p frame needs ~20
-/// wake-ups of each side, at 1 MiB (the unprivileged limit) two. Best effort: a smaller
-/// pipe still works.
-fn grow_pipe(pipe: Option<&impl std::os::fd::AsRawFd>) {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    if let Some(p) = pipe {
-        // SAFETY: fcntl on a pipe descriptor this process owns; only its buffer size changes.
-        unsafe {
-            libc::fcntl(p.as_raw_fd(), libc::F_SETPIPE_SZ, 1 << 20);
-        }
-    }
-    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-    let _ = pipe;
 }
