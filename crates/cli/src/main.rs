@@ -11,8 +11,9 @@ use candle_core::DType;
 use clap::{Args, Parser, Subcommand};
 use stylizer::pipeline::{self, Job, Outcome};
 use stylizer::stage::{Identity, Invert};
+use stylizer::stylize::control::{ControlNetSpec, ControlSource};
 use stylizer::stylize::cross_frame::CrossFrameKeys;
-use stylizer::stylize::img2img::Img2ImgParams;
+use stylizer::stylize::img2img::{ControlWeight, Img2ImgParams};
 use stylizer::stylize::model::LoadOptions;
 use stylizer::stylize::schedulers::SchedulerKind;
 use stylizer::stylize::stage::{StylizeSettings, StylizeStage};
@@ -228,9 +229,43 @@ struct StylizeArgs {
     /// Stable Diffusion model: a Hugging Face id, a local diffusers folder or a .safetensors/.ckpt file.
     #[arg(short, long, default_value = "stabilityai/stable-diffusion-2-base")]
     model_id: String,
-    /// ControlNet model (Hugging Face id or local folder) to keep the frame's structure.
-    #[arg(short, long)]
-    controlnet_id: Option<String>,
+    /// ControlNet that keeps each frame's structure while the prompt changes its look: a
+    /// Hugging Face id (thibaud/controlnet-sd21-canny-diffusers for SD 2, lllyasviel/sd-controlnet-canny
+    /// for SD 1.5), a local diffusers folder or a single .safetensors/.pth file. Repeat for
+    /// several nets; their effects add up.
+    #[arg(short, long, value_name = "ID|DIR|FILE")]
+    controlnet_id: Vec<String>,
+    /// What each ControlNet sees: canny (the frame's edges; the default), frame (the frame
+    /// itself: tile and colour nets) or video (the frame of the same number in
+    /// --control-video). Once for every net, or once per net in -c order.
+    #[arg(long, value_name = "canny|frame|video")]
+    control: Vec<String>,
+    /// A video whose frames are the control maps (depth, pose, line art from any tool), with
+    /// the input's frame count; one per net whose --control is video, in order (alone, it
+    /// makes every net read one).
+    #[arg(long, value_name = "PATH")]
+    control_video: Vec<PathBuf>,
+    /// Canny thresholds LOW,HIGH on the gradient (the ControlNet annotators' 100,200); lower
+    /// finds more edges.
+    #[arg(long, default_value = "100,200", value_parser = parse_canny, value_name = "LOW,HIGH")]
+    canny: (f64, f64),
+    /// How strongly each ControlNet steers (default 1.0, as diffusers' video ControlNet
+    /// pipelines and the nets' training; its image-to-image pipeline uses 0.8). Once for
+    /// every net, or once per net.
+    #[arg(long, value_name = "SCALE")]
+    controlnet_scale: Vec<f64>,
+    /// Fraction of the denoising steps at which the nets start steering (0..1); once, or
+    /// once per net.
+    #[arg(long, value_parser = unit_interval, value_name = "FRACTION")]
+    control_guidance_start: Vec<f64>,
+    /// Fraction of the denoising steps at which the nets stop steering (0..1); once, or
+    /// once per net.
+    #[arg(long, value_parser = unit_interval, value_name = "FRACTION")]
+    control_guidance_end: Vec<f64>,
+    /// ControlNet guess mode: the nets steer without seeing the prompt (for control maps
+    /// that should hold even against it).
+    #[arg(long)]
+    guess_mode: bool,
     /// Temporal consistency with AnimateDiff motion modules.
     #[arg(long)]
     animatediff: bool,
@@ -431,9 +466,6 @@ fn build_stages(
     seed: u64,
     progress: &CliProgress,
 ) -> anyhow::Result<Vec<Box<dyn FrameStage>>> {
-    if a.controlnet_id.is_some() {
-        return Err(Error::NotImplemented("ControlNet guidance (--controlnet-id)".into()).into());
-    }
     if a.animatediff {
         return Err(Error::NotImplemented(
             "AnimateDiff temporal consistency (--animatediff)".into(),
@@ -504,7 +536,96 @@ fn sd_stage(a: &StylizeArgs, seed: u64) -> anyhow::Result<StylizeStage> {
         flow: matches!(consistency, Consistency::Flow | Consistency::CrossFrameFlow)
             .then(|| a.flow_blend.unwrap_or_default()),
         keyframe_every: a.keyframe_every,
+        controlnets: controlnets(a)?,
+        guess_mode: a.guess_mode,
     })?)
+}
+
+/// The ControlNets of `-c` with their `--control*` settings, matched up per net.
+fn controlnets(a: &StylizeArgs) -> anyhow::Result<Vec<ControlNetSpec>> {
+    let n = a.controlnet_id.len();
+    let given = [
+        ("--control", a.control.len()),
+        ("--control-video", a.control_video.len()),
+        ("--controlnet-scale", a.controlnet_scale.len()),
+        ("--control-guidance-start", a.control_guidance_start.len()),
+        ("--control-guidance-end", a.control_guidance_end.len()),
+        ("--guess-mode", usize::from(a.guess_mode)),
+    ];
+    if n == 0 {
+        if let Some((flag, _)) = given.iter().find(|(_, k)| *k > 0) {
+            bail!("{flag} needs a ControlNet: add --controlnet-id (e.g. -c thibaud/controlnet-sd21-canny-diffusers)");
+        }
+        return Ok(Vec::new());
+    }
+    for (flag, k) in &given[..5] {
+        if *k > 1 && *k != n && *flag != "--control-video" {
+            bail!("{flag} is given {k} times for {n} ControlNets: give it once (for every net) or once per net");
+        }
+    }
+    // `--control-video` alone: every net reads one.
+    let kinds: Vec<String> = match (a.control.len(), a.control_video.len()) {
+        (0, 0) => vec!["canny".into(); n],
+        (0, _) => vec!["video".into(); n],
+        (1, _) => vec![a.control[0].clone(); n],
+        _ => a.control.clone(),
+    };
+    let wants_video = kinds.iter().filter(|k| *k == "video").count();
+    if wants_video != a.control_video.len() {
+        bail!(
+            "{wants_video} ControlNet(s) read a control video but {} --control-video given: give one per net whose --control is video",
+            a.control_video.len()
+        );
+    }
+    let pick = |v: &[f64], i: usize, default: f64| match v.len() {
+        0 => default,
+        1 => v[0],
+        _ => v[i],
+    };
+    let mut videos = a.control_video.iter();
+    let mut specs = Vec::with_capacity(n);
+    for (i, (id, kind)) in a.controlnet_id.iter().zip(&kinds).enumerate() {
+        let control = match kind.as_str() {
+            "canny" => ControlSource::Canny {
+                low: a.canny.0,
+                high: a.canny.1,
+            },
+            "frame" => ControlSource::Frame,
+            "video" => ControlSource::Video(videos.next().expect("counted above").clone()),
+            other => bail!("unknown --control `{other}` (canny, frame or video)"),
+        };
+        let weight = ControlWeight {
+            scale: pick(&a.controlnet_scale, i, 1.0),
+            start: pick(&a.control_guidance_start, i, 0.0),
+            end: pick(&a.control_guidance_end, i, 1.0),
+        };
+        if weight.start >= weight.end {
+            bail!(
+                "ControlNet {id}: --control-guidance-start {} must be below --control-guidance-end {}",
+                weight.start,
+                weight.end
+            );
+        }
+        specs.push(ControlNetSpec {
+            model: ModelSource::parse(id)?,
+            control,
+            weight,
+        });
+    }
+    Ok(specs)
+}
+
+fn parse_canny(s: &str) -> Result<(f64, f64), String> {
+    let bad = || format!("`{s}` is not LOW,HIGH (two numbers, e.g. 100,200)");
+    let (low, high) = s.split_once(',').ok_or_else(bad)?;
+    let (low, high): (f64, f64) = (
+        low.trim().parse().map_err(|_| bad())?,
+        high.trim().parse().map_err(|_| bad())?,
+    );
+    if !(low >= 0.0 && high >= low && high.is_finite()) {
+        return Err(format!("Canny thresholds need 0 <= LOW <= HIGH, got {s}"));
+    }
+    Ok((low, high))
 }
 
 /// Probes the input, runs the job, reports the outcome.

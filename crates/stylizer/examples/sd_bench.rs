@@ -133,8 +133,9 @@ fn main() -> Result<()> {
                 m.insert("vae_encode_s".into(), json!(s));
                 reset_peak();
                 let latents = randn(&[2, 4, lh, lw])?;
-                let (_, s) =
-                    timed(|| Ok(model.unet(&latents, &[501.0], &emb, &mut SelfAttention::Own)?))?;
+                let (_, s) = timed(|| {
+                    Ok(model.unet(&latents, &[501.0], &emb, &mut SelfAttention::Own, None)?)
+                })?;
                 m.insert("unet_b2_peak_MB".into(), json!(peak_rss_mb()));
                 m.insert("unet_b2_s".into(), json!(s));
                 reset_peak();
@@ -163,13 +164,19 @@ fn main() -> Result<()> {
                 let mut b1 = vec![];
                 for _ in 0..reps {
                     b2.push(
-                        timed(|| Ok(model.unet(&x, &[501.0], &emb, &mut SelfAttention::Own)?))?.1,
+                        timed(|| {
+                            Ok(model.unet(&x, &[501.0], &emb, &mut SelfAttention::Own, None)?)
+                        })?
+                        .1,
                     );
                 }
                 for _ in 0..reps {
                     let (x1, e1) = (x.narrow(0, 0, 1)?, emb.narrow(0, 0, 1)?);
                     b1.push(
-                        timed(|| Ok(model.unet(&x1, &[501.0], &e1, &mut SelfAttention::Own)?))?.1,
+                        timed(|| {
+                            Ok(model.unet(&x1, &[501.0], &e1, &mut SelfAttention::Own, None)?)
+                        })?
+                        .1,
                     );
                 }
                 result["unet"] = json!({"batch2_s": b2, "batch1_s": b1, "cpu_s": take_cpu(), "peak_rss_MB": peak_rss_mb()});
@@ -185,12 +192,16 @@ fn main() -> Result<()> {
                 let mut own = vec![];
                 for _ in 0..reps {
                     own.push(
-                        timed(|| Ok(model.unet(&x, &[501.0], &emb, &mut SelfAttention::Own)?))?.1,
+                        timed(|| {
+                            Ok(model.unet(&x, &[501.0], &emb, &mut SelfAttention::Own, None)?)
+                        })?
+                        .1,
                     );
                 }
                 times.insert("own_s".into(), json!(own));
                 let mut record = FrameAnchor::Record(&mut bank);
-                let (_, s) = timed(|| Ok(model.unet(&x, &[501.0], &emb, &mut record.step(0)?)?))?;
+                let (_, s) =
+                    timed(|| Ok(model.unet(&x, &[501.0], &emb, &mut record.step(0)?, None)?))?;
                 times.insert("record_s".into(), json!(s));
                 times.insert("anchor_MB_per_step".into(), json!(bank.bytes() >> 20));
                 for keys in [CrossFrameKeys::Anchor, CrossFrameKeys::AnchorAndSelf] {
@@ -198,7 +209,10 @@ fn main() -> Result<()> {
                     for _ in 0..reps {
                         let mut attend = FrameAnchor::Attend(&bank, keys);
                         t.push(
-                            timed(|| Ok(model.unet(&x, &[501.0], &emb, &mut attend.step(0)?)?))?.1,
+                            timed(|| {
+                                Ok(model.unet(&x, &[501.0], &emb, &mut attend.step(0)?, None)?)
+                            })?
+                            .1,
                         );
                     }
                     times.insert(format!("{keys}_s"), json!(t));

@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use stylizer::stylize::cross_frame::{img2img_frames, CrossFrameKeys, FrameAnchor, SelfAttention};
-use stylizer::stylize::img2img::{img2img as run_img2img, Img2ImgParams};
+use stylizer::stylize::img2img::{img2img as run_img2img, Control, Img2ImgParams};
 use stylizer::stylize::model::{LoadOptions, SdFiles, SdModel};
 use stylizer::stylize::noise::ReplayNoise;
 use stylizer::stylize::schedulers::SchedulerConfig;
@@ -47,13 +47,13 @@ fn unet(files: &SdFiles, golden: &Tensors) -> Result<Tensors> {
         .to_vec1::<f64>()?;
     let mut out = HashMap::from([(
         "out".into(),
-        model.unet(sample, &t, context, &mut SelfAttention::Own)?,
+        model.unet(sample, &t, context, &mut SelfAttention::Own, None)?,
     )]);
     if let Some(ts) = golden.get("timesteps2") {
         let ts = ts.to_dtype(DType::F64)?.to_vec1::<f64>()?;
         out.insert(
             "out2".into(),
-            model.unet(sample, &ts, context, &mut SelfAttention::Own)?,
+            model.unet(sample, &ts, context, &mut SelfAttention::Own, None)?,
         );
     }
     Ok(out)
@@ -148,6 +148,7 @@ fn img2img(files: &SdFiles, golden: &Tensors, args: &HashMap<String, String>) ->
         &params,
         &text,
         &golden["image_in"],
+        &Control::default(),
         FrameAnchor::Independent,
         &mut noise,
         &mut NoProgress,

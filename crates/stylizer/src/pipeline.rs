@@ -331,8 +331,11 @@ pub fn run(
     let mut repeats = 0;
     if !pending.is_empty() {
         progress.stage(Stage::LoadModels);
+        let mut size = (width, height);
         for s in stages.iter_mut() {
-            if let Err(e) = s.prepare().and_then(|()| s.start_input()) {
+            let started = s.prepare().and_then(|()| s.start_input(info, size));
+            size = s.output_size(size.0, size.1);
+            if let Err(e) = started {
                 // A run that stops before its first frame leaves nothing behind.
                 discard_unfinished(&work, &pending, job.share.is_none());
                 return Err(e);

@@ -3,6 +3,7 @@
 //! Stylize (Stable Diffusion) and upscale (Real-ESRGAN) are frame stages; the pipeline chains
 //! them between decode and encode and knows nothing else about them.
 
+use crate::video::probe::VideoInfo;
 use crate::{Frame, Result};
 
 /// A per-frame transformation.
@@ -32,10 +33,12 @@ pub trait FrameStage: Send {
         Ok(())
     }
 
-    /// Called before the first frame of every video (after [`prepare`](FrameStage::prepare)):
-    /// a stage that renders several inputs in turn drops all it kept of the previous one
-    /// (an anchor frame, keyframes).
-    fn start_input(&mut self) -> Result<()> {
+    /// Called before the first frame of every video (after [`prepare`](FrameStage::prepare)),
+    /// with the input and the size of the frames this stage will get: a stage that renders
+    /// several inputs in turn drops all it kept of the previous one (an anchor frame,
+    /// keyframes), and opens what it reads beside the input (a control video), refusing
+    /// what does not fit before any frame.
+    fn start_input(&mut self, _input: &VideoInfo, _size: (u32, u32)) -> Result<()> {
         Ok(())
     }
 

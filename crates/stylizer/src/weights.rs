@@ -422,6 +422,12 @@ impl TensorStore {
         self.index.is_empty()
     }
 
+    /// A tensor by its model name, in f32 on the CPU (to read a shape the config lacks).
+    pub fn tensor(&self, name: &str) -> Result<Tensor> {
+        self.load(name, DType::F32, &Device::Cpu)
+            .map_err(|e| Error::Weights(e.to_string()))
+    }
+
     fn load(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
         let Some((file, r)) = self.index.get(name) else {
             candle_core::bail!("{}: tensor {name} not found in the weights", self.what)

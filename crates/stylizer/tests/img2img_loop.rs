@@ -11,8 +11,9 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
+use stylizer::stylize::controlnet::ControlResiduals;
 use stylizer::stylize::cross_frame::{FrameAnchor, SelfAttention};
-use stylizer::stylize::img2img::{img2img, Img2ImgModel, Img2ImgParams};
+use stylizer::stylize::img2img::{img2img, Control, Img2ImgModel, Img2ImgParams};
 use stylizer::stylize::noise::ReplayNoise;
 use stylizer::stylize::schedulers::{SchedulerConfig, SchedulerKind};
 use stylizer::{NoProgress, Result};
@@ -73,6 +74,7 @@ impl Img2ImgModel for Replayed {
         timestep: f64,
         text: &Tensor,
         _frames: &mut SelfAttention,
+        _control: Option<&ControlResiduals>,
     ) -> Result<Tensor> {
         let i = self.calls.replace_with(|c| *c + 1);
         let want_t = self.g[&format!("step{i}.t")]
@@ -124,6 +126,7 @@ fn loop_reproduces_diffusers_runs_with_replayed_networks() {
                 &params,
                 &g["prompt_embeds"],
                 &g["image_in"],
+                &Control::default(),
                 FrameAnchor::Independent,
                 &mut noise,
                 &mut NoProgress,
@@ -177,6 +180,7 @@ fn guidance_at_most_one_runs_the_prompt_alone() {
             _t: f64,
             text: &Tensor,
             _frames: &mut SelfAttention,
+            _control: Option<&ControlResiduals>,
         ) -> Result<Tensor> {
             assert_eq!(latents.dim(0)?, 1, "no unconditional half");
             assert_eq!(
@@ -210,6 +214,7 @@ fn guidance_at_most_one_runs_the_prompt_alone() {
         &params,
         &g["prompt_embeds"],
         &g["image_in"],
+        &Control::default(),
         FrameAnchor::Independent,
         &mut noise,
         &mut NoProgress,

@@ -8,7 +8,7 @@
 
 use candle_core::Device;
 use stylizer::stylize::cross_frame::FrameAnchor;
-use stylizer::stylize::img2img::{img2img, Img2ImgParams};
+use stylizer::stylize::img2img::{img2img, Control, Img2ImgParams};
 use stylizer::stylize::noise::ReplayNoise;
 use stylizer::stylize::schedulers::SchedulerKind;
 use stylizer::NoProgress;
@@ -59,6 +59,7 @@ fn parity(variant: &str) {
             &params,
             &text,
             &g["image_in"],
+            &Control::default(),
             FrameAnchor::Independent,
             &mut noise,
             &mut NoProgress,

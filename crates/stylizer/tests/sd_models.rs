@@ -95,6 +95,7 @@ fn check_all_parts(variant: &str, files: &SdFiles, label: &str) {
             &[t],
             &g["encoder_hidden_states"],
             &mut SelfAttention::Own,
+            None,
         )
         .unwrap();
     check(&format!("{label} unet out"), &out, &g["out"], 1e-4);
@@ -109,6 +110,7 @@ fn check_all_parts(variant: &str, files: &SdFiles, label: &str) {
             &ts,
             &g["encoder_hidden_states"],
             &mut SelfAttention::Own,
+            None,
         )
         .unwrap();
     check(

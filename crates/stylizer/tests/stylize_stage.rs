@@ -43,6 +43,8 @@ fn settings(variant: &str) -> StylizeSettings {
         cross_frame: None,
         flow: None,
         keyframe_every: 1,
+        controlnets: Vec::new(),
+        guess_mode: false,
     }
 }
 

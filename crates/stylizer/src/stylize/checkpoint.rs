@@ -10,6 +10,7 @@ use crate::weights::TensorRef;
 
 const UNET: &str = "model.diffusion_model.";
 const VAE: &str = "first_stage_model.";
+const CONTROL: &str = "control_model.";
 const CLIP: &str = "cond_stage_model.transformer.";
 const OPEN_CLIP: &str = "cond_stage_model.model.";
 
@@ -61,9 +62,17 @@ fn unet_resnet(rest: &str) -> String {
 
 /// UNet: `model.diffusion_model.*` with `layers_per_block` resnets per level.
 pub fn unet_name(key: &str, layers_per_block: usize) -> Vec<(String, TensorRef)> {
-    let Some(k) = key.strip_prefix(UNET) else {
-        return vec![];
-    };
+    match key
+        .strip_prefix(UNET)
+        .and_then(|k| unet_body_name(k, layers_per_block))
+    {
+        Some(name) => one(name, key),
+        None => vec![],
+    }
+}
+
+/// The diffusers name of a UNet tensor given without its prefix.
+fn unet_body_name(k: &str, layers_per_block: usize) -> Option<String> {
     let per = layers_per_block + 1;
     let name = if let Some(r) = k.strip_prefix("time_embed.0.") {
         format!("time_embedding.linear_1.{r}")
@@ -84,16 +93,16 @@ pub fn unet_name(key: &str, layers_per_block: usize) -> Vec<(String, TensorRef)>
             Some((1, r)) => format!("down_blocks.{block}.attentions.{layer}.{r}"),
             Some((0, r)) => match r.strip_prefix("op.") {
                 Some(t) => format!("down_blocks.{block}.downsamplers.0.conv.{t}"),
-                None => return vec![],
+                None => return None,
             },
-            _ => return vec![],
+            _ => return None,
         }
     } else if let Some((i, rest)) = k.strip_prefix("middle_block.").and_then(split_index) {
         match i {
             0 => format!("mid_block.resnets.0.{}", unet_resnet(rest)),
             1 => format!("mid_block.attentions.0.{rest}"),
             2 => format!("mid_block.resnets.1.{}", unet_resnet(rest)),
-            _ => return vec![],
+            _ => return None,
         }
     } else if let Some((i, rest)) = k.strip_prefix("output_blocks.").and_then(split_index) {
         let (block, layer) = (i / per, i % per);
@@ -104,10 +113,79 @@ pub fn unet_name(key: &str, layers_per_block: usize) -> Vec<(String, TensorRef)>
                 format!("up_blocks.{block}.upsamplers.0.{r}")
             }
             Some((1, r)) => format!("up_blocks.{block}.attentions.{layer}.{r}"),
-            _ => return vec![],
+            _ => return None,
         }
     } else {
+        return None;
+    };
+    Some(name)
+}
+
+/// Where a single-file ControlNet keeps its tensors: `control_model.*` in the original
+/// ControlNet 1.0 files (which may carry a whole SD model beside it), no prefix in the
+/// standalone files (`control_v11p_sd15_canny.pth`, `control_v11p_sd21_*.safetensors`).
+/// `None`: not a ControlNet.
+pub fn controlnet_prefix(names: &[String]) -> Option<&'static str> {
+    if names.iter().any(|n| n.starts_with(CONTROL)) {
+        Some(CONTROL)
+    } else if names.iter().any(|n| n.starts_with("input_hint_block.")) {
+        Some("")
+    } else {
+        None
+    }
+}
+
+/// Indices of the convolutions of the hint block (`input_hint_block.{i}.weight`; the odd
+/// indices are SiLUs), in order.
+pub fn controlnet_hint_convs(names: &[String], prefix: &str) -> Vec<usize> {
+    let mut convs: Vec<usize> = names
+        .iter()
+        .filter_map(|n| {
+            n.strip_prefix(prefix)?
+                .strip_prefix("input_hint_block.")?
+                .strip_suffix(".weight")?
+                .parse()
+                .ok()
+        })
+        .collect();
+    convs.sort_unstable();
+    convs
+}
+
+/// ControlNet (diffusers `convert_controlnet_checkpoint`): the UNet's way down under
+/// `prefix`, `input_hint_block` → `controlnet_cond_embedding` (first conv `conv_in`, last
+/// `conv_out`, the ones between `blocks`; `hint_convs` from [`controlnet_hint_convs`]),
+/// `zero_convs.{i}.0` → `controlnet_down_blocks.{i}`, `middle_block_out.0` → `controlnet_mid_block`.
+pub fn controlnet_name(
+    key: &str,
+    prefix: &str,
+    layers_per_block: usize,
+    hint_convs: &[usize],
+) -> Vec<(String, TensorRef)> {
+    let Some(k) = key.strip_prefix(prefix) else {
         return vec![];
+    };
+    let name = if let Some((i, r)) = k.strip_prefix("input_hint_block.").and_then(split_index) {
+        match hint_convs.iter().position(|&h| h == i) {
+            Some(0) => format!("controlnet_cond_embedding.conv_in.{r}"),
+            Some(p) if p + 1 == hint_convs.len() => {
+                format!("controlnet_cond_embedding.conv_out.{r}")
+            }
+            Some(p) => format!("controlnet_cond_embedding.blocks.{}.{r}", p - 1),
+            None => return vec![],
+        }
+    } else if let Some((i, r)) = k.strip_prefix("zero_convs.").and_then(split_index) {
+        match r.strip_prefix("0.") {
+            Some(t) => format!("controlnet_down_blocks.{i}.{t}"),
+            None => return vec![],
+        }
+    } else if let Some(r) = k.strip_prefix("middle_block_out.0.") {
+        format!("controlnet_mid_block.{r}")
+    } else {
+        match unet_body_name(k, layers_per_block) {
+            Some(name) => name,
+            None => return vec![],
+        }
     };
     one(name, key)
 }

@@ -307,6 +307,111 @@ impl UNetConfig {
     }
 }
 
+/// `ControlNetModel` configuration (diffusers `controlnet/config.json`): the UNet's way down
+/// plus the control image's embedding.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ControlNetConfig {
+    /// The encoder half (the up-block fields mirror the down blocks and are not used).
+    pub unet: UNetConfig,
+    pub conditioning_channels: usize,
+    /// Widths of the control image's embedding convolutions; each step after the first
+    /// halves the resolution, so their count sets the VAE factor the net expects.
+    pub conditioning_embedding_out_channels: Vec<usize>,
+    /// `controlnet_conditioning_channel_order = "bgr"`: the net was trained on BGR images.
+    pub bgr: bool,
+    /// Residuals averaged over the image (shuffle nets); implies guess mode.
+    pub global_pool_conditions: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(default)]
+struct RawControlNet {
+    conditioning_channels: usize,
+    conditioning_embedding_out_channels: Vec<usize>,
+    controlnet_conditioning_channel_order: String,
+    global_pool_conditions: bool,
+}
+
+impl Default for RawControlNet {
+    // The defaults of diffusers' `ControlNetModel.__init__`.
+    fn default() -> Self {
+        Self {
+            conditioning_channels: 3,
+            conditioning_embedding_out_channels: vec![16, 32, 96, 256],
+            controlnet_conditioning_channel_order: "rgb".into(),
+            global_pool_conditions: false,
+        }
+    }
+}
+
+impl ControlNetConfig {
+    pub fn from_json(json: &Value) -> Result<Self> {
+        let r: RawControlNet = parse(json, "controlnet")?;
+        // The UNet keys are the same; the up blocks a ControlNet lacks mirror its down blocks.
+        let mut unet = json.clone();
+        if let Some(map) = unet.as_object_mut() {
+            if let Some(Value::Array(down)) = map.get("down_block_types").cloned() {
+                let up: Vec<Value> = down
+                    .iter()
+                    .rev()
+                    .map(|t| Value::String(t.as_str().unwrap_or("").replace("Down", "Up")))
+                    .collect();
+                map.insert("up_block_types".into(), Value::Array(up));
+            } else {
+                map.remove("up_block_types");
+            }
+            map.remove("out_channels");
+        }
+        let unet = UNetConfig::from_json(&unet).map_err(|e| match e {
+            Error::Config(m) => Error::Config(m.replacen("unet", "controlnet", 1)),
+            e => e,
+        })?;
+        let order = r.controlnet_conditioning_channel_order.as_str();
+        if order != "rgb" && order != "bgr" {
+            return Err(unsupported(
+                "controlnet",
+                "controlnet_conditioning_channel_order",
+                order,
+            ));
+        }
+        Self::new(
+            unet,
+            r.conditioning_channels,
+            r.conditioning_embedding_out_channels,
+            order == "bgr",
+            r.global_pool_conditions,
+        )
+    }
+
+    /// A net with `unet`'s way down (what a single-file checkpoint without a config is read
+    /// with: the nets are copies of the UNet they were trained on).
+    pub fn new(
+        unet: UNetConfig,
+        conditioning_channels: usize,
+        conditioning_embedding_out_channels: Vec<usize>,
+        bgr: bool,
+        global_pool_conditions: bool,
+    ) -> Result<Self> {
+        if conditioning_embedding_out_channels.is_empty() {
+            return Err(Error::Config(
+                "controlnet config: conditioning_embedding_out_channels is empty".into(),
+            ));
+        }
+        Ok(Self {
+            unet,
+            conditioning_channels,
+            conditioning_embedding_out_channels,
+            bgr,
+            global_pool_conditions,
+        })
+    }
+
+    /// Pixels per latent the control image is embedded with (must equal the VAE's).
+    pub fn scale_factor(&self) -> usize {
+        1 << (self.conditioning_embedding_out_channels.len() - 1)
+    }
+}
+
 /// `AutoencoderKL` configuration (diffusers `vae/config.json`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct VaeConfig {

@@ -14,7 +14,7 @@
 
 use candle_core::{bail, Result, Tensor};
 
-use super::img2img::{decode, denoise, Img2ImgModel, Img2ImgParams};
+use super::img2img::{decode, denoise, Control, Img2ImgModel, Img2ImgParams};
 use super::noise::NoiseSource;
 use super::schedulers::SchedulerConfig;
 use crate::NoProgress;
@@ -178,6 +178,7 @@ pub fn img2img_frames(
             params,
             text,
             &frames.narrow(0, f, 1)?,
+            &Control::default(),
             anchor,
             noise(f)?.as_mut(),
             &mut NoProgress,

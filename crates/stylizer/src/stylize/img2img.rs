@@ -5,6 +5,7 @@
 
 use candle_core::{DType, Tensor};
 
+use super::controlnet::ControlResiduals;
 use super::cross_frame::{FrameAnchor, SelfAttention};
 use super::noise::{NoiseDraw, NoiseSource};
 use super::schedulers::{SchedulerConfig, SchedulerKind};
@@ -16,14 +17,33 @@ pub trait Img2ImgModel {
     /// VAE posterior of `image` [1,3,H,W] in [-1, 1]: (mean, logvar), unscaled latent space.
     fn vae_encode(&self, image: &Tensor) -> Result<(Tensor, Tensor)>;
     /// UNet output for `latents` [B,4,h,w] at `timestep`, conditioned on `text` [B,77,D];
-    /// `frames` says what the self-attention layers attend to.
+    /// `frames` says what the self-attention layers attend to; `control` is added to the
+    /// skip connections and the mid block.
     fn unet(
         &self,
         latents: &Tensor,
         timestep: f64,
         text: &Tensor,
         frames: &mut SelfAttention,
+        control: Option<&ControlResiduals>,
     ) -> Result<Tensor>;
+    /// ControlNet `net`'s residuals for the UNet input `latents` [B,4,h,w], `text` [B,77,D]
+    /// and the control image `image` [B,3,H,W] in [0, 1], times `scale`.
+    #[allow(clippy::too_many_arguments)]
+    fn controlnet(
+        &self,
+        net: usize,
+        _latents: &Tensor,
+        _timestep: f64,
+        _text: &Tensor,
+        _image: &Tensor,
+        _scale: f64,
+        _guess_mode: bool,
+    ) -> Result<ControlResiduals> {
+        Err(Error::Model(format!(
+            "ControlNet {net}: this model has none"
+        )))
+    }
     /// VAE decode of unscaled latents to an image [1,3,H,W], about [-1, 1], not clamped.
     fn vae_decode(&self, latents: &Tensor) -> Result<Tensor>;
     /// The VAE's `scaling_factor` (0.18215 for SD 1.x/2.x).
@@ -89,6 +109,100 @@ impl Img2ImgParams {
     }
 }
 
+/// One ControlNet's part in a frame's denoising.
+#[derive(Debug, Clone)]
+pub struct ControlInput {
+    /// Which of the model's nets.
+    pub net: usize,
+    /// The control image [1,3,H,W] in [0, 1], the frame's size.
+    pub image: Tensor,
+    pub weight: ControlWeight,
+}
+
+/// How strongly, and over which part of the denoising, a ControlNet steers.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ControlWeight {
+    /// `controlnet_conditioning_scale`: the residuals are multiplied by it.
+    pub scale: f64,
+    /// The fractions of the steps that run where the net starts and stops acting
+    /// (`control_guidance_start` / `control_guidance_end`).
+    pub start: f64,
+    pub end: f64,
+}
+
+impl ControlWeight {
+    /// The scale at step `i` of `n` that run: diffusers' `controlnet_keep[i]` =
+    /// 1 − (i/n < start or (i+1)/n > end), times the scale.
+    pub fn at(&self, i: usize, n: usize) -> f64 {
+        let (i, n) = (i as f64, n as f64);
+        let off = i / n < self.start || (i + 1.0) / n > self.end;
+        if off {
+            0.0
+        } else {
+            self.scale
+        }
+    }
+}
+
+/// The ControlNets a frame is denoised with (none: plain img2img).
+#[derive(Debug, Clone, Default)]
+pub struct Control {
+    pub inputs: Vec<ControlInput>,
+    /// Guess mode: with guidance the nets see the prompt half only and add nothing to the
+    /// unconditional half; their residuals grow from 0.1 to 1 along the skip connections.
+    pub guess_mode: bool,
+}
+
+impl Control {
+    /// The residuals of every net at step `i` of `n` for the UNet batch `input` (and its
+    /// text), summed; `None` when no net acts at this step.
+    #[allow(clippy::too_many_arguments)]
+    fn residuals(
+        &self,
+        model: &dyn Img2ImgModel,
+        input: &Tensor,
+        timestep: f64,
+        text: &Tensor,
+        guided: bool,
+        i: usize,
+        n: usize,
+    ) -> Result<Option<ControlResiduals>> {
+        // Guess mode under guidance: the nets see the prompt half only.
+        let prompt_only = self.guess_mode && guided;
+        let (latents, text) = match prompt_only {
+            true => (input.narrow(0, 1, 1)?, text.narrow(0, 1, 1)?),
+            false => (input.clone(), text.clone()),
+        };
+        let b = latents.dim(0)?;
+        let mut sum: Option<ControlResiduals> = None;
+        for c in &self.inputs {
+            let scale = c.weight.at(i, n);
+            // A net out of its window adds scale 0 × its residuals: nothing, so it is not run.
+            if scale == 0.0 {
+                continue;
+            }
+            let image = c.image.repeat((b, 1, 1, 1))?;
+            let r = model.controlnet(
+                c.net,
+                &latents,
+                timestep,
+                &text,
+                &image,
+                scale,
+                self.guess_mode,
+            )?;
+            sum = Some(match sum {
+                None => r,
+                Some(s) => s.add(&r)?,
+            });
+        }
+        match (sum, prompt_only) {
+            (Some(r), true) => Ok(Some(r.with_zero_uncond()?)),
+            (sum, _) => Ok(sum),
+        }
+    }
+}
+
 /// Restyles one image: [`denoise`], then [`decode`].
 ///
 /// Returns the final latents (scaled, as the UNet sees them) and the image [1,3,H,W] in [0, 1].
@@ -99,6 +213,7 @@ pub fn img2img(
     params: &Img2ImgParams,
     text: &Tensor,
     image: &Tensor,
+    control: &Control,
     anchor: FrameAnchor,
     noise: &mut dyn NoiseSource,
     progress: &mut dyn Progress,
@@ -110,6 +225,7 @@ pub fn img2img(
         params,
         text,
         image,
+        control,
         anchor,
         noise,
         progress,
@@ -125,6 +241,8 @@ pub fn img2img(
 /// * `text`: prompt embeddings [2,77,D] as [negative, prompt] (only the prompt half is used when
 ///   guidance ≤ 1; a [1,77,D] prompt-only tensor is accepted then).
 /// * `image`: [1,3,H,W] in [-1, 1], H and W multiples of the VAE's downscale factor.
+/// * `control`: the ControlNets and their images (diffusers'
+///   `StableDiffusionControlNetImg2ImgPipeline`; empty for plain img2img).
 /// * `anchor`: what the UNet's self-attention attends to at each step (the frame alone, or a
 ///   recorded anchor frame: [`super::cross_frame`]).
 /// * `on_step(i, latents)` gets the latents after each step that runs (i from 0) and returns
@@ -137,6 +255,7 @@ pub fn denoise(
     params: &Img2ImgParams,
     text: &Tensor,
     image: &Tensor,
+    control: &Control,
     mut anchor: FrameAnchor,
     noise: &mut dyn NoiseSource,
     progress: &mut dyn Progress,
@@ -180,7 +299,9 @@ pub fn denoise(
             latents.clone()
         };
         let input = scheduler.scale_model_input(input, index)?;
-        let out = model.unet(&input, timesteps[index], &text, &mut anchor.step(i)?)?;
+        let t = timesteps[index];
+        let residuals = control.residuals(model, &input, t, &text, params.guided(), i, total)?;
+        let out = model.unet(&input, t, &text, &mut anchor.step(i)?, residuals.as_ref())?;
         let out = if params.guided() {
             let (uncond, cond) = (out.narrow(0, 0, 1)?, out.narrow(0, 1, 1)?);
             (&uncond + ((cond - &uncond)? * params.guidance)?)?

@@ -11,13 +11,16 @@
 //! let text = files.encode_prompts(prompt, Some(negative))?;   // [neg, pos]; CLIP freed on return
 //! let model = SdModel::load(&files, progress)?;               // UNet + VAE
 //! let (mean, logvar) = model.vae_encode(&image)?;             // image [1,3,H,W] in [-1,1]
-//! let eps = model.unet(&latents, &[t], &text, &mut SelfAttention::Own)?; // CFG batch [neg, pos]
+//! let eps = model.unet(&latents, &[t], &text, &mut SelfAttention::Own, None)?; // CFG batch [neg, pos]
 //! let image = model.vae_decode(&(latents / model.scaling_factor())?)?;
 //! ```
 pub mod attention;
+pub mod canny;
 pub mod checkpoint;
 pub mod clip;
 pub mod config;
+pub mod control;
+pub mod controlnet;
 pub mod conv;
 pub mod cross_frame;
 pub mod img2img;

@@ -16,7 +16,8 @@ use serde_json::Value;
 use super::attention::AttentionSlicing;
 use super::checkpoint::{self, TextEncoderKind};
 use super::clip::ClipTextModel;
-use super::config::{ClipTextConfig, UNetConfig, VaeConfig};
+use super::config::{ClipTextConfig, ControlNetConfig, UNetConfig, VaeConfig};
+use super::controlnet::{ControlNetModel, ControlResiduals};
 use super::cross_frame::SelfAttention;
 use super::tokenizer::ClipTokenizer;
 use super::unet::UNet2DConditionModel;
@@ -316,6 +317,8 @@ impl SdFiles {
 pub struct SdModel {
     unet: UNet2DConditionModel,
     vae: AutoencoderKL,
+    /// ControlNets, in the order they were added ([`SdModel::add_controlnet`]).
+    controlnets: Vec<ControlNetModel>,
     scheduler_config: Value,
     device: Device,
     dtype: DType,
@@ -343,6 +346,7 @@ impl SdModel {
         Ok(Self {
             unet,
             vae,
+            controlnets: Vec::new(),
             scheduler_config: files.scheduler_config.clone(),
             device: files.device.clone(),
             dtype: files.dtype,
@@ -354,17 +358,57 @@ impl SdModel {
     /// `latents` `[b, c, h, w]` at `timesteps` (one for all, or one per batch element),
     /// conditioned on `text` `[b, tokens, dim]`; `frames` says what self-attention attends to
     /// ([`SelfAttention::Own`] for a frame on its own). Returned in f32.
+    /// `control`: what the ControlNets add ([`SdModel::controlnet`]).
     pub fn unet(
         &self,
         latents: &Tensor,
         timesteps: &[f64],
         text: &Tensor,
         frames: &mut SelfAttention,
+        control: Option<&ControlResiduals>,
     ) -> Result<Tensor> {
         Ok(self
             .unet
-            .forward(latents, timesteps, text, frames)?
+            .forward(latents, timesteps, text, frames, control)?
             .to_dtype(DType::F32)?)
+    }
+
+    /// Adds a ControlNet (net `n` is the n-th added), refusing one the UNet cannot take.
+    pub fn add_controlnet(&mut self, files: &ControlNetFiles) -> Result<()> {
+        files.check_fits(self.unet.config(), self.vae.config().scale_factor())?;
+        let vb =
+            VarBuilder::from_backend(Box::new(files.store()?), self.dtype, self.device.clone());
+        let net = ControlNetModel::new(vb, &files.config, files.slicing)
+            .map_err(|e| Error::Weights(format!("{}: {e}", files.description)))?;
+        self.controlnets.push(net);
+        Ok(())
+    }
+
+    pub fn controlnets(&self) -> usize {
+        self.controlnets.len()
+    }
+
+    /// The residuals of ControlNet `net` for the UNet input `latents` at `timesteps`, text
+    /// `text` and control image `image` `[b, 3, H, W]` in [0, 1], times `scale`
+    /// ([`ControlNetModel::forward`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn controlnet(
+        &self,
+        net: usize,
+        latents: &Tensor,
+        timesteps: &[f64],
+        text: &Tensor,
+        image: &Tensor,
+        scale: f64,
+        guess_mode: bool,
+    ) -> Result<ControlResiduals> {
+        let model = self.controlnets.get(net).ok_or_else(|| {
+            Error::Model(format!(
+                "ControlNet {net} asked for, {} loaded",
+                self.controlnets.len()
+            ))
+        })?;
+        Ok(model.forward(latents, timesteps, text, image, scale, guess_mode)?)
     }
 
     /// Posterior `(mean, logvar)` of `image` `[b, 3, H, W]` in [-1, 1], raw latent space
@@ -419,4 +463,178 @@ impl SdModel {
     pub fn description(&self) -> &str {
         &self.description
     }
+}
+
+/// A resolved ControlNet: config parsed (or derived), weight file located.
+pub struct ControlNetFiles {
+    pub config: ControlNetConfig,
+    weights: Weights,
+    /// For a single file: the stored-name prefix and the hint block's convolutions.
+    single: Option<(&'static str, Vec<usize>)>,
+    slicing: AttentionSlicing,
+    description: String,
+}
+
+impl ControlNetFiles {
+    /// Finds (and downloads, unless offline) a ControlNet: a hub id or diffusers folder
+    /// (`config.json` + `diffusion_pytorch_model.safetensors`, at the top or under
+    /// `controlnet/`), or a single original-layout file, which is read with `unet`'s
+    /// architecture (the nets are copies of the UNet they were trained on).
+    pub fn resolve(source: &ModelSource, opts: &LoadOptions, unet: &UNetConfig) -> Result<Self> {
+        let description = source.to_string();
+        if let ModelSource::File(path) = source {
+            let names = TensorStore::stored_names(path)?;
+            let prefix = checkpoint::controlnet_prefix(&names).ok_or_else(|| {
+                Error::Weights(format!(
+                    "{}: not a ControlNet (no input_hint_block or control_model tensors)",
+                    path.display()
+                ))
+            })?;
+            let hint = checkpoint::controlnet_hint_convs(&names, prefix);
+            if hint.len() < 2 {
+                return Err(Error::Weights(format!(
+                    "{}: the ControlNet's input_hint_block has {} convolutions",
+                    path.display(),
+                    hint.len()
+                )));
+            }
+            // The hint block's widths: conv_in's, then every second (stride-2) block's.
+            let store = single_controlnet_store(path, prefix, unet.layers_per_block, &hint)?;
+            let width = |name: &str| -> Result<usize> {
+                let w = store.tensor(name)?;
+                Ok(w.dim(0)?)
+            };
+            let mut channels = vec![width("controlnet_cond_embedding.conv_in.weight")?];
+            for j in (1..hint.len() - 2).step_by(2) {
+                channels.push(width(&format!(
+                    "controlnet_cond_embedding.blocks.{j}.weight"
+                ))?);
+            }
+            let cin = store
+                .tensor("controlnet_cond_embedding.conv_in.weight")?
+                .dim(1)?;
+            let config = ControlNetConfig::new(unet.clone(), cin, channels, false, false)?;
+            return Ok(Self {
+                config,
+                weights: Weights::SingleFile(path.clone()),
+                single: Some((prefix, hint)),
+                slicing: opts.attention_slicing,
+                description,
+            });
+        }
+        let repo = repo_files(source, &opts.hub)?;
+        let dir = if !repo.has("config.json") && repo.has("controlnet/config.json") {
+            "controlnet/"
+        } else {
+            ""
+        };
+        let variant = opts
+            .hub
+            .variant
+            .as_deref()
+            .map(|v| format!(".{v}"))
+            .unwrap_or_default();
+        let st = format!("{dir}diffusion_pytorch_model{variant}.safetensors");
+        let bin = format!("{dir}diffusion_pytorch_model{variant}.bin");
+        let weights = if !repo.has(&st) && repo.has(&bin) {
+            bin
+        } else {
+            st
+        };
+        let config_file = format!("{dir}config.json");
+        let found = repo.get_all(&[(config_file.as_str(), true), (weights.as_str(), true)])?;
+        let config = ControlNetConfig::from_json(&read_json(&found[&config_file])?)?;
+        Ok(Self {
+            config,
+            weights: Weights::Diffusers(vec![found[&weights].clone()]),
+            single: None,
+            slicing: opts.attention_slicing,
+            description: repo.name().to_string(),
+        })
+    }
+
+    pub fn description(&self) -> &str {
+        &self.description
+    }
+
+    /// Refuses a net that cannot work with this UNet and VAE, naming both.
+    pub fn check_fits(&self, unet: &UNetConfig, vae_scale_factor: usize) -> Result<()> {
+        let net = &self.config.unet;
+        let mismatch = |what: String| {
+            Err(Error::Config(format!(
+                "ControlNet {} does not fit the model: {what}",
+                self.description
+            )))
+        };
+        if net.cross_attention_dim() != unet.cross_attention_dim() {
+            return mismatch(format!(
+                "it reads text embeddings of width {}, the model's text encoder gives {} \
+                 (an SD 1.x net with an SD 2.x model, or the other way round?)",
+                net.cross_attention_dim(),
+                unet.cross_attention_dim()
+            ));
+        }
+        let widths = |c: &UNetConfig| c.blocks.iter().map(|b| b.out_channels).collect::<Vec<_>>();
+        if widths(net) != widths(unet) || net.layers_per_block != unet.layers_per_block {
+            return mismatch(format!(
+                "its blocks are {:?} × {} layers, the UNet's {:?} × {}",
+                widths(net),
+                net.layers_per_block,
+                widths(unet),
+                unet.layers_per_block
+            ));
+        }
+        if net.in_channels != unet.in_channels {
+            return mismatch(format!(
+                "it takes {} latent channels, the UNet {}",
+                net.in_channels, unet.in_channels
+            ));
+        }
+        if self.config.scale_factor() != vae_scale_factor {
+            return mismatch(format!(
+                "its control image embedding downscales by {}, the VAE by {vae_scale_factor}",
+                self.config.scale_factor()
+            ));
+        }
+        if self.config.conditioning_channels != 3 {
+            return mismatch(format!(
+                "it takes {}-channel control images, video frames have 3",
+                self.config.conditioning_channels
+            ));
+        }
+        Ok(())
+    }
+
+    fn store(&self) -> Result<TensorStore> {
+        let store = match (&self.weights, &self.single) {
+            (Weights::SingleFile(path), Some((prefix, hint))) => {
+                single_controlnet_store(path, prefix, self.config.unet.layers_per_block, hint)?
+            }
+            (Weights::Diffusers(paths), _) => TensorStore::open_plain(paths, "controlnet")?,
+            (Weights::SingleFile(path), None) => {
+                return Err(Error::Weights(format!(
+                    "{}: single file without its layout",
+                    path.display()
+                )))
+            }
+        };
+        if store.is_empty() {
+            return Err(Error::Weights(format!(
+                "{}: no ControlNet tensors found",
+                self.description
+            )));
+        }
+        Ok(store)
+    }
+}
+
+fn single_controlnet_store(
+    path: &std::path::Path,
+    prefix: &str,
+    layers_per_block: usize,
+    hint: &[usize],
+) -> Result<TensorStore> {
+    TensorStore::open(&[path.to_path_buf()], "controlnet", |k| {
+        checkpoint::controlnet_name(k, prefix, layers_per_block, hint)
+    })
 }

@@ -7,14 +7,17 @@ use std::collections::BTreeMap;
 
 use candle_core::Tensor;
 
+use super::control::{control_image, ControlNetSpec, ControlSource, ControlVideo};
+use super::controlnet::ControlResiduals;
 use super::cross_frame::{AnchorBank, CrossFrameKeys, FrameAnchor, SelfAttention};
-use super::img2img::{decode, denoise, Img2ImgModel, Img2ImgParams};
-use super::model::{LoadOptions, SdFiles, SdModel};
+use super::img2img::{decode, denoise, Control, ControlInput, Img2ImgModel, Img2ImgParams};
+use super::model::{ControlNetFiles, LoadOptions, SdFiles, SdModel};
 use super::noise::{NoiseSource, SeededNoise};
 use super::schedulers::SchedulerConfig;
 use crate::frame::interleaved;
 use crate::temporal::flow::{DisParams, Gray};
 use crate::temporal::fusion::{interpolate, FusionWeights, Motion, FUSION_FLOW};
+use crate::video::probe::VideoInfo;
 use crate::weights::ModelSource;
 use crate::{Error, Frame, FrameStage, NoProgress, Progress, Result};
 
@@ -42,6 +45,10 @@ pub struct StylizeSettings {
     /// Run diffusion on every K-th frame only and propagate it to the frames between
     /// (`--keyframe-every`); 1 restyles every frame.
     pub keyframe_every: u64,
+    /// ControlNets (`--controlnet-id`, in order) with their control images and weights.
+    pub controlnets: Vec<ControlNetSpec>,
+    /// ControlNet guess mode (`--guess-mode`): the nets steer without the prompt.
+    pub guess_mode: bool,
 }
 
 /// The frame every other frame attends to under cross-frame attention.
@@ -66,6 +73,10 @@ struct Loaded {
     previous: Option<Previous>,
     /// Restyled keyframes by index: the ones around the current frame and any peeked ahead.
     keys: BTreeMap<u64, Keyframe>,
+    /// The opened control video of every net that reads one (by net).
+    control_videos: Vec<Option<ControlVideo>>,
+    /// Guess mode as the nets run it (on for nets that pool their residuals).
+    guess_mode: bool,
 }
 
 /// A restyled keyframe and the original's luminance, to measure motion from.
@@ -134,7 +145,7 @@ impl FrameStage for StylizeStage {
         format!(
             "stylize model={:?} revision={:?} variant={:?} dtype={:?} vae_tiling={:?} prompt={:?} \
              negative={:?} strength={} steps={} guidance={} scheduler={} seed={} noise={} \
-             cross_frame={} flow={} keyframe_every={}",
+             cross_frame={} flow={} keyframe_every={} controlnets={:?} guess_mode={}",
             s.model,
             s.load.hub.revision,
             s.load.hub.variant,
@@ -155,6 +166,8 @@ impl FrameStage for StylizeStage {
             s.cross_frame.map_or("none".into(), |k| k.to_string()),
             s.flow.map_or("none".into(), |w| w.to_string()),
             s.keyframe_every,
+            s.controlnets,
+            s.guess_mode,
         )
     }
 
@@ -167,10 +180,28 @@ impl FrameStage for StylizeStage {
         let scheduler = SchedulerConfig::from_value(&files.scheduler_config)?;
         // Fail on a scheduler the config cannot build before loading any weights.
         s.params.scheduler.build(&scheduler, s.params.steps)?;
+        // And on a ControlNet that does not fit the model.
+        let nets = s
+            .controlnets
+            .iter()
+            .map(|c| {
+                let net = ControlNetFiles::resolve(&c.model, &s.load, &files.unet_config)?;
+                net.check_fits(&files.unet_config, files.vae_config.scale_factor())?;
+                Ok(net)
+            })
+            .collect::<Result<Vec<_>>>()?;
         // The text encoder is loaded, used and freed inside encode_prompts, before the UNet.
         let negative = s.params.guided().then_some(s.negative_prompt.as_str());
         let text = files.encode_prompts(&s.prompt, negative)?;
-        let model = SdModel::load(&files, self.progress.as_mut())?;
+        let mut model = SdModel::load(&files, self.progress.as_mut())?;
+        for net in &nets {
+            model.add_controlnet(net)?;
+        }
+        // diffusers: nets that pool their residuals (shuffle) always run in guess mode.
+        let guess_mode = s.guess_mode
+            || nets
+                .first()
+                .is_some_and(|n| n.config.global_pool_conditions);
         self.loaded = Some(Loaded {
             model,
             scheduler,
@@ -178,15 +209,29 @@ impl FrameStage for StylizeStage {
             anchor: AnchorBank::default(),
             previous: None,
             keys: BTreeMap::new(),
+            control_videos: Vec::new(),
+            guess_mode,
         });
         Ok(())
     }
 
-    fn start_input(&mut self) -> Result<()> {
+    fn start_input(&mut self, input: &VideoInfo, (width, height): (u32, u32)) -> Result<()> {
+        let videos = self
+            .settings
+            .controlnets
+            .iter()
+            .map(|c| match &c.control {
+                ControlSource::Video(path) => {
+                    ControlVideo::open(path, input, width, height).map(Some)
+                }
+                _ => Ok(None),
+            })
+            .collect::<Result<Vec<_>>>()?;
         if let Some(loaded) = self.loaded.as_mut() {
             loaded.anchor = AnchorBank::default();
             loaded.previous = None;
             loaded.keys.clear();
+            loaded.control_videos = videos;
         }
         Ok(())
     }
@@ -406,6 +451,20 @@ impl StylizeStage {
             }
             Some(keys) => FrameAnchor::Attend(&loaded.anchor, keys),
         };
+        let mut inputs = Vec::with_capacity(settings.controlnets.len());
+        for (net, spec) in settings.controlnets.iter().enumerate() {
+            let video = loaded.control_videos.get_mut(net).and_then(|v| v.as_mut());
+            let device = loaded.model.device();
+            inputs.push(ControlInput {
+                net,
+                image: control_image(&spec.control, frame, index, video, device)?,
+                weight: spec.weight,
+            });
+        }
+        let control = Control {
+            inputs,
+            guess_mode: loaded.guess_mode,
+        };
         let record = settings.flow.is_some();
         let mut steps = Vec::new();
         let latents = denoise(
@@ -414,6 +473,7 @@ impl StylizeStage {
             &settings.params,
             &loaded.text,
             &image,
+            &control,
             anchor,
             noise.as_mut(),
             progress.as_mut(),
@@ -474,8 +534,31 @@ impl Img2ImgModel for SdModel {
         timestep: f64,
         text: &Tensor,
         frames: &mut SelfAttention,
+        control: Option<&ControlResiduals>,
     ) -> Result<Tensor> {
-        SdModel::unet(self, latents, &[timestep], text, frames)
+        SdModel::unet(self, latents, &[timestep], text, frames, control)
+    }
+
+    fn controlnet(
+        &self,
+        net: usize,
+        latents: &Tensor,
+        timestep: f64,
+        text: &Tensor,
+        image: &Tensor,
+        scale: f64,
+        guess_mode: bool,
+    ) -> Result<ControlResiduals> {
+        SdModel::controlnet(
+            self,
+            net,
+            latents,
+            &[timestep],
+            text,
+            image,
+            scale,
+            guess_mode,
+        )
     }
 
     fn vae_decode(&self, latents: &Tensor) -> Result<Tensor> {

@@ -16,12 +16,13 @@ use candle_transformers::models::stable_diffusion::embeddings::TimestepEmbedding
 
 use super::attention::{AttentionSlicing, SpatialTransformer, SpatialTransformerConfig};
 use super::config::UNetConfig;
+use super::controlnet::ControlResiduals;
 use super::conv::{conv2d, Conv2d};
 use super::cross_frame::SelfAttention;
 use super::resnet::ResnetBlock2D;
 use crate::ops::group_norm::{group_norm, GroupNorm};
 
-fn conv3x3(
+pub(crate) fn conv3x3(
     vb: VarBuilder,
     cin: usize,
     cout: usize,
@@ -110,50 +111,68 @@ impl UpBlock {
     }
 }
 
-/// diffusers `UNet2DConditionModel` for SD 1.x / 2.x (weights under the `unet/` component).
-pub struct UNet2DConditionModel {
+/// The UNet's way down: `conv_in`, the time embedding, the down blocks and the mid block.
+/// The UNet and the ControlNet (a trainable copy of it, Zhang et al. 2023) are built from it
+/// under the same weight names.
+pub(crate) struct UNetEncoder {
     conv_in: Conv2d,
     time_embedding: TimestepEmbedding,
     down_blocks: Vec<DownBlock>,
     mid_resnets: (ResnetBlock2D, ResnetBlock2D),
     mid_attention: SpatialTransformer,
-    up_blocks: Vec<UpBlock>,
-    conv_norm_out: GroupNorm,
-    conv_out: Conv2d,
     config: UNetConfig,
 }
 
-impl UNet2DConditionModel {
-    pub fn new(vb: VarBuilder, config: &UNetConfig, slicing: AttentionSlicing) -> Result<Self> {
+/// A resnet of `config`'s blocks (time-conditioned, its group count and epsilon).
+fn config_resnet(
+    vb: VarBuilder,
+    c: &UNetConfig,
+    cin: usize,
+    cout: usize,
+    scale: f64,
+) -> Result<ResnetBlock2D> {
+    let time_dim = c.blocks[0].out_channels * 4;
+    ResnetBlock2D::new(
+        vb,
+        cin,
+        cout,
+        Some(time_dim),
+        c.norm_num_groups,
+        c.norm_eps,
+        scale,
+    )
+}
+
+/// A transformer of `config`'s resolution level `level` over `channels` channels.
+fn config_transformer(
+    vb: VarBuilder,
+    c: &UNetConfig,
+    channels: usize,
+    level: usize,
+    slicing: AttentionSlicing,
+) -> Result<SpatialTransformer> {
+    let b = &c.blocks[level];
+    let cfg = SpatialTransformerConfig {
+        channels,
+        heads: b.heads,
+        depth: b.transformer_layers,
+        context_dim: b.cross_attention_dim,
+        norm_groups: c.norm_num_groups,
+        use_linear_projection: c.use_linear_projection,
+        slicing,
+    };
+    SpatialTransformer::new(vb, &cfg)
+}
+
+impl UNetEncoder {
+    pub(crate) fn new(
+        vb: &VarBuilder,
+        config: &UNetConfig,
+        slicing: AttentionSlicing,
+    ) -> Result<Self> {
         let c = config;
         let n = c.blocks.len();
         let ch0 = c.blocks[0].out_channels;
-        let time_dim = ch0 * 4;
-        let resnet = |vb: VarBuilder, cin: usize, cout: usize, scale: f64| {
-            ResnetBlock2D::new(
-                vb,
-                cin,
-                cout,
-                Some(time_dim),
-                c.norm_num_groups,
-                c.norm_eps,
-                scale,
-            )
-        };
-        let transformer = |vb: VarBuilder, channels: usize, level: usize| {
-            let b = &c.blocks[level];
-            let cfg = SpatialTransformerConfig {
-                channels,
-                heads: b.heads,
-                depth: b.transformer_layers,
-                context_dim: b.cross_attention_dim,
-                norm_groups: c.norm_num_groups,
-                use_linear_projection: c.use_linear_projection,
-                slicing,
-            };
-            SpatialTransformer::new(vb, &cfg)
-        };
-
         let mut down_blocks = Vec::with_capacity(n);
         for (i, block) in c.blocks.iter().enumerate() {
             let vb = vb.pp("down_blocks").pp(i);
@@ -167,9 +186,10 @@ impl UNet2DConditionModel {
             let mut attentions = Vec::new();
             for j in 0..c.layers_per_block {
                 let rin = if j == 0 { cin } else { cout };
-                resnets.push(resnet(vb.pp("resnets").pp(j), rin, cout, 1.0)?);
+                resnets.push(config_resnet(vb.pp("resnets").pp(j), c, rin, cout, 1.0)?);
                 if block.down_cross_attn {
-                    attentions.push(transformer(vb.pp("attentions").pp(j), cout, i)?);
+                    let vb = vb.pp("attentions").pp(j);
+                    attentions.push(config_transformer(vb, c, cout, i, slicing)?);
                 }
             }
             let downsample = if i + 1 < n {
@@ -184,66 +204,29 @@ impl UNet2DConditionModel {
                 downsample,
             });
         }
-
         let last = n - 1;
         let ch_last = c.blocks[last].out_channels;
         let mid = vb.pp("mid_block");
         let mid_scale = c.mid_block_scale_factor;
-        let mid_resnets = (
-            resnet(mid.pp("resnets.0"), ch_last, ch_last, mid_scale)?,
-            resnet(mid.pp("resnets.1"), ch_last, ch_last, mid_scale)?,
-        );
-        let mid_attention = transformer(mid.pp("attentions.0"), ch_last, last)?;
-
-        let mut up_blocks = Vec::with_capacity(n);
-        for i in 0..n {
-            let vb = vb.pp("up_blocks").pp(i);
-            let level = n - 1 - i;
-            let cout = c.blocks[level].out_channels;
-            let prev_out = if i == 0 {
-                ch_last
-            } else {
-                c.blocks[level + 1].out_channels
-            };
-            let skip_in = c.blocks[level.saturating_sub(1)].out_channels;
-            let layers = c.layers_per_block + 1;
-            let mut resnets = Vec::new();
-            let mut attentions = Vec::new();
-            for j in 0..layers {
-                let skip = if j == layers - 1 { skip_in } else { cout };
-                let rin = if j == 0 { prev_out } else { cout };
-                resnets.push(resnet(vb.pp("resnets").pp(j), rin + skip, cout, 1.0)?);
-                if c.blocks[level].up_cross_attn {
-                    attentions.push(transformer(vb.pp("attentions").pp(j), cout, level)?);
-                }
-            }
-            let upsample = if i + 1 < n {
-                Some(conv3x3(vb.pp("upsamplers.0.conv"), cout, cout, 1, 1)?)
-            } else {
-                None
-            };
-            up_blocks.push(UpBlock {
-                resnets,
-                attentions,
-                upsample,
-            });
-        }
-
         Ok(Self {
             conv_in: conv3x3(vb.pp("conv_in"), c.in_channels, ch0, 1, 1)?,
-            time_embedding: TimestepEmbedding::new(vb.pp("time_embedding"), ch0, time_dim)?,
+            time_embedding: TimestepEmbedding::new(vb.pp("time_embedding"), ch0, ch0 * 4)?,
             down_blocks,
-            mid_resnets,
-            mid_attention,
-            up_blocks,
-            conv_norm_out: group_norm(c.norm_num_groups, ch0, c.norm_eps, vb.pp("conv_norm_out"))?,
-            conv_out: conv3x3(vb.pp("conv_out"), ch0, c.out_channels, 1, 1)?,
+            mid_resnets: (
+                config_resnet(mid.pp("resnets.0"), c, ch_last, ch_last, mid_scale)?,
+                config_resnet(mid.pp("resnets.1"), c, ch_last, ch_last, mid_scale)?,
+            ),
+            mid_attention: config_transformer(mid.pp("attentions.0"), c, ch_last, last, slicing)?,
             config: config.clone(),
         })
     }
 
-    pub fn config(&self) -> &UNetConfig {
+    pub(crate) fn config(&self) -> &UNetConfig {
         &self.config
+    }
+
+    pub(crate) fn dtype(&self) -> candle_core::DType {
+        self.conv_in.dtype()
     }
 
     /// diffusers `get_timestep_embedding` (`Timesteps` module): `[cos | sin]` of t · 10000^(-i/(half - shift))
@@ -269,48 +252,157 @@ impl UNet2DConditionModel {
         out
     }
 
-    /// Predicts noise (or v) for `xs` `[b, in_channels, h, w]` at `timesteps` (one value for
-    /// the whole batch, or one per element) given text embeddings `[b, tokens, dim]`.
-    /// Any latent size works; sizes that are not multiples of 2^(levels-1) up-sample to
-    /// the skip connections' sizes as diffusers does. `frames` decides what the
-    /// self-attention layers attend to ([`SelfAttention::Own`]: the frame alone).
-    pub fn forward(
+    /// The time embedding `[b, 4·ch0]` for a batch of `b` at `timesteps` (one value for the
+    /// whole batch, or one per element).
+    pub(crate) fn time_embedding(
         &self,
-        xs: &Tensor,
         timesteps: &[f64],
-        context: &Tensor,
-        frames: &mut SelfAttention,
+        b: usize,
+        device: &candle_core::Device,
     ) -> Result<Tensor> {
-        let (b, _, h, w) = xs.dims4()?;
-        let dtype = self.conv_in.dtype();
-        let device = xs.device();
         let ts: Vec<f64> = match timesteps.len() {
             1 => vec![timesteps[0]; b],
             n if n == b => timesteps.to_vec(),
             n => candle_core::bail!("unet: {n} timesteps for a batch of {b}"),
         };
         let dim = self.config.blocks[0].out_channels;
-        let t_emb =
-            Tensor::from_vec(self.timestep_features(&ts), (b, dim), device)?.to_dtype(dtype)?;
-        let temb = self.time_embedding.forward(&t_emb)?;
-        let context = context.to_dtype(dtype)?;
+        let t_emb = Tensor::from_vec(self.timestep_features(&ts), (b, dim), device)?
+            .to_dtype(self.dtype())?;
+        self.time_embedding.forward(&t_emb)
+    }
 
-        let mut xs = xs.to_dtype(dtype)?;
+    /// `conv_in` of the latents (in the model dtype, centred when the config asks).
+    pub(crate) fn conv_in(&self, xs: &Tensor) -> Result<Tensor> {
+        let mut xs = xs.to_dtype(self.dtype())?;
         if self.config.center_input_sample {
             xs = ((xs * 2.0)? - 1.0)?;
         }
-        let xs = self.conv_in.forward(&xs)?;
+        self.conv_in.forward(&xs)
+    }
+
+    /// The down blocks and the mid block from `conv_in`'s output `xs`: returns the mid
+    /// block's output and the skip states (`xs` first, then every down-block state).
+    pub(crate) fn forward(
+        &self,
+        xs: Tensor,
+        temb: &Tensor,
+        context: &Tensor,
+        frames: &mut SelfAttention,
+    ) -> Result<(Tensor, Vec<Tensor>)> {
         let mut skips = vec![xs.clone()];
         let mut xs = xs;
         for block in &self.down_blocks {
-            let (out, states) = block.forward(&xs, &temb, &context, frames)?;
+            let (out, states) = block.forward(&xs, temb, context, frames)?;
             skips.extend(states);
             xs = out;
         }
+        xs = self.mid_resnets.0.forward(xs, Some(temb))?;
+        xs = self.mid_attention.forward(&xs, context, frames)?;
+        xs = self.mid_resnets.1.forward(xs, Some(temb))?;
+        Ok((xs, skips))
+    }
+}
 
-        xs = self.mid_resnets.0.forward(xs, Some(&temb))?;
-        xs = self.mid_attention.forward(&xs, &context, frames)?;
-        xs = self.mid_resnets.1.forward(xs, Some(&temb))?;
+/// diffusers `UNet2DConditionModel` for SD 1.x / 2.x (weights under the `unet/` component).
+pub struct UNet2DConditionModel {
+    encoder: UNetEncoder,
+    up_blocks: Vec<UpBlock>,
+    conv_norm_out: GroupNorm,
+    conv_out: Conv2d,
+}
+
+impl UNet2DConditionModel {
+    pub fn new(vb: VarBuilder, config: &UNetConfig, slicing: AttentionSlicing) -> Result<Self> {
+        let c = config;
+        let n = c.blocks.len();
+        let ch0 = c.blocks[0].out_channels;
+        let ch_last = c.blocks[n - 1].out_channels;
+        let encoder = UNetEncoder::new(&vb, config, slicing)?;
+        let mut up_blocks = Vec::with_capacity(n);
+        for i in 0..n {
+            let vb = vb.pp("up_blocks").pp(i);
+            let level = n - 1 - i;
+            let cout = c.blocks[level].out_channels;
+            let prev_out = if i == 0 {
+                ch_last
+            } else {
+                c.blocks[level + 1].out_channels
+            };
+            let skip_in = c.blocks[level.saturating_sub(1)].out_channels;
+            let layers = c.layers_per_block + 1;
+            let mut resnets = Vec::new();
+            let mut attentions = Vec::new();
+            for j in 0..layers {
+                let skip = if j == layers - 1 { skip_in } else { cout };
+                let rin = if j == 0 { prev_out } else { cout };
+                resnets.push(config_resnet(
+                    vb.pp("resnets").pp(j),
+                    c,
+                    rin + skip,
+                    cout,
+                    1.0,
+                )?);
+                if c.blocks[level].up_cross_attn {
+                    let vb = vb.pp("attentions").pp(j);
+                    attentions.push(config_transformer(vb, c, cout, level, slicing)?);
+                }
+            }
+            let upsample = if i + 1 < n {
+                Some(conv3x3(vb.pp("upsamplers.0.conv"), cout, cout, 1, 1)?)
+            } else {
+                None
+            };
+            up_blocks.push(UpBlock {
+                resnets,
+                attentions,
+                upsample,
+            });
+        }
+        Ok(Self {
+            encoder,
+            up_blocks,
+            conv_norm_out: group_norm(c.norm_num_groups, ch0, c.norm_eps, vb.pp("conv_norm_out"))?,
+            conv_out: conv3x3(vb.pp("conv_out"), ch0, c.out_channels, 1, 1)?,
+        })
+    }
+
+    pub fn config(&self) -> &UNetConfig {
+        self.encoder.config()
+    }
+
+    /// Predicts noise (or v) for `xs` `[b, in_channels, h, w]` at `timesteps` (one value for
+    /// the whole batch, or one per element) given text embeddings `[b, tokens, dim]`.
+    /// Any latent size works; sizes that are not multiples of 2^(levels-1) up-sample to
+    /// the skip connections' sizes as diffusers does. `frames` decides what the
+    /// self-attention layers attend to ([`SelfAttention::Own`]: the frame alone). `control`
+    /// is added to the skip connections and the mid block's output (diffusers'
+    /// `down_block_additional_residuals` / `mid_block_additional_residual`).
+    pub fn forward(
+        &self,
+        xs: &Tensor,
+        timesteps: &[f64],
+        context: &Tensor,
+        frames: &mut SelfAttention,
+        control: Option<&ControlResiduals>,
+    ) -> Result<Tensor> {
+        let (b, _, h, w) = xs.dims4()?;
+        let temb = self.encoder.time_embedding(timesteps, b, xs.device())?;
+        let context = context.to_dtype(self.encoder.dtype())?;
+        let xs = self.encoder.conv_in(xs)?;
+        let (mut xs, mut skips) = self.encoder.forward(xs, &temb, &context, frames)?;
+        if let Some(control) = control {
+            if control.down.len() != skips.len() {
+                candle_core::bail!(
+                    "unet: {} ControlNet residuals for {} skip connections",
+                    control.down.len(),
+                    skips.len()
+                );
+            }
+            for (skip, residual) in skips.iter_mut().zip(&control.down) {
+                *skip = skip.broadcast_add(&residual.to_dtype(skip.dtype())?)?;
+            }
+            xs = xs.broadcast_add(&control.mid.to_dtype(self.encoder.dtype())?)?;
+        }
 
         let up_factor = 1usize << (self.up_blocks.len() - 1);
         let odd_size = h % up_factor != 0 || w % up_factor != 0;
