@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device};
 use candle_nn::var_builder::SimpleBackend;
-use stylizer::weights::TensorStore;
+use stylizer::stylize::config::UNetConfig;
+use stylizer::stylize::model::{ControlNetFiles, LoadOptions};
+use stylizer::weights::{ModelSource, TensorStore};
 
 /// Sections of one input, for targets that need several files: split on this line.
 pub const SECTION: &[u8] = b"\n--8<--\n";
@@ -40,8 +42,9 @@ fn write(dir: &Path, name: &str, data: &[u8]) -> PathBuf {
     p
 }
 
-/// A weight file through both loaders: the SD tensor store (every tensor read) and the
-/// Real-ESRGAN loader (then its architecture detection).
+/// A weight file through every loader: the SD tensor store (every tensor read), the
+/// single-file ControlNet reader (key layout, hint block widths) and the Real-ESRGAN loader
+/// (then its architecture detection).
 fn weights(data: &[u8], name: &str) {
     let dir = folder();
     load(&write(dir.path(), name, data));
@@ -53,6 +56,10 @@ fn load(path: &Path) {
         for name in TensorStore::stored_names(&path).unwrap_or_default() {
             let _ = store.get_unchecked(&name, DType::F32, &Device::Cpu);
         }
+    }
+    if let Ok(unet) = UNetConfig::from_json(&serde_json::json!({})) {
+        let opts = LoadOptions::new(Device::Cpu);
+        let _ = ControlNetFiles::resolve(&ModelSource::File(path.clone()), &opts, &unet);
     }
     if let Ok(ts) = stylizer::upscale::load::load_weights(&path) {
         let _ = stylizer::models::SrConfig::detect(&ts);
@@ -106,11 +113,12 @@ pub fn ncnn(data: &[u8]) {
 
 /// A diffusers `config.json` / `scheduler_config.json` into every config we build.
 pub fn configs(data: &[u8]) {
-    use stylizer::stylize::config::{ClipTextConfig, UNetConfig, VaeConfig};
+    use stylizer::stylize::config::{ClipTextConfig, ControlNetConfig, VaeConfig};
     let Ok(json) = serde_json::from_slice::<serde_json::Value>(data) else {
         return;
     };
     let _ = UNetConfig::from_json(&json);
+    let _ = ControlNetConfig::from_json(&json);
     let _ = VaeConfig::from_json(&json);
     let _ = ClipTextConfig::from_json(&json);
     if let Ok(s) = stylizer::stylize::schedulers::SchedulerConfig::from_value(&json) {

@@ -32,7 +32,11 @@ def main():
     ap.add_argument("--reps", type=int, default=1)
     ap.add_argument("--bench-bin", default=os.path.join(ROOT, "target", "release", "examples", "sd_bench"))
     ap.add_argument("--rust-args", default="")
+    ap.add_argument("--controlnet", action="store_true",
+                    help="only the ControlNet step: MODEL_DIR/controlnet beside the UNet, one CFG step each side")
     a = ap.parse_args()
+    if a.controlnet:
+        return controlnet(a)
 
     torch_out = os.path.join(HERE, ".cache", "bench_sd_compare_torch.json")
     load0 = os.getloadavg()
@@ -71,6 +75,32 @@ def main():
           f"slicing {r['slicing']}; load average before/after {[round(x, 1) for x in load0]} / "
           f"{[round(x, 1) for x in load1]}")
     print("RESULT " + json.dumps({"torch": {k: t[k] for k in ("unet", "vae")}, "ours": r}))
+
+
+def controlnet(a):
+    torch_out = os.path.join(HERE, ".cache", "bench_sd_compare_controlnet.json")
+    load0 = os.getloadavg()
+    subprocess.run([sys.executable, os.path.join(HERE, "bench_torch.py"), "controlnet", "--reps", str(a.reps),
+                    "--out", torch_out], check=True)
+    with open(torch_out) as f:
+        t = json.load(f)["controlnet"]
+    cmd = [a.bench_bin, "--model", a.model, "--cases", "controlnet", "--controlnet",
+           os.path.join(a.model, "controlnet"), "--reps", str(a.reps)] + shlex.split(a.rust_args)
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    r = result_line(p.stdout)
+    if r is None:
+        sys.exit(f"sd_bench failed:\n{p.stderr[-3000:]}")
+    r = r["controlnet"]
+    load1 = os.getloadavg()
+    h, w = t["latent_hw"]
+    print(f"\n{'case (latent %dx%d, CFG batch 2)' % (h, w):36} {'PyTorch s':>10} {'ours s':>10} {'ours/PyTorch':>13}")
+    for name, k in [("ControlNet + UNet step", "step_s"), ("UNet step alone", "unet_alone_s")]:
+        ts, rs = min(t[k]), min(r[k])
+        print(f"{name:36} {ts:10.2f} {rs:10.2f} {rs / ts:13.2f}")
+    print(f"peak RSS MB: PyTorch {t['peak_rss_MB']}  ours {r['peak_rss_MB']:.0f}  "
+          f"(ControlNet {t['controlnet_params_M']} M parameters)")
+    print(f"load average before/after {[round(x, 1) for x in load0]} / {[round(x, 1) for x in load1]}")
+    print("RESULT " + json.dumps({"torch": t, "ours": r}))
 
 
 if __name__ == "__main__":

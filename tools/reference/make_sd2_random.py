@@ -7,7 +7,9 @@ as its text_encoder case (OpenCLIP ViT-H text tower: 1024 wide, 23 layers, 16 he
 the tiny-sd2 tokenizer (ids < 1000 are valid for the 49408-token embedding) and the
 stable-diffusion-2-base scheduler config (DDIM, epsilon). diffusers layout, fp32 safetensors.
 
-Usage: python make_sd2_random.py OUT_DIR   (about 5.2 GB)
+Also OUT_DIR/controlnet: ControlNetModel.from_unet(the UNet), SD-2-base-sized (1.5 GB).
+
+Usage: python make_sd2_random.py OUT_DIR   (about 6.7 GB)
 """
 import json
 import os
@@ -25,7 +27,12 @@ def main():
     out = sys.argv[1]
     os.makedirs(out, exist_ok=True)
     torch.manual_seed(0)
-    sd2_unet().save_pretrained(os.path.join(out, "unet"), safe_serialization=True)
+    unet = sd2_unet()
+    unet.save_pretrained(os.path.join(out, "unet"), safe_serialization=True)
+    # A ControlNet of the same size beside it (bench_sd_compare.py --controlnet).
+    from diffusers import ControlNetModel
+    ControlNetModel.from_unet(unet).save_pretrained(os.path.join(out, "controlnet"), safe_serialization=True)
+    del unet
     from diffusers import AutoencoderKL
     AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2,
                   block_out_channels=(128, 256, 512, 512), norm_num_groups=32, sample_size=512,

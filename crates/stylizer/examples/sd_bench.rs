@@ -8,7 +8,9 @@
 //! loaded, used, freed; UNet + VAE loaded; VAE encode; one CFG UNet call; VAE decode) and
 //! prints the peak resident set of each stage. `unet` times one call at batch 2 (CFG) and
 //! batch 1, `cross_frame` one CFG call on its own, recording an anchor, and attending to it
-//! (keys `anchor` and `anchor+self`), `vae` one decode and one encode. Prints one JSON line starting with `RESULT `.
+//! (keys `anchor` and `anchor+self`), `vae` one decode and one encode, `controlnet` (with
+//! `--controlnet DIR`) one CFG step of net + UNet and the UNet step alone, with the peak
+//! resident set of the whole case (both models loaded). Prints one JSON line starting with `RESULT `.
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -18,7 +20,7 @@ use candle_core::{DType, Device, Tensor};
 use serde_json::{json, Value};
 use stylizer::stylize::attention::AttentionSlicing;
 use stylizer::stylize::cross_frame::{AnchorBank, CrossFrameKeys, FrameAnchor, SelfAttention};
-use stylizer::stylize::model::{LoadOptions, SdFiles, SdModel};
+use stylizer::stylize::model::{ControlNetFiles, LoadOptions, SdFiles, SdModel};
 use stylizer::stylize::vae::VaeTiling;
 use stylizer::weights::ModelSource;
 use stylizer::NoProgress;
@@ -259,7 +261,50 @@ fn main() -> Result<()> {
                 }
                 result["conv"] = json!(rows);
             }
-            other => bail!("unknown case {other:?} (memory, unet, vae, conv)"),
+            "controlnet" => {
+                reset_peak();
+                let dir = ModelSource::parse(args.get("controlnet").context("--controlnet DIR")?)?;
+                let mut model = SdModel::load(&files, &mut NoProgress)?;
+                model.add_controlnet(&ControlNetFiles::resolve(
+                    &dir,
+                    &opts,
+                    &files.unet_config,
+                )?)?;
+                let emb = randn(&[2, 77, dim])?;
+                let x = randn(&[2, 4, lh, lw])?;
+                let cond = Tensor::rand(0f32, 1f32, (2, 3, lh * f, lw * f), &Device::Cpu)?;
+                let (mut step, mut alone) = (vec![], vec![]);
+                for _ in 0..reps {
+                    step.push(
+                        timed(|| {
+                            let r = model.controlnet(0, &x, &[501.0], &emb, &cond, 1.0, false)?;
+                            Ok(
+                                model.unet(
+                                    &x,
+                                    &[501.0],
+                                    &emb,
+                                    &mut SelfAttention::Own,
+                                    Some(&r),
+                                )?,
+                            )
+                        })?
+                        .1,
+                    );
+                }
+                for _ in 0..reps {
+                    alone.push(
+                        timed(|| {
+                            Ok(model.unet(&x, &[501.0], &emb, &mut SelfAttention::Own, None)?)
+                        })?
+                        .1,
+                    );
+                }
+                result["controlnet"] = json!({"step_s": step, "unet_alone_s": alone,
+                    "peak_rss_MB": peak_rss_mb(), "cpu_s": take_cpu()});
+            }
+            other => {
+                bail!("unknown case {other:?} (memory, unet, cross_frame, vae, controlnet, conv)")
+            }
         }
     }
     println!("RESULT {result}");

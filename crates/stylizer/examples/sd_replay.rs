@@ -8,7 +8,13 @@
 //!     [--scheduler ddim|euler|euler_a|dpmpp_2m|dpmpp_2m_karras|lcm --prompt TEXT \
 //!      --negative-prompt TEXT --strength S --steps N --guidance G]   (img2img; defaults: golden_sd.py's)
 //!     [--cross-frame none|anchor|anchor+self --case NAME]          (frames)
+//!     [--controlnet DIR|FILE --guess-mode true|false]             (controlnet)
+//!     [--controlnet DIR[,DIR] --control-image KEY[,KEY] --controlnet-scale S[,S]
+//!      --control-guidance-start F --control-guidance-end F --guess-mode true|false
+//!      --case NAME]                                               (img2img with ControlNets)
 //! ```
+//! `controlnet` replays golden_controlnet.py's forward: `sample`, `timestep`,
+//! `encoder_hidden_states`, `controlnet_cond`, `conditioning_scale` in; `down_0 … down_N`, `mid` out.
 //! `frames` replays golden_crossframe.py: the stack `image_in` [F,3,H,W] restyled one frame at
 //! a time (frame 0 the anchor), frame f's noise = row f of `noise_vae` / `noise_add`; writes
 //! `NAME.final_latents` and `NAME.image_out`.
@@ -19,8 +25,10 @@ use std::collections::HashMap;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use stylizer::stylize::cross_frame::{img2img_frames, CrossFrameKeys, FrameAnchor, SelfAttention};
-use stylizer::stylize::img2img::{img2img as run_img2img, Control, Img2ImgParams};
-use stylizer::stylize::model::{LoadOptions, SdFiles, SdModel};
+use stylizer::stylize::img2img::{
+    img2img as run_img2img, Control, ControlInput, ControlWeight, Img2ImgParams,
+};
+use stylizer::stylize::model::{ControlNetFiles, LoadOptions, SdFiles, SdModel};
 use stylizer::stylize::noise::ReplayNoise;
 use stylizer::stylize::schedulers::SchedulerConfig;
 use stylizer::stylize::vae::VaeTiling;
@@ -120,6 +128,97 @@ fn frames(files: &SdFiles, golden: &Tensors, args: &HashMap<String, String>) -> 
     ]))
 }
 
+/// The model with the nets of `--controlnet DIR[,DIR]` added.
+fn with_controlnets(files: &SdFiles, args: &HashMap<String, String>) -> Result<SdModel> {
+    let mut model = SdModel::load(files, &mut NoProgress)?;
+    let opts = LoadOptions::new(Device::Cpu);
+    for dir in args
+        .get("controlnet")
+        .into_iter()
+        .flat_map(|s| s.split(','))
+    {
+        let net = ControlNetFiles::resolve(&ModelSource::parse(dir)?, &opts, &files.unet_config)?;
+        model.add_controlnet(&net)?;
+    }
+    Ok(model)
+}
+
+fn guess_mode(args: &HashMap<String, String>) -> Result<bool> {
+    Ok(args.get("guess-mode").map_or(Ok(false), |s| s.parse())?)
+}
+
+/// One ControlNet's residuals for the golden's inputs.
+fn controlnet(
+    files: &SdFiles,
+    golden: &Tensors,
+    args: &HashMap<String, String>,
+) -> Result<Tensors> {
+    let model = with_controlnets(files, args)?;
+    let t = golden["timestep"]
+        .to_dtype(DType::F64)?
+        .flatten_all()?
+        .to_vec1::<f64>()?;
+    let scale = golden["conditioning_scale"]
+        .to_dtype(DType::F64)?
+        .to_scalar::<f64>()?;
+    let r = model.controlnet(
+        0,
+        &golden["sample"],
+        &t,
+        &golden["encoder_hidden_states"],
+        &golden["controlnet_cond"],
+        scale,
+        guess_mode(args)?,
+    )?;
+    let mut out: Tensors = r
+        .down
+        .into_iter()
+        .enumerate()
+        .map(|(i, d)| (format!("down_{i}"), d))
+        .collect();
+    out.insert("mid".into(), r.mid);
+    Ok(out)
+}
+
+/// The `--control-image` keys with their nets and weights (img2img).
+fn control(golden: &Tensors, args: &HashMap<String, String>) -> Result<Control> {
+    let list = |k: &str| -> Vec<String> {
+        args.get(k)
+            .map(|s| s.split(',').map(str::to_string).collect())
+            .unwrap_or_default()
+    };
+    let number = |k: &str, i: usize, default: f64| -> Result<f64> {
+        let v = list(k);
+        Ok(match v.len() {
+            0 => default,
+            1 => v[0].parse()?,
+            _ => v
+                .get(i)
+                .with_context(|| format!("--{k}: no value for net {i}"))?
+                .parse()?,
+        })
+    };
+    let mut inputs = Vec::new();
+    for (net, key) in list("control-image").iter().enumerate() {
+        inputs.push(ControlInput {
+            net,
+            image: golden
+                .get(key)
+                .with_context(|| format!("no {key} in the golden"))?
+                .clone(),
+            weight: ControlWeight {
+                scale: number("controlnet-scale", net, 1.0)?,
+                start: number("control-guidance-start", net, 0.0)?,
+                end: number("control-guidance-end", net, 1.0)?,
+            },
+        });
+    }
+    Ok(Control {
+        inputs,
+        guess_mode: guess_mode(args)?,
+    })
+}
+
 /// img2img with the golden's recorded noise: `image_in`, `noise_vae`, `noise_add`, `step{i}.noise`.
 fn img2img(files: &SdFiles, golden: &Tensors, args: &HashMap<String, String>) -> Result<Tensors> {
     let (prompt, negative, params) = img2img_args(args)?;
@@ -134,7 +233,8 @@ fn img2img(files: &SdFiles, golden: &Tensors, args: &HashMap<String, String>) ->
         Ok(Tensor::from_vec(ids, (1, n), &Device::Cpu)?)
     };
     let text = files.encode_prompts(&prompt, Some(&negative))?;
-    let model = SdModel::load(files, &mut NoProgress)?;
+    let model = with_controlnets(files, args)?;
+    let control = control(golden, args)?;
     let scheduler = SchedulerConfig::from_value(&files.scheduler_config)?;
     let mut noise = ReplayNoise::new(golden.clone());
     let mut out = HashMap::from([
@@ -148,7 +248,7 @@ fn img2img(files: &SdFiles, golden: &Tensors, args: &HashMap<String, String>) ->
         &params,
         &text,
         &golden["image_in"],
-        &Control::default(),
+        &control,
         FrameAnchor::Independent,
         &mut noise,
         &mut NoProgress,
@@ -163,8 +263,10 @@ fn img2img(files: &SdFiles, golden: &Tensors, args: &HashMap<String, String>) ->
             noise.unused()
         );
     }
-    out.insert("final_latents".into(), latents);
-    out.insert("image_out".into(), image);
+    // golden_controlnet.py names its cases' results `CASE.final_latents`.
+    let prefix = args.get("case").map_or(String::new(), |c| format!("{c}."));
+    out.insert(format!("{prefix}final_latents"), latents);
+    out.insert(format!("{prefix}image_out"), image);
     Ok(out)
 }
 
@@ -193,7 +295,10 @@ fn main() -> Result<()> {
         "vae" => vae(&files, &golden)?,
         "img2img" => img2img(&files, &golden, &args)?,
         "frames" => frames(&files, &golden, &args)?,
-        other => bail!("unknown --part {other:?} (text_encoder, unet, vae, img2img, frames)"),
+        "controlnet" => controlnet(&files, &golden, &args)?,
+        other => {
+            bail!("unknown --part {other:?} (text_encoder, unet, vae, img2img, frames, controlnet)")
+        }
     };
     let out_path = arg("out")?;
     candle_core::safetensors::save(&out, out_path)?;
