@@ -27,7 +27,7 @@ pub struct ControlResiduals {
 
 impl ControlResiduals {
     /// The residuals of several nets summed, as diffusers' `MultiControlNetModel` does.
-    pub fn add(self, other: &ControlResiduals) -> Result<Self> {
+    pub fn sum(self, other: &ControlResiduals) -> Result<Self> {
         let down = self
             .down
             .iter()

@@ -193,7 +193,7 @@ impl Control {
             )?;
             sum = Some(match sum {
                 None => r,
-                Some(s) => s.add(&r)?,
+                Some(s) => s.sum(&r)?,
             });
         }
         match (sum, prompt_only) {
