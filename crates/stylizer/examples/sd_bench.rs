@@ -299,7 +299,34 @@ fn main() -> Result<()> {
                         .1,
                     );
                 }
-                result["controlnet"] = json!({"step_s": step, "unet_alone_s": alone,
+                let mut net = vec![];
+                for _ in 0..reps {
+                    net.push(
+                        timed(|| {
+                            Ok(model.controlnet(0, &x, &[501.0], &emb, &cond, 1.0, false)?)
+                        })?
+                        .1,
+                    );
+                }
+                let r = model.controlnet(0, &x, &[501.0], &emb, &cond, 1.0, false)?;
+                let mut with = vec![];
+                for _ in 0..reps {
+                    with.push(
+                        timed(|| {
+                            Ok(
+                                model.unet(
+                                    &x,
+                                    &[501.0],
+                                    &emb,
+                                    &mut SelfAttention::Own,
+                                    Some(&r),
+                                )?,
+                            )
+                        })?
+                        .1,
+                    );
+                }
+                result["controlnet"] = json!({"step_s": step, "unet_alone_s": alone, "net_alone_s": net, "unet_with_residuals_s": with,
                     "peak_rss_MB": peak_rss_mb(), "cpu_s": take_cpu()});
             }
             other => {

@@ -6,7 +6,10 @@
 //! `padded[ci][kh·Wp + kw ..][.. Ho·Wp]`, so each GEMM is `[Cout × Cin] · [Cin × Ho·Wp]` with
 //! plain strides on both operands. candle's conv2d builds im2col tiles element by element,
 //! which costs more than the multiplication itself on the UNet's and VAE's shapes.
-//! Other cases (strides, f16, GPU) use candle's conv2d.
+//! Stride 2 (the down-samplers) runs the same way on the input split into its four phases
+//! (even/odd rows × columns): tap (kh, kw) reads phase (kh mod 2, kw mod 2) shifted by
+//! (kh/2, kw/2), so the nine GEMMs of a 3×3 kernel stay nine GEMMs of the same size.
+//! Other cases (other strides, f16, GPU) use candle's conv2d.
 //!
 //! Why not [`crate::ops::conv`], the upscaler's NHWC conv: the UNet and VAE run on candle
 //! tensors whose other ops (group norm, attention, upsampling) are NCHW, and converting
@@ -31,6 +34,19 @@ struct ShiftedGemmConv<'a> {
     padding: usize,
     bias: Option<&'a [f32]>,
     upsample: Option<(usize, usize)>,
+    /// The input is the phase split of a stride-2 convolution's ([`phases`]).
+    stride2: bool,
+}
+
+/// One GEMM of a band: weight block `weight` of the taps (`[cout, cin]`) times the input
+/// planes from `channel` on (`cin` of them), read `dy` rows and `dx` columns on.
+#[derive(Clone, Copy)]
+struct TapGemm {
+    weight: usize,
+    channel: usize,
+    cin: usize,
+    dy: usize,
+    dx: usize,
 }
 
 /// Output pixels (on the padded width) per band. A band's nine GEMMs accumulate into a
@@ -46,8 +62,12 @@ thread_local! {
 }
 
 /// Sizes of one convolution, batch item excluded; `h`, `w` are the (upsampled) input's.
+/// A stride-2 convolution of padding p is a stride-1 one over the input's four phases
+/// (`split: Some(p)`): `cin` planes = 4 × the source's channels, phase `2a + b` holding padded
+/// rows `2u + a` and columns `2v + b`, `h`, `w` the phases' size, `pad` 0.
 #[derive(Clone, Copy)]
 struct Geometry {
+    split: Option<usize>,
     cin: usize,
     h: usize,
     w: usize,
@@ -76,6 +96,38 @@ fn nearest_map(size: usize, src: usize) -> Vec<usize> {
         .collect()
 }
 
+/// The four phases' rows `u0..u0 + rows` of the zero-padded (`pad`) source `x`
+/// (`[c, h, w]`) into planes of `plane` elements, `wp` per row (see [`Geometry`]).
+fn fill_phases(
+    sin: &mut [f32],
+    x: &[f32],
+    (c, h, w): (usize, usize, usize),
+    pad: usize,
+    (u0, rows): (usize, usize),
+    (wp, plane): (usize, usize),
+) {
+    for (pi, dst) in sin.chunks_exact_mut(plane).take(4 * c).enumerate() {
+        let (phase, ci) = (pi / c, pi % c);
+        let (a, b) = (phase / 2, phase % 2);
+        for (r, row) in dst.chunks_exact_mut(wp).take(rows).enumerate() {
+            match (2 * (u0 + r) + a).checked_sub(pad).filter(|y| *y < h) {
+                Some(y) => {
+                    let src = &x[(ci * h + y) * w..][..w];
+                    for (v, d) in row.iter_mut().enumerate() {
+                        *d = (2 * v + b)
+                            .checked_sub(pad)
+                            .and_then(|sx| src.get(sx))
+                            .copied()
+                            .unwrap_or(0.0);
+                    }
+                }
+                None => row.fill(0.0),
+            }
+        }
+        dst[rows * wp..].fill(0.0);
+    }
+}
+
 /// Output rows `r0..r1` of batch item `x` (`[cin, src_h, src_w]`, read through the row and
 /// column maps) into `out` (`[cout, ho, wo]`), plus the same rows of `residual`
 /// (`[cout, ho, wo]`) when given.
@@ -89,6 +141,7 @@ unsafe fn conv_band(
     x: &[f32],
     (row_map, col_map): (&[usize], Option<&[usize]>),
     taps: &[f32],
+    gemms: &[TapGemm],
     bias: Option<&[f32]>,
     residual: Option<&[f32]>,
     out: SharedPtr,
@@ -97,6 +150,7 @@ unsafe fn conv_band(
     par: gemm::Parallelism,
 ) {
     let Geometry {
+        split,
         cin,
         h,
         w,
@@ -122,7 +176,21 @@ unsafe fn conv_band(
             sout.resize(cout * n, 0.0);
         }
         // Every element of the planes is written: no clearing between calls.
-        for (ci, dst) in sin.chunks_exact_mut(plane).take(cin).enumerate() {
+        if let Some(p) = split {
+            fill_phases(
+                sin,
+                x,
+                (cin / 4, src_h, src_w),
+                p,
+                (r0, rows_in),
+                (wp, plane),
+            );
+        }
+        for (ci, dst) in sin
+            .chunks_exact_mut(plane)
+            .take(if split.is_some() { 0 } else { cin })
+            .enumerate()
+        {
             for (pr, row) in dst.chunks_exact_mut(wp).take(rows_in).enumerate() {
                 match (r0 + pr).checked_sub(pad).filter(|y| *y < h) {
                     Some(y) => {
@@ -143,23 +211,23 @@ unsafe fn conv_band(
             }
             dst[rows_in * wp..].fill(0.0);
         }
-        for t in 0..k * k {
-            let (kh, kw) = (t / k, t % k);
+        for (i, t) in gemms.iter().enumerate() {
             // SAFETY: dst is sout's first cout × n elements (row stride n); lhs is the tap's
-            // cout × cin block; rhs row ci starts at ci·plane + kh·wp + kw and spans n elements,
-            // ending at most at ci·plane + rows_in·wp + k - 1 = (ci + 1)·plane.
+            // cout × t.cin block; rhs row ci starts at (t.channel + ci)·plane + dy·wp + dx
+            // (dy, dx < k) and spans n elements, ending at most at
+            // (t.channel + ci)·plane + rows_in·wp + k - 1 = (t.channel + ci + 1)·plane.
             gemm::gemm(
                 cout,
                 n,
-                cin,
+                t.cin,
                 sout.as_mut_ptr(),
                 1,
                 n as isize,
-                t > 0,
-                taps.as_ptr().add(t * cout * cin),
+                i > 0,
+                taps.as_ptr().add(t.weight * cout * t.cin),
                 1,
-                cin as isize,
-                sin.as_ptr().add(kh * wp + kw),
+                t.cin as isize,
+                sin.as_ptr().add(t.channel * plane + t.dy * wp + t.dx),
                 1,
                 plane as isize,
                 1.0,
@@ -237,6 +305,11 @@ impl CustomOp3 for ShiftedGemmConv<'_> {
 }
 
 impl ShiftedGemmConv<'_> {
+    /// What the op reads: `xs` in f32, contiguous.
+    fn input(&self, xs: &Tensor) -> Result<Tensor> {
+        xs.to_dtype(DType::F32)?.contiguous()
+    }
+
     fn run(
         &self,
         x: &[f32],
@@ -248,21 +321,59 @@ impl ShiftedGemmConv<'_> {
         let (b, cin, src_h, src_w) = l1.shape().dims4()?;
         let (h, wd) = self.upsample.unwrap_or((src_h, src_w));
         let (kk, cout, cin_w) = l2.shape().dims3()?;
-        let k = (kk as f64).sqrt() as usize;
-        if cin_w != cin || k * k != kk || self.bias.is_some_and(|b| b.len() != cout) {
+        let kernel = (kk as f64).sqrt() as usize;
+        // Stride 2 runs as a stride-1 sweep over the four phases ([`Geometry`]).
+        let k = match self.stride2 {
+            true => kernel.div_ceil(2),
+            false => kernel,
+        };
+        if cin_w != cin || kernel * kernel != kk || self.bias.is_some_and(|b| b.len() != cout) {
             candle_core::bail!(
                 "shifted-gemm-conv2d: taps {:?} for input {:?}",
                 l2.dims(),
                 l1.dims()
             )
         }
-        let pad = self.padding;
-        let (hp, wp) = (h + 2 * pad, wd + 2 * pad);
-        if hp < k || wp < k {
+        let gemms: Vec<TapGemm> = (0..kk)
+            .map(|t| {
+                let (kh, kw) = (t / kernel, t % kernel);
+                match self.stride2 {
+                    true => TapGemm {
+                        weight: t,
+                        channel: ((kh % 2) * 2 + kw % 2) * cin_w,
+                        cin: cin_w,
+                        dy: kh / 2,
+                        dx: kw / 2,
+                    },
+                    false => TapGemm {
+                        weight: t,
+                        channel: 0,
+                        cin,
+                        dy: kh,
+                        dx: kw,
+                    },
+                }
+            })
+            .collect();
+        let (hp, wp) = (h + 2 * self.padding, wd + 2 * self.padding);
+        if hp < kernel || wp < kernel {
             candle_core::bail!("shifted-gemm-conv2d: input smaller than the kernel")
         }
+        // The phases carry the padding.
+        let (split, planes, h, wd, pad) = match self.stride2 {
+            true => (
+                Some(self.padding),
+                4 * cin,
+                hp.div_ceil(2),
+                wp.div_ceil(2),
+                0,
+            ),
+            false => (None, cin, h, wd, self.padding),
+        };
+        let (hp, wp) = (h + 2 * pad, wd + 2 * pad);
         let g = Geometry {
-            cin,
+            split,
+            cin: planes,
             h,
             w: wd,
             src_h,
@@ -304,6 +415,7 @@ impl ShiftedGemmConv<'_> {
                     &x[bi * item_in..][..item_in],
                     (&row_map, col_map.as_deref()),
                     taps,
+                    &gemms,
                     self.bias,
                     residual.map(|(r, _)| &r[bi * item_out..][..item_out]),
                     dst,
@@ -330,11 +442,13 @@ impl ShiftedGemmConv<'_> {
 /// A 2-D convolution layer (weights `weight` [out, in, k, k] and `bias`, as in PyTorch).
 #[derive(Debug, Clone)]
 pub enum Conv2d {
-    /// f32 on the CPU, stride 1: the weight kept only as taps `[k·k, out, in]`.
+    /// f32 on the CPU, stride 1 (or 2 with an odd kernel): the weight kept only as taps
+    /// `[k·k, out, in]`.
     Gemm {
         taps: Tensor,
         bias: Option<Vec<f32>>,
         padding: usize,
+        stride2: bool,
     },
     /// Everything else: candle's convolution.
     Candle(candle_nn::Conv2d),
@@ -347,7 +461,7 @@ impl Conv2d {
         let (cout, cin, kh, kw) = w.dims4()?;
         let gemm = matches!(w.device(), Device::Cpu)
             && w.dtype() == DType::F32
-            && config.stride == 1
+            && (config.stride == 1 || (config.stride == 2 && kh % 2 == 1))
             && config.dilation == 1
             && config.groups == 1
             && kh == kw;
@@ -361,6 +475,7 @@ impl Conv2d {
                 .contiguous()?,
             bias: inner.bias().map(|b| b.to_vec1()).transpose()?,
             padding: config.padding,
+            stride2: config.stride == 2,
         })
     }
 
@@ -384,12 +499,14 @@ impl Conv2d {
                 taps,
                 bias,
                 padding,
+                stride2,
             } => Ok((
                 taps,
                 ShiftedGemmConv {
                     padding: *padding,
                     bias: bias.as_deref(),
                     upsample,
+                    stride2: *stride2,
                 },
             )),
         }
@@ -399,7 +516,7 @@ impl Conv2d {
     /// CPU path.
     pub fn forward_residual(&self, xs: &Tensor, residual: &Tensor) -> Result<Tensor> {
         match self.op(None) {
-            Ok((taps, op)) => xs.to_dtype(DType::F32)?.contiguous()?.apply_op3_no_bwd(
+            Ok((taps, op)) => op.input(xs)?.apply_op3_no_bwd(
                 taps,
                 &residual.to_dtype(DType::F32)?.contiguous()?,
                 &op,
@@ -420,10 +537,10 @@ impl Conv2d {
         upsample: Option<(usize, usize)>,
     ) -> Result<Tensor> {
         match (self.op(upsample), upsample) {
-            (Ok((taps, op)), _) => xs
-                .to_dtype(DType::F32)?
-                .contiguous()?
-                .apply_op2_no_bwd(taps, &op),
+            (Ok((_, op)), Some(_)) if op.stride2 => {
+                candle_core::bail!("conv2d: stride 2 with up-sampling")
+            }
+            (Ok((taps, op)), _) => op.input(xs)?.apply_op2_no_bwd(taps, &op),
             (Err(c), Some((h, w))) => c.forward(&xs.upsample_nearest2d(h, w)?),
             (Err(c), None) => c.forward(xs),
         }
@@ -461,6 +578,7 @@ mod tests {
                 (3, 4, 3, 0, 6, 5),
                 (2, 3, 5, 2, 7, 8),
                 (6, 4, 1, 0, 5, 7),
+                (4, 6, 3, 1, 10, 12),
                 (3, 4, 3, 1, 131, 81),
             ]
         {
@@ -487,6 +605,21 @@ mod tests {
             let fused = Conv2d::new(inner.clone(), config)?.forward_residual(&x, &res)?;
             let d: f32 = (fused - (theirs + res)?)?.abs()?.max_all()?.to_scalar()?;
             assert!(d < 1e-4, "k{k} pad{pad} residual: max abs {d}");
+            // Stride 2 (odd kernels): the phase split.
+            if k % 2 == 1 {
+                let config = Conv2dConfig {
+                    stride: 2,
+                    ..config
+                };
+                let wt = inner.weight().clone();
+                let s2 = candle_nn::Conv2d::new(wt, inner.bias().cloned(), config);
+                let ours = Conv2d::new(s2.clone(), config)?;
+                assert!(matches!(ours, Conv2d::Gemm { stride2: true, .. }));
+                let (ours, theirs) = (ours.forward(&x)?, s2.forward(&x)?);
+                assert_eq!(ours.dims(), theirs.dims(), "k{k} pad{pad} stride 2");
+                let d: f32 = (ours - theirs)?.abs()?.max_all()?.to_scalar()?;
+                assert!(d < 1e-4, "k{k} pad{pad} stride 2: max abs {d}");
+            }
             // Nearest upsampling to twice the size and to an odd size (the UNet's
             // `upsample_size`), fused into the band fill.
             for (uh, uw) in [(2 * h, 2 * w), (2 * h - 1, 2 * w + 1)] {

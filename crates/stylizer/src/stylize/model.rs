@@ -101,6 +101,32 @@ fn read_json(path: &std::path::Path) -> Result<Value> {
         .map_err(|e| Error::Weights(format!("{}: invalid JSON: {e}", path.display())))
 }
 
+/// The weight file `{stem}{.variant}` in `repo`: safetensors, else the older PyTorch `.bin`.
+fn weight_file(repo: &RepoFiles, stem: &str, hub: &HubOptions) -> String {
+    let variant = hub
+        .variant
+        .as_deref()
+        .map(|v| format!(".{v}"))
+        .unwrap_or_default();
+    let st = format!("{stem}{variant}.safetensors");
+    let bin = format!("{stem}{variant}.bin");
+    if !repo.has(&st) && repo.has(&bin) {
+        bin
+    } else {
+        st
+    }
+}
+
+/// `store`, unless it holds no tensor of `what` (a file of some other model).
+fn non_empty(store: TensorStore, description: &str, what: &str) -> Result<TensorStore> {
+    if store.is_empty() {
+        return Err(Error::Weights(format!(
+            "{description}: no {what} tensors found"
+        )));
+    }
+    Ok(store)
+}
+
 fn repo_files(source: &ModelSource, hub: &HubOptions) -> Result<RepoFiles> {
     match source {
         ModelSource::Hub(id) => RepoFiles::hub(id, hub),
@@ -144,12 +170,6 @@ impl SdFiles {
             other => (repo_files(other, &opts.hub)?, None),
         };
 
-        let variant = opts
-            .hub
-            .variant
-            .as_deref()
-            .map(|v| format!(".{v}"))
-            .unwrap_or_default();
         let has_fast_tokenizer = repo.has("tokenizer/tokenizer.json");
         let mut wanted: Vec<(String, bool)> = [
             ("scheduler/scheduler_config.json", true),
@@ -173,13 +193,7 @@ impl SdFiles {
                 ("vae", "diffusion_pytorch_model"),
                 ("text_encoder", "model"),
             ] {
-                let st = format!("{component}/{stem}{variant}.safetensors");
-                let bin = format!("{component}/{stem}{variant}.bin");
-                let file = if !repo.has(&st) && repo.has(&bin) {
-                    bin
-                } else {
-                    st
-                };
+                let file = weight_file(&repo, &format!("{component}/{stem}"), &opts.hub);
                 wanted.push((file.clone(), true));
                 weight_files.push(file);
             }
@@ -265,13 +279,7 @@ impl SdFiles {
                 }
             }
         };
-        if store.is_empty() {
-            return Err(Error::Weights(format!(
-                "{}: no {what} tensors found",
-                self.description
-            )));
-        }
-        Ok(store)
+        non_empty(store, &self.description, what)
     }
 
     fn var_builder(
@@ -468,11 +476,20 @@ impl SdModel {
 /// A resolved ControlNet: config parsed (or derived), weight file located.
 pub struct ControlNetFiles {
     pub config: ControlNetConfig,
-    weights: Weights,
-    /// For a single file: the stored-name prefix and the hint block's convolutions.
-    single: Option<(&'static str, Vec<usize>)>,
+    weights: ControlNetWeights,
     slicing: AttentionSlicing,
     description: String,
+}
+
+enum ControlNetWeights {
+    /// diffusers layout: names as the model uses them.
+    Diffusers(std::path::PathBuf),
+    /// Original layout: the stored-name prefix and the hint block's convolutions.
+    SingleFile {
+        path: std::path::PathBuf,
+        prefix: &'static str,
+        hint: Vec<usize>,
+    },
 }
 
 impl ControlNetFiles {
@@ -516,8 +533,11 @@ impl ControlNetFiles {
             let config = ControlNetConfig::new(unet.clone(), cin, channels, false, false)?;
             return Ok(Self {
                 config,
-                weights: Weights::SingleFile(path.clone()),
-                single: Some((prefix, hint)),
+                weights: ControlNetWeights::SingleFile {
+                    path: path.clone(),
+                    prefix,
+                    hint,
+                },
                 slicing: opts.attention_slicing,
                 description,
             });
@@ -528,26 +548,13 @@ impl ControlNetFiles {
         } else {
             ""
         };
-        let variant = opts
-            .hub
-            .variant
-            .as_deref()
-            .map(|v| format!(".{v}"))
-            .unwrap_or_default();
-        let st = format!("{dir}diffusion_pytorch_model{variant}.safetensors");
-        let bin = format!("{dir}diffusion_pytorch_model{variant}.bin");
-        let weights = if !repo.has(&st) && repo.has(&bin) {
-            bin
-        } else {
-            st
-        };
+        let weights = weight_file(&repo, &format!("{dir}diffusion_pytorch_model"), &opts.hub);
         let config_file = format!("{dir}config.json");
         let found = repo.get_all(&[(config_file.as_str(), true), (weights.as_str(), true)])?;
         let config = ControlNetConfig::from_json(&read_json(&found[&config_file])?)?;
         Ok(Self {
             config,
-            weights: Weights::Diffusers(vec![found[&weights].clone()]),
-            single: None,
+            weights: ControlNetWeights::Diffusers(found[&weights].clone()),
             slicing: opts.attention_slicing,
             description: repo.name().to_string(),
         })
@@ -606,25 +613,15 @@ impl ControlNetFiles {
     }
 
     fn store(&self) -> Result<TensorStore> {
-        let store = match (&self.weights, &self.single) {
-            (Weights::SingleFile(path), Some((prefix, hint))) => {
+        let store = match &self.weights {
+            ControlNetWeights::SingleFile { path, prefix, hint } => {
                 single_controlnet_store(path, prefix, self.config.unet.layers_per_block, hint)?
             }
-            (Weights::Diffusers(paths), _) => TensorStore::open_plain(paths, "controlnet")?,
-            (Weights::SingleFile(path), None) => {
-                return Err(Error::Weights(format!(
-                    "{}: single file without its layout",
-                    path.display()
-                )))
+            ControlNetWeights::Diffusers(path) => {
+                TensorStore::open_plain(std::slice::from_ref(path), "controlnet")?
             }
         };
-        if store.is_empty() {
-            return Err(Error::Weights(format!(
-                "{}: no ControlNet tensors found",
-                self.description
-            )));
-        }
-        Ok(store)
+        non_empty(store, &self.description, "ControlNet")
     }
 }
 
