@@ -272,7 +272,7 @@ fn main() -> Result<()> {
                 )?)?;
                 let emb = randn(&[2, 77, dim])?;
                 let x = randn(&[2, 4, lh, lw])?;
-                let cond = Tensor::rand(0f32, 1f32, (2, 3, lh * f, lw * f), &Device::Cpu)?;
+                let cond = Tensor::rand(0f32, 1f32, (1, 3, lh * f, lw * f), &Device::Cpu)?;
                 let (mut step, mut alone) = (vec![], vec![]);
                 for _ in 0..reps {
                     step.push(

@@ -93,6 +93,9 @@ pub struct ControlNetModel {
     /// `controlnet_mid_block`.
     mid_zero: Conv2d,
     config: ControlNetConfig,
+    /// The last control image's embedding, by tensor: a frame's image is the same at every
+    /// denoising step, and its full-resolution convolutions need not run again.
+    embedded: std::sync::Mutex<Option<(candle_core::TensorId, Tensor)>>,
 }
 
 fn conv1x1(vb: VarBuilder, channels: usize) -> Result<Conv2d> {
@@ -133,6 +136,7 @@ impl ControlNetModel {
             down_zero,
             mid_zero: conv1x1(vb.pp("controlnet_mid_block"), ch_last)?,
             config: config.clone(),
+            embedded: std::sync::Mutex::new(None),
         })
     }
 
@@ -140,10 +144,29 @@ impl ControlNetModel {
         &self.config
     }
 
+    /// `cond`'s embedding on the latent grid, reused while `cond` is the same tensor.
+    fn embed(&self, cond: &Tensor) -> Result<Tensor> {
+        let mut held = self.embedded.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((id, emb)) = held.as_ref() {
+            if *id == cond.id() {
+                return Ok(emb.clone());
+            }
+        }
+        let mut x = cond.to_dtype(self.encoder.dtype())?;
+        if self.config.bgr {
+            let channels = [x.narrow(1, 2, 1)?, x.narrow(1, 1, 1)?, x.narrow(1, 0, 1)?];
+            x = Tensor::cat(&channels, 1)?;
+        }
+        let emb = self.cond_embedding.forward(&x)?;
+        *held = Some((cond.id(), emb.clone()));
+        Ok(emb)
+    }
+
     /// The residuals for `xs` `[b, 4, h, w]` at `timesteps`, text `context` `[b, tokens, dim]`
-    /// and the control image `cond` `[b, 3, H, W]` in [0, 1] (H, W = the latent size × the VAE
-    /// factor), scaled by `scale`. `guess_mode` scales the residuals from 0.1 (first skip) up
-    /// to 1 (mid block) on a log scale, as diffusers does for prompt-free control.
+    /// and the control image `cond` `[b or 1, 3, H, W]` in [0, 1] (H, W = the latent size × the
+    /// VAE factor; one image serves the whole batch), scaled by `scale`. `guess_mode` scales the
+    /// residuals from 0.1 (first skip) up to 1 (mid block) on a log scale, as diffusers does
+    /// for prompt-free control.
     pub fn forward(
         &self,
         xs: &Tensor,
@@ -157,18 +180,10 @@ impl ControlNetModel {
         let dtype = self.encoder.dtype();
         let temb = self.encoder.time_embedding(timesteps, b, xs.device())?;
         let context = context.to_dtype(dtype)?;
-        let mut cond = cond.to_dtype(dtype)?;
-        if self.config.bgr {
-            cond = Tensor::cat(
-                &[
-                    cond.narrow(1, 2, 1)?,
-                    cond.narrow(1, 1, 1)?,
-                    cond.narrow(1, 0, 1)?,
-                ],
-                1,
-            )?;
-        }
-        let xs = (self.encoder.conv_in(xs)? + self.cond_embedding.forward(&cond)?)?;
+        let xs = self
+            .encoder
+            .conv_in(xs)?
+            .broadcast_add(&self.embed(cond)?)?;
         let (mid, skips) = self
             .encoder
             .forward(xs, &temb, &context, &mut SelfAttention::Own)?;

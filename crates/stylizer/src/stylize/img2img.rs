@@ -28,7 +28,7 @@ pub trait Img2ImgModel {
         control: Option<&ControlResiduals>,
     ) -> Result<Tensor>;
     /// ControlNet `net`'s residuals for the UNet input `latents` [B,4,h,w], `text` [B,77,D]
-    /// and the control image `image` [B,3,H,W] in [0, 1], times `scale`.
+    /// and the control image `image` [1 or B,3,H,W] in [0, 1], times `scale`.
     #[allow(clippy::too_many_arguments)]
     fn controlnet(
         &self,
@@ -173,7 +173,6 @@ impl Control {
             true => (input.narrow(0, 1, 1)?, text.narrow(0, 1, 1)?),
             false => (input.clone(), text.clone()),
         };
-        let b = latents.dim(0)?;
         let mut sum: Option<ControlResiduals> = None;
         for c in &self.inputs {
             let scale = c.weight.at(i, n);
@@ -181,13 +180,13 @@ impl Control {
             if scale == 0.0 {
                 continue;
             }
-            let image = c.image.repeat((b, 1, 1, 1))?;
+            // One image for the whole batch: the net embeds it once per frame.
             let r = model.controlnet(
                 c.net,
                 &latents,
                 timestep,
                 &text,
-                &image,
+                &c.image,
                 scale,
                 self.guess_mode,
             )?;

@@ -397,7 +397,7 @@ impl SdModel {
     }
 
     /// The residuals of ControlNet `net` for the UNet input `latents` at `timesteps`, text
-    /// `text` and control image `image` `[b, 3, H, W]` in [0, 1], times `scale`
+    /// `text` and control image `image` `[b or 1, 3, H, W]` in [0, 1], times `scale`
     /// ([`ControlNetModel::forward`]).
     #[allow(clippy::too_many_arguments)]
     pub fn controlnet(
