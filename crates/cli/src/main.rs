@@ -14,7 +14,7 @@ use stylizer::stage::{Identity, Invert};
 use stylizer::stylize::control::{ControlNetSpec, ControlSource};
 use stylizer::stylize::cross_frame::CrossFrameKeys;
 use stylizer::stylize::img2img::{ControlWeight, Img2ImgParams};
-use stylizer::stylize::model::LoadOptions;
+use stylizer::stylize::model::{LoadOptions, TINY_VAE};
 use stylizer::stylize::schedulers::SchedulerKind;
 use stylizer::stylize::stage::{StylizeSettings, StylizeStage};
 use stylizer::stylize::vae::VaeTiling;
@@ -296,6 +296,11 @@ struct StylizeArgs {
     /// Model precision: f32, f16 or bf16 (default: f32 on CPU, f16 on GPU).
     #[arg(long, value_parser = parse_dtype)]
     dtype: Option<DType>,
+    /// The auto-encoder between pixels and latents: full (the model's own), tiny (TAESD,
+    /// madebyollin/taesd: encode + decode in a fraction of the time, a little less detail), or
+    /// another tiny VAE's Hugging Face id or diffusers folder.
+    #[arg(long, default_value = "full", value_name = "full|tiny|ID|DIR")]
+    vae: String,
     /// Tile the VAE: auto (when untiled would need over 2 GiB of activations), on, off.
     #[arg(long, default_value = "auto", value_parser = parse_vae_tiling)]
     vae_tiling: VaeTiling,
@@ -510,6 +515,11 @@ fn sd_stage(a: &StylizeArgs, seed: u64) -> anyhow::Result<StylizeStage> {
     load.hub.variant = a.variant.clone();
     load.hub.offline |= a.offline;
     load.vae_tiling = a.vae_tiling;
+    load.tiny_vae = match a.vae.as_str() {
+        "full" => None,
+        "tiny" => Some(ModelSource::Hub(TINY_VAE.into())),
+        other => Some(ModelSource::parse(other)?),
+    };
     // Keyframes are diffused apart, with the frames between carried by flow already.
     let consistency = a.consistency.unwrap_or(match a.keyframe_every {
         1 => Consistency::CrossFrameFlow,

@@ -252,3 +252,30 @@ fn flicker_compares_a_stylized_video_with_its_original() {
         stderr(&missing)
     );
 }
+
+#[test]
+fn the_tiny_vae_replaces_the_models_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = make_clip(dir.path(), "in.mp4", "72x40", "25", 0.2, None, &[]);
+    let taesd = tiny_sd2().join("../taesd");
+    let full = dir.path().join("full.mp4");
+    let tiny = dir.path().join("tiny.mp4");
+    assert!(stylize(&input, &full, &["--seed", "2"]).status.success());
+    let out = stylize(
+        &input,
+        &tiny,
+        &["--seed", "2", "--vae", taesd.to_str().unwrap()],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(video_facts(&tiny).frames, video_facts(&input).frames);
+    assert!(decode_rgb(&full, 72, 40, "") != decode_rgb(&tiny, 72, 40, ""));
+    // A folder that is no tiny VAE: one line, before any frame.
+    let out = stylize(
+        &input,
+        &dir.path().join("bad.mp4"),
+        &["--vae", tiny_sd2().to_str().unwrap()],
+    );
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("lacks"), "{}", stderr(&out));
+    assert_eq!(listing(dir.path()), ["full.mp4", "in.mp4", "tiny.mp4"]);
+}

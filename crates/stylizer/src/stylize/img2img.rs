@@ -48,6 +48,11 @@ pub trait Img2ImgModel {
     fn vae_decode(&self, latents: &Tensor) -> Result<Tensor>;
     /// The VAE's `scaling_factor` (0.18215 for SD 1.x/2.x).
     fn scaling_factor(&self) -> f64;
+    /// Whether [`Img2ImgModel::vae_encode`] gives a posterior to sample (the KL VAE) or the
+    /// latents themselves (a tiny VAE: no noise is drawn, as diffusers' `retrieve_latents`).
+    fn samples_posterior(&self) -> bool {
+        true
+    }
 }
 
 /// The knobs of one img2img call.
@@ -279,12 +284,19 @@ pub fn denoise(
         }
     };
 
-    // 3. Encode: sample the VAE posterior, z = mean + exp(½·clamp(logvar, −30, 20))·ε, and scale.
+    // 3. Encode: sample the VAE posterior, z = mean + exp(½·clamp(logvar, −30, 20))·ε (a tiny
+    //    VAE gives z outright), and scale.
     let device = image.device().clone();
     let (mean, logvar) = model.vae_encode(&image.to_dtype(DType::F32)?)?;
-    let std = (logvar.clamp(-30f32, 20f32)? * 0.5)?.exp()?;
-    let eps = noise.noise(NoiseDraw::Posterior, mean.dims(), &device)?;
-    let x0 = ((mean + (std * eps)?)? * model.scaling_factor())?;
+    let z = match model.samples_posterior() {
+        true => {
+            let std = (logvar.clamp(-30f32, 20f32)? * 0.5)?.exp()?;
+            let eps = noise.noise(NoiseDraw::Posterior, mean.dims(), &device)?;
+            (mean + (std * eps)?)?
+        }
+        false => mean,
+    };
+    let x0 = (z * model.scaling_factor())?;
 
     // 4. Noise the encoded frame to the first timestep that runs.
     let eps = noise.noise(NoiseDraw::Start, x0.dims(), &device)?;

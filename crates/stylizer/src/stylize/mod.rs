@@ -29,6 +29,7 @@ pub mod noise;
 pub mod resnet;
 pub mod schedulers;
 pub mod stage;
+pub mod taesd;
 pub mod tokenizer;
 pub mod unet;
 pub mod vae;

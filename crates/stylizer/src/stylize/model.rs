@@ -19,11 +19,15 @@ use super::clip::ClipTextModel;
 use super::config::{ClipTextConfig, ControlNetConfig, UNetConfig, VaeConfig};
 use super::controlnet::{ControlNetModel, ControlResiduals};
 use super::cross_frame::SelfAttention;
+use super::taesd::{AutoencoderTiny, TinyVaeConfig};
 use super::tokenizer::ClipTokenizer;
 use super::unet::UNet2DConditionModel;
 use super::vae::{AutoencoderKL, VaeTiling};
 use crate::weights::{HubOptions, ModelSource, RepoFiles, TensorStore};
 use crate::{Error, Progress, Result};
+
+/// The tiny auto-encoder `--vae tiny` loads (TAESD for SD 1.x/2.x latents).
+pub const TINY_VAE: &str = "madebyollin/taesd";
 
 /// The model the CLI uses when `--model-id` is not given.
 pub const DEFAULT_MODEL: &str = "stabilityai/stable-diffusion-2-base";
@@ -44,6 +48,9 @@ pub struct LoadOptions {
     /// Configs, tokenizer and scheduler config for a single-file checkpoint (a diffusers
     /// folder or hub id). Default: SD 2 base for OpenCLIP checkpoints, SD 1.5 for CLIP ones.
     pub config_source: Option<ModelSource>,
+    /// A tiny auto-encoder (TAESD, diffusers `AutoencoderTiny`: hub id or folder) instead of
+    /// the model's own VAE (`--vae`).
+    pub tiny_vae: Option<ModelSource>,
 }
 
 impl LoadOptions {
@@ -56,6 +63,7 @@ impl LoadOptions {
             attention_slicing: AttentionSlicing::Auto,
             vae_tiling: VaeTiling::Auto,
             config_source: None,
+            tiny_vae: None,
         }
     }
 
@@ -86,6 +94,8 @@ pub struct SdFiles {
     tokenizer: ClipTokenizer,
     unet: Weights,
     vae: Weights,
+    /// The tiny auto-encoder used instead of `vae`.
+    tiny_vae: Option<(TinyVaeConfig, std::path::PathBuf)>,
     text_encoder: Weights,
     device: Device,
     dtype: DType,
@@ -185,7 +195,8 @@ impl SdFiles {
         .into_iter()
         .map(|(f, r)| (f.to_string(), r))
         .collect();
-        // unet, vae, text_encoder weights: safetensors, else the older PyTorch .bin
+        // unet, vae, text_encoder weights: safetensors, else the older PyTorch .bin (the
+        // model's VAE is not fetched when a tiny one replaces it)
         let mut weight_files = Vec::new();
         if single.is_none() {
             for (component, stem) in [
@@ -194,7 +205,7 @@ impl SdFiles {
                 ("text_encoder", "model"),
             ] {
                 let file = weight_file(&repo, &format!("{component}/{stem}"), &opts.hub);
-                wanted.push((file.clone(), true));
+                wanted.push((file.clone(), component != "vae" || opts.tiny_vae.is_none()));
                 weight_files.push(file);
             }
         }
@@ -214,7 +225,9 @@ impl SdFiles {
             .to_path_buf();
         let tokenizer =
             ClipTokenizer::from_dir(&tokenizer_dir, text_config.max_position_embeddings)?;
-        let diffusers = |i: usize| Weights::Diffusers(vec![path(&weight_files[i])]);
+        let diffusers = |i: usize| {
+            Weights::Diffusers(found.get(&weight_files[i]).cloned().into_iter().collect())
+        };
         let (unet, vae, text_encoder) = match &single {
             Some(file) => (
                 Weights::SingleFile(file.clone()),
@@ -227,7 +240,12 @@ impl SdFiles {
             Some(f) => format!("{} (configs from {})", f.display(), repo.name()),
             None => repo.name().to_string(),
         };
+        let tiny_vae = match &opts.tiny_vae {
+            Some(source) => Some(resolve_tiny_vae(source, &opts.hub, &vae_config)?),
+            None => None,
+        };
         Ok(Self {
+            tiny_vae,
             unet_config,
             vae_config,
             text_config,
@@ -321,10 +339,48 @@ impl SdFiles {
     }
 }
 
+/// The auto-encoder between pixels and latents.
+enum Vae {
+    /// The model's own KL auto-encoder.
+    Kl(AutoencoderKL),
+    /// TAESD: no posterior, latents straight from the encoder.
+    Tiny(AutoencoderTiny),
+}
+
+/// A tiny auto-encoder's config and weight file, checked against the model's VAE.
+fn resolve_tiny_vae(
+    source: &ModelSource,
+    hub: &HubOptions,
+    vae: &VaeConfig,
+) -> Result<(TinyVaeConfig, std::path::PathBuf)> {
+    let repo = repo_files(source, hub).map_err(|e| match e {
+        Error::Config(m) => Error::Config(format!(
+            "{m} (the original taesd_encoder.pth / taesd_decoder.pth pair is not read; use the diffusers layout, e.g. {TINY_VAE})"
+        )),
+        e => e,
+    })?;
+    let weights = weight_file(&repo, "diffusion_pytorch_model", hub);
+    let found = repo.get_all(&[("config.json", true), (weights.as_str(), true)])?;
+    let config = TinyVaeConfig::from_json(&read_json(&found["config.json"])?)?;
+    if config.latent_channels != vae.latent_channels || config.scale_factor() != vae.scale_factor()
+    {
+        return Err(Error::Config(format!(
+            "tiny VAE {source} does not fit the model: {} latent channels at 1/{} size, the model's VAE {} at 1/{}",
+            config.latent_channels,
+            config.scale_factor(),
+            vae.latent_channels,
+            vae.scale_factor()
+        )));
+    }
+    Ok((config, found[&weights].clone()))
+}
+
 /// UNet + VAE, kept for the whole run.
 pub struct SdModel {
     unet: UNet2DConditionModel,
-    vae: AutoencoderKL,
+    vae: Vae,
+    /// The model's own VAE config (also when a tiny VAE replaces it).
+    vae_config: VaeConfig,
     /// ControlNets, in the order they were added ([`SdModel::add_controlnet`]).
     controlnets: Vec<ControlNetModel>,
     scheduler_config: Value,
@@ -341,19 +397,36 @@ impl SdModel {
         let unet_vb = files.var_builder(&files.unet, "unet", files.dtype)?;
         let unet = UNet2DConditionModel::new(unet_vb, &files.unet_config, files.slicing)
             .map_err(|e| Error::Weights(format!("unet: {e}")))?;
-        let vae_dtype = match files.vae_config.force_upcast && files.dtype == DType::F16 {
-            true => {
-                progress.warn("the VAE runs in f32 (its config sets force_upcast)");
-                DType::F32
+        let vae = match &files.tiny_vae {
+            Some((config, path)) => {
+                let store = TensorStore::open_plain(std::slice::from_ref(path), "tiny VAE")?;
+                let store = non_empty(store, &path.display().to_string(), "tiny VAE")?;
+                let vb =
+                    VarBuilder::from_backend(Box::new(store), files.dtype, files.device.clone());
+                Vae::Tiny(
+                    AutoencoderTiny::new(vb, config)
+                        .map_err(|e| Error::Weights(format!("tiny VAE {}: {e}", path.display())))?,
+                )
             }
-            false => files.dtype,
+            None => {
+                let vae_dtype = match files.vae_config.force_upcast && files.dtype == DType::F16 {
+                    true => {
+                        progress.warn("the VAE runs in f32 (its config sets force_upcast)");
+                        DType::F32
+                    }
+                    false => files.dtype,
+                };
+                let vae_vb = files.var_builder(&files.vae, "vae", vae_dtype)?;
+                Vae::Kl(
+                    AutoencoderKL::new(vae_vb, &files.vae_config, files.tiling)
+                        .map_err(|e| Error::Weights(format!("vae: {e}")))?,
+                )
+            }
         };
-        let vae_vb = files.var_builder(&files.vae, "vae", vae_dtype)?;
-        let vae = AutoencoderKL::new(vae_vb, &files.vae_config, files.tiling)
-            .map_err(|e| Error::Weights(format!("vae: {e}")))?;
         Ok(Self {
             unet,
             vae,
+            vae_config: files.vae_config.clone(),
             controlnets: Vec::new(),
             scheduler_config: files.scheduler_config.clone(),
             device: files.device.clone(),
@@ -383,7 +456,7 @@ impl SdModel {
 
     /// Adds a ControlNet (net `n` is the n-th added), refusing one the UNet cannot take.
     pub fn add_controlnet(&mut self, files: &ControlNetFiles) -> Result<()> {
-        files.check_fits(self.unet.config(), self.vae.config().scale_factor())?;
+        files.check_fits(self.unet.config(), self.vae_scale_factor())?;
         let vb =
             VarBuilder::from_backend(Box::new(files.store()?), self.dtype, self.device.clone());
         let net = ControlNetModel::new(vb, &files.config, files.slicing)
@@ -421,9 +494,28 @@ impl SdModel {
 
     /// Posterior `(mean, logvar)` of `image` `[b, 3, H, W]` in [-1, 1], raw latent space
     /// (multiply a sample by [`Self::scaling_factor`] for the UNet). f32.
+    /// With a tiny VAE `mean` is the latents themselves and `logvar` −∞ (no spread; see
+    /// [`SdModel::samples_posterior`]).
     pub fn vae_encode(&self, image: &Tensor) -> Result<(Tensor, Tensor)> {
-        let (mean, logvar) = self.vae.encode(image)?;
-        Ok((mean.to_dtype(DType::F32)?, logvar.to_dtype(DType::F32)?))
+        match &self.vae {
+            Vae::Kl(vae) => {
+                let (mean, logvar) = vae.encode(image)?;
+                Ok((mean.to_dtype(DType::F32)?, logvar.to_dtype(DType::F32)?))
+            }
+            Vae::Tiny(vae) => {
+                let latents = vae
+                    .encode(&image.to_dtype(self.dtype)?)?
+                    .to_dtype(DType::F32)?;
+                let logvar = (latents.zeros_like()? + f64::NEG_INFINITY)?;
+                Ok((latents, logvar))
+            }
+        }
+    }
+
+    /// Whether encoding draws from a posterior (the KL VAE) or gives the latents outright
+    /// (TAESD, as diffusers' `retrieve_latents` reads its `.latents`).
+    pub fn samples_posterior(&self) -> bool {
+        matches!(self.vae, Vae::Kl(_))
     }
 
     /// Image `[b, 3, H, W]` (about [-1, 1]) from raw latents (UNet latents divided by the
@@ -431,17 +523,27 @@ impl SdModel {
     pub fn vae_decode(&self, latents: &Tensor) -> Result<Tensor> {
         // The UNet's freed activations, before the decoder's full-resolution ones.
         crate::device::release_free_host_memory();
-        Ok(self.vae.decode(latents)?.to_dtype(DType::F32)?)
+        let image = match &self.vae {
+            Vae::Kl(vae) => vae.decode(latents)?,
+            Vae::Tiny(vae) => vae.decode(&latents.to_dtype(self.dtype)?)?,
+        };
+        Ok(image.to_dtype(DType::F32)?)
     }
 
     /// VAE `scaling_factor` (0.18215 for SD 1.x/2.x).
     pub fn scaling_factor(&self) -> f64 {
-        self.vae.config().scaling_factor
+        match &self.vae {
+            Vae::Kl(vae) => vae.config().scaling_factor,
+            Vae::Tiny(vae) => vae.config().scaling_factor,
+        }
     }
 
     /// Pixels per latent along each axis (8 for SD).
     pub fn vae_scale_factor(&self) -> usize {
-        self.vae.config().scale_factor()
+        match &self.vae {
+            Vae::Kl(vae) => vae.config().scale_factor(),
+            Vae::Tiny(vae) => vae.config().scale_factor(),
+        }
     }
 
     pub fn latent_channels(&self) -> usize {
@@ -456,8 +558,9 @@ impl SdModel {
         self.unet.config()
     }
 
+    /// The model's own VAE config (also when a tiny VAE runs instead).
     pub fn vae_config(&self) -> &VaeConfig {
-        self.vae.config()
+        &self.vae_config
     }
 
     pub fn device(&self) -> &Device {

@@ -143,7 +143,7 @@ impl FrameStage for StylizeStage {
         let p = &s.params;
         // Debug formatting quotes and escapes the free text, so fields cannot run together.
         format!(
-            "stylize model={:?} revision={:?} variant={:?} dtype={:?} vae_tiling={:?} prompt={:?} \
+            "stylize model={:?} revision={:?} variant={:?} dtype={:?} vae_tiling={:?} tiny_vae={:?} prompt={:?} \
              negative={:?} strength={} steps={} guidance={} scheduler={} seed={} noise={} \
              cross_frame={} flow={} keyframe_every={} controlnets={:?} guess_mode={}",
             s.model,
@@ -151,6 +151,7 @@ impl FrameStage for StylizeStage {
             s.load.hub.variant,
             s.load.dtype(),
             s.load.vae_tiling,
+            s.load.tiny_vae,
             s.prompt,
             s.negative_prompt,
             p.strength,
@@ -567,5 +568,9 @@ impl Img2ImgModel for SdModel {
 
     fn scaling_factor(&self) -> f64 {
         SdModel::scaling_factor(self)
+    }
+
+    fn samples_posterior(&self) -> bool {
+        SdModel::samples_posterior(self)
     }
 }

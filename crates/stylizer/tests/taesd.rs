@@ -1,0 +1,120 @@
+//! The tiny auto-encoder (TAESD, diffusers `AutoencoderTiny`) against diffusers on random
+//! weights with the real config (tools/reference/golden_taesd.py): encode and decode at 1e-4
+//! relative to the output's range, and img2img with the tiny SD-2 model at 1e-3 (the only draw
+//! replayed is the start noise: TAESD has no posterior).
+
+use candle_core::{DType, Device, Tensor};
+use stylizer::stylize::cross_frame::FrameAnchor;
+use stylizer::stylize::img2img::{img2img, Control, Img2ImgParams};
+use stylizer::stylize::model::{LoadOptions, SdFiles, SdModel};
+use stylizer::stylize::noise::ReplayNoise;
+use stylizer::stylize::schedulers::{SchedulerConfig, SchedulerKind};
+use stylizer::stylize::vae::VaeTiling;
+use stylizer::weights::ModelSource;
+use stylizer::NoProgress;
+
+mod common;
+#[path = "common/tiny_sd.rs"]
+mod tiny_sd;
+use common::max_abs;
+use tiny_sd::{fixtures, PROMPT};
+
+fn golden(name: &str) -> std::collections::HashMap<String, Tensor> {
+    let path = fixtures().join(format!("golden/taesd/{name}.safetensors"));
+    candle_core::safetensors::load(path, &Device::Cpu).unwrap()
+}
+
+fn load() -> (SdFiles, SdModel) {
+    let opts = LoadOptions {
+        vae_tiling: VaeTiling::Off,
+        tiny_vae: Some(ModelSource::Folder(fixtures().join("taesd"))),
+        ..LoadOptions::new(Device::Cpu)
+    };
+    let source = ModelSource::Folder(fixtures().join("tiny-sd2"));
+    let files = SdFiles::resolve(&source, &opts, &mut NoProgress).unwrap();
+    let model = SdModel::load(&files, &mut NoProgress).unwrap();
+    (files, model)
+}
+
+fn range(t: &Tensor) -> f32 {
+    t.abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar()
+        .unwrap()
+}
+
+#[test]
+fn encode_and_decode_match_diffusers() {
+    let (_, model) = load();
+    assert!(!model.samples_posterior());
+    assert_eq!(model.vae_scale_factor(), 8);
+    assert_eq!(model.scaling_factor(), 1.0);
+    let g = golden("taesd");
+    let (latents, logvar) = model.vae_encode(&g["image"]).unwrap();
+    let e_enc = max_abs(&latents, &g["latents"]) / range(&g["latents"]).max(1.0);
+    let decoded = model.vae_decode(&g["decode_in"]).unwrap();
+    let e_dec = max_abs(&decoded, &g["decoded"]) / range(&g["decoded"]).max(1.0);
+    println!("TAESD: encode {e_enc:.2e}, decode {e_dec:.2e} (max abs / output range)");
+    assert!(
+        e_enc < 1e-4 && e_dec < 1e-4,
+        "encode {e_enc}, decode {e_dec}"
+    );
+    let lv: Vec<f32> = logvar.flatten_all().unwrap().to_vec1().unwrap();
+    assert!(lv.iter().all(|v| *v == f32::NEG_INFINITY));
+}
+
+#[test]
+fn img2img_with_the_tiny_vae_matches_diffusers() {
+    let (files, model) = load();
+    let g = golden("img2img_taesd");
+    let text = files.encode_prompts(PROMPT, Some("")).unwrap();
+    let scheduler = SchedulerConfig::from_value(&files.scheduler_config).unwrap();
+    let params = Img2ImgParams {
+        strength: 0.6,
+        steps: 10,
+        guidance: 7.5,
+        scheduler: SchedulerKind::Ddim,
+    };
+    let mut noise = ReplayNoise::new(g.clone());
+    let (latents, image) = img2img(
+        &model,
+        &scheduler,
+        &params,
+        &text,
+        &g["image_in"],
+        &Control::default(),
+        FrameAnchor::Independent,
+        &mut noise,
+        &mut NoProgress,
+        &mut |_, l| Ok(l),
+    )
+    .unwrap();
+    assert!(noise.unused().is_empty(), "{:?}", noise.unused());
+    let e_lat = max_abs(&latents, &g["final_latents"]);
+    let e_img = max_abs(&image, &g["image_out"]);
+    println!("img2img with TAESD: latents {e_lat:.2e}, image {e_img:.2e}");
+    assert!(
+        e_lat < 1e-3 && e_img < 1e-3,
+        "latents {e_lat}, image {e_img}"
+    );
+    assert_eq!(image.dtype(), DType::F32);
+}
+
+#[test]
+fn a_tiny_vae_for_other_latents_is_refused() {
+    // tiny-sd's VAE works at 1/2 size: TAESD's 1/8 latents do not fit it.
+    let opts = LoadOptions {
+        tiny_vae: Some(ModelSource::Folder(fixtures().join("taesd"))),
+        ..LoadOptions::new(Device::Cpu)
+    };
+    let source = ModelSource::Folder(fixtures().join("tiny-sd"));
+    let err = SdFiles::resolve(&source, &opts, &mut NoProgress)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("does not fit the model"), "{err}");
+}
