@@ -296,6 +296,12 @@ struct StylizeArgs {
     /// Model precision: f32, f16 or bf16 (default: f32 on CPU, f16 on GPU).
     #[arg(long, value_parser = parse_dtype)]
     dtype: Option<DType>,
+    /// A LoRA fused into the model: a .safetensors file (kohya/A1111 or diffusers/PEFT keys), or
+    /// a folder or Hugging Face id holding pytorch_lora_weights.safetensors
+    /// (latent-consistency/lcm-lora-sdv1-5 with --scheduler lcm --steps 4 --guidance 1), with
+    /// an optional :SCALE (default 1). Repeat for several; their effects add up.
+    #[arg(long, value_name = "FILE|DIR|ID[:SCALE]", value_parser = parse_lora)]
+    lora: Vec<(String, f64)>,
     /// The auto-encoder between pixels and latents: full (the model's own), tiny (TAESD,
     /// madebyollin/taesd: encode + decode in a fraction of the time, a little less detail), or
     /// another tiny VAE's Hugging Face id or diffusers folder.
@@ -515,6 +521,11 @@ fn sd_stage(a: &StylizeArgs, seed: u64) -> anyhow::Result<StylizeStage> {
     load.hub.variant = a.variant.clone();
     load.hub.offline |= a.offline;
     load.vae_tiling = a.vae_tiling;
+    load.loras = a
+        .lora
+        .iter()
+        .map(|(source, scale)| Ok((ModelSource::parse(source)?, *scale)))
+        .collect::<stylizer::Result<Vec<_>>>()?;
     load.tiny_vae = match a.vae.as_str() {
         "full" => None,
         "tiny" => Some(ModelSource::Hub(TINY_VAE.into())),
@@ -623,6 +634,19 @@ fn controlnets(a: &StylizeArgs) -> anyhow::Result<Vec<ControlNetSpec>> {
         });
     }
     Ok(specs)
+}
+
+/// `FILE|DIR|ID[:SCALE]`: a trailing `:number` is the scale.
+fn parse_lora(s: &str) -> Result<(String, f64), String> {
+    match s.rsplit_once(':') {
+        Some((source, scale)) if !source.is_empty() => match scale.parse::<f64>() {
+            Ok(v) if v.is_finite() => Ok((source.to_string(), v)),
+            Ok(_) => Err(format!("LoRA scale `{scale}` is not a finite number")),
+            // Not a number: part of the name (a Windows drive, say).
+            Err(_) => Ok((s.to_string(), 1.0)),
+        },
+        _ => Ok((s.to_string(), 1.0)),
+    }
 }
 
 fn parse_canny(s: &str) -> Result<(f64, f64), String> {

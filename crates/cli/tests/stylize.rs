@@ -279,3 +279,36 @@ fn the_tiny_vae_replaces_the_models_own() {
     assert!(stderr(&out).contains("lacks"), "{}", stderr(&out));
     assert_eq!(listing(dir.path()), ["full.mp4", "in.mp4", "tiny.mp4"]);
 }
+
+#[test]
+fn loras_are_fused_and_misfits_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = make_clip(dir.path(), "in.mp4", "64x48", "25", 0.2, None, &[]);
+    let fixtures = tiny_sd2().join("..");
+    let kohya = fixtures.join("lora/kohya.safetensors");
+    let peft = fixtures.join("lora/peft.safetensors");
+    let run_sd1 = |out: &str, extra: &[&str]| {
+        run(bin()
+            .arg("stylize")
+            .arg(&input)
+            .args(["-p", "a watercolor painting", "-m"])
+            .arg(fixtures.join("tiny-sd"))
+            .args(["--steps", "4", "--seed", "4", "--quiet", "-o"])
+            .arg(dir.path().join(out))
+            .args(extra))
+    };
+    assert!(run_sd1("plain.mp4", &[]).status.success());
+    let k = format!("{}:0.8", kohya.display());
+    let out = run_sd1(
+        "lora.mp4",
+        &["--lora", &k, "--lora", peft.to_str().unwrap()],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let frames = |f: &str| decode_rgb(&dir.path().join(f), 64, 48, "");
+    assert!(frames("plain.mp4") != frames("lora.mp4"));
+    // The SD-1 LoRA on the SD-2 model: one line, nothing rendered.
+    let out = stylize(&input, &dir.path().join("bad.mp4"), &["--lora", &k]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("lacks"), "{}", stderr(&out));
+    assert_eq!(listing(dir.path()), ["in.mp4", "lora.mp4", "plain.mp4"]);
+}

@@ -374,6 +374,8 @@ pub struct TensorStore {
     /// name -> (file index, where in it)
     index: HashMap<String, (usize, TensorRef)>,
     what: String,
+    /// LoRA updates added to weights as they are read.
+    updates: HashMap<String, Vec<crate::stylize::lora::LowRank>>,
 }
 
 impl TensorStore {
@@ -399,6 +401,7 @@ impl TensorStore {
             files,
             index,
             what: what.to_string(),
+            updates: HashMap::new(),
         })
     }
 
@@ -416,6 +419,20 @@ impl TensorStore {
 
     pub fn len(&self) -> usize {
         self.index.len()
+    }
+
+    /// The model names of all tensors.
+    pub fn names(&self) -> Vec<String> {
+        self.index.keys().cloned().collect()
+    }
+
+    /// The same store with LoRA updates fused into the weights they name when read.
+    pub fn with_updates(
+        mut self,
+        updates: HashMap<String, Vec<crate::stylize::lora::LowRank>>,
+    ) -> Self {
+        self.updates = updates;
+        self
     }
 
     pub fn is_empty(&self) -> bool {
@@ -443,6 +460,10 @@ impl TensorStore {
             while t.rank() > 2 && t.dims().last() == Some(&1) {
                 t = t.squeeze(t.rank() - 1)?;
             }
+        }
+        if let Some(updates) = self.updates.get(name) {
+            t = crate::stylize::lora::apply(&t, updates)
+                .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
         }
         t.to_dtype(dtype)?.to_device(dev)
     }

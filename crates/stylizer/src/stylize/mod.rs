@@ -24,6 +24,7 @@ pub mod controlnet;
 pub mod conv;
 pub mod cross_frame;
 pub mod img2img;
+pub mod lora;
 pub mod model;
 pub mod noise;
 pub mod resnet;

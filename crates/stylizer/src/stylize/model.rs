@@ -19,6 +19,7 @@ use super::clip::ClipTextModel;
 use super::config::{ClipTextConfig, ControlNetConfig, UNetConfig, VaeConfig};
 use super::controlnet::{ControlNetModel, ControlResiduals};
 use super::cross_frame::SelfAttention;
+use super::lora::{self, LoraFile};
 use super::taesd::{AutoencoderTiny, TinyVaeConfig};
 use super::tokenizer::ClipTokenizer;
 use super::unet::UNet2DConditionModel;
@@ -51,6 +52,9 @@ pub struct LoadOptions {
     /// A tiny auto-encoder (TAESD, diffusers `AutoencoderTiny`: hub id or folder) instead of
     /// the model's own VAE (`--vae`).
     pub tiny_vae: Option<ModelSource>,
+    /// LoRAs fused into the UNet and text encoder (`--lora`), in order, with their scales: a
+    /// file, a folder or hub id holding `pytorch_lora_weights.safetensors`.
+    pub loras: Vec<(ModelSource, f64)>,
 }
 
 impl LoadOptions {
@@ -64,6 +68,7 @@ impl LoadOptions {
             vae_tiling: VaeTiling::Auto,
             config_source: None,
             tiny_vae: None,
+            loras: Vec::new(),
         }
     }
 
@@ -96,6 +101,7 @@ pub struct SdFiles {
     vae: Weights,
     /// The tiny auto-encoder used instead of `vae`.
     tiny_vae: Option<(TinyVaeConfig, std::path::PathBuf)>,
+    loras: Vec<LoraFile>,
     text_encoder: Weights,
     device: Device,
     dtype: DType,
@@ -246,6 +252,16 @@ impl SdFiles {
         };
         Ok(Self {
             tiny_vae,
+            loras: opts
+                .loras
+                .iter()
+                .map(|(source, scale)| {
+                    Ok(LoraFile {
+                        path: lora::locate(source, &opts.hub)?,
+                        scale: *scale,
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?,
             unet_config,
             vae_config,
             text_config,
@@ -297,7 +313,26 @@ impl SdFiles {
                 }
             }
         };
-        non_empty(store, &self.description, what)
+        let store = non_empty(store, &self.description, what)?;
+        let component = match what {
+            "unet" => lora::Component::Unet,
+            "text_encoder" => lora::Component::TextEncoder,
+            _ => return Ok(store),
+        };
+        if self.loras.is_empty() {
+            return Ok(store);
+        }
+        let updates = lora::updates(&self.loras, component, &store.names())?;
+        Ok(store.with_updates(updates))
+    }
+
+    /// Reads every LoRA against the UNet's and text encoder's weight names, so that one that
+    /// does not fit is refused before anything loads.
+    pub fn check_loras(&self) -> Result<()> {
+        for (weights, what) in [(&self.unet, "unet"), (&self.text_encoder, "text_encoder")] {
+            self.store(weights, what)?;
+        }
+        Ok(())
     }
 
     fn var_builder(

@@ -143,7 +143,7 @@ impl FrameStage for StylizeStage {
         let p = &s.params;
         // Debug formatting quotes and escapes the free text, so fields cannot run together.
         format!(
-            "stylize model={:?} revision={:?} variant={:?} dtype={:?} vae_tiling={:?} tiny_vae={:?} prompt={:?} \
+            "stylize model={:?} revision={:?} variant={:?} dtype={:?} vae_tiling={:?} tiny_vae={:?} loras={:?} prompt={:?} \
              negative={:?} strength={} steps={} guidance={} scheduler={} seed={} noise={} \
              cross_frame={} flow={} keyframe_every={} controlnets={:?} guess_mode={}",
             s.model,
@@ -152,6 +152,7 @@ impl FrameStage for StylizeStage {
             s.load.dtype(),
             s.load.vae_tiling,
             s.load.tiny_vae,
+            s.load.loras,
             s.prompt,
             s.negative_prompt,
             p.strength,
@@ -179,8 +180,10 @@ impl FrameStage for StylizeStage {
         let s = &self.settings;
         let files = SdFiles::resolve(&s.model, &s.load, self.progress.as_mut())?;
         let scheduler = SchedulerConfig::from_value(&files.scheduler_config)?;
-        // Fail on a scheduler the config cannot build before loading any weights.
+        // Fail on a scheduler the config cannot build before loading any weights, and on a
+        // LoRA that does not fit the model.
         s.params.scheduler.build(&scheduler, s.params.steps)?;
+        files.check_loras()?;
         // And on a ControlNet that does not fit the model.
         let nets = s
             .controlnets

@@ -1,5 +1,7 @@
 //! The tiny fixture pipelines (tests/fixtures/sd) loaded as the parity tests compare them with
 //! diffusers: on the CPU, VAE untiled, the prompt encoded with an empty negative prompt.
+// Each test binary uses a part of these.
+#![allow(dead_code)]
 
 use std::path::PathBuf;
 
