@@ -12,6 +12,7 @@
 //!     [--controlnet DIR[,DIR] --control-image KEY[,KEY] --controlnet-scale S[,S]
 //!      --control-guidance-start F --control-guidance-end F --guess-mode true|false
 //!      --case NAME]                                               (img2img with ControlNets)
+//!     [--lora FILE[:SCALE][,…]] [--tiny-vae DIR]                  (any part: LoRAs fused, TAESD)
 //! ```
 //! `controlnet` replays golden_controlnet.py's forward: `sample`, `timestep`,
 //! `encoder_hidden_states`, `controlnet_cond`, `conditioning_scale` in; `down_0 … down_N`, `mid` out.
@@ -283,9 +284,24 @@ fn main() -> Result<()> {
     let arg = |k: &str| args.get(k).with_context(|| format!("--{k} is required"));
     let source = ModelSource::parse(arg("model")?)?;
     let golden = candle_core::safetensors::load(arg("golden")?, &Device::Cpu)?;
+    // --lora FILE[:SCALE][,FILE[:SCALE]…] fused into the UNet and text encoder.
+    let loras = args
+        .get("lora")
+        .into_iter()
+        .flat_map(|s| s.split(','))
+        .map(|spec| {
+            let (file, scale) = match spec.rsplit_once(':') {
+                Some((f, v)) => (f, v.parse::<f64>().context("--lora FILE:SCALE")?),
+                None => (spec, 1.0),
+            };
+            Ok((ModelSource::File(file.into()), scale))
+        })
+        .collect::<Result<Vec<_>>>()?;
     let opts = LoadOptions {
         // The goldens are whole-image references.
         vae_tiling: VaeTiling::Off,
+        loras,
+        tiny_vae: args.get("tiny-vae").map(|d| ModelSource::Folder(d.into())),
         ..LoadOptions::new(Device::Cpu)
     };
     let files = SdFiles::resolve(&source, &opts, &mut NoProgress)?;
