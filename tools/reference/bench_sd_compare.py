@@ -34,9 +34,13 @@ def main():
     ap.add_argument("--rust-args", default="")
     ap.add_argument("--controlnet", action="store_true",
                     help="only the ControlNet step: MODEL_DIR/controlnet beside the UNet, one CFG step each side")
+    ap.add_argument("--tiny-vae", metavar="DIR",
+                    help="only TAESD: the diffusers folder DIR (tests/fixtures/sd/taesd) vs AutoencoderTiny()")
     a = ap.parse_args()
     if a.controlnet:
         return controlnet(a)
+    if a.tiny_vae:
+        return tiny_vae(a)
 
     torch_out = os.path.join(HERE, ".cache", "bench_sd_compare_torch.json")
     load0 = os.getloadavg()
@@ -75,6 +79,29 @@ def main():
           f"slicing {r['slicing']}; load average before/after {[round(x, 1) for x in load0]} / "
           f"{[round(x, 1) for x in load1]}")
     print("RESULT " + json.dumps({"torch": {k: t[k] for k in ("unet", "vae")}, "ours": r}))
+
+
+def tiny_vae(a):
+    torch_out = os.path.join(HERE, ".cache", "bench_sd_compare_vae_tiny.json")
+    subprocess.run([sys.executable, os.path.join(HERE, "bench_torch.py"), "vae_tiny,vae", "--reps", str(a.reps),
+                    "--out", torch_out], check=True)
+    with open(torch_out) as f:
+        t = json.load(f)
+    rows = []
+    for label, extra in [("TAESD", ["--tiny-vae", a.tiny_vae]), ("SD VAE", [])]:
+        cmd = [a.bench_bin, "--model", a.model, "--cases", "vae", "--reps", str(a.reps)] + extra + shlex.split(a.rust_args)
+        p = subprocess.run(cmd, capture_output=True, text=True)
+        r = result_line(p.stdout)
+        if r is None:
+            sys.exit(f"sd_bench failed:\n{p.stderr[-3000:]}")
+        rows.append((label, t["vae_tiny" if label == "TAESD" else "vae"], r["vae"]))
+    print(f"\n{'case (480x848)':24} {'PyTorch s':>10} {'ours s':>10} {'ours/PyTorch':>13}")
+    for label, tt, rr in rows:
+        for k in ("encode_s", "decode_s"):
+            print(f"{label + ' ' + k[:-2]:24} {min(tt[k]):10.3f} {min(rr[k]):10.3f} {min(rr[k]) / min(tt[k]):13.2f}")
+    print(f"peak RSS MB: PyTorch TAESD {t['vae_tiny']['peak_rss_MB']}  ours (with the UNet loaded) "
+          f"{rows[0][2]['peak_rss_MB']:.0f}")
+    print("RESULT " + json.dumps({"torch": {k: t[k] for k in ("vae_tiny", "vae")}, "ours": [r for _, _, r in rows]}))
 
 
 def controlnet(a):

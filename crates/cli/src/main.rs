@@ -42,6 +42,8 @@ macro_rules! out {
     }};
 }
 
+mod preview;
+
 #[derive(Parser)]
 #[command(
     name = "video-stylizer",
@@ -339,6 +341,13 @@ struct StylizeArgs {
     max_res: MaxRes,
     #[command(flatten)]
     out: VideoOut,
+    /// Render N frames spread over the video (default 4) with these settings and seed, as the
+    /// run renders them at a segment start, write a contact sheet <output stem>_preview.png (originals above, results below,
+    /// settings and seconds per frame under them), print the estimated time for the whole
+    /// video, and stop: try settings in seconds to minutes before committing hours.
+    #[arg(long, value_name = "N", num_args = 0..=1, default_missing_value = "4",
+          value_parser = clap::value_parser!(u64).range(1..=64))]
+    preview: Option<u64>,
     /// Testing: replace the model stages by `identity` or `invert` to exercise the video path.
     #[arg(long, hide = true)]
     frame_stage: Option<String>,
@@ -722,11 +731,53 @@ fn stylize(a: StylizeArgs, progress: &mut CliProgress) -> anyhow::Result<ExitCod
         }
     }
     let mut stages = build_stages(&a, seed, progress)?;
+    if let Some(n) = a.preview {
+        let settings = preview_settings(&a, seed);
+        for job in &jobs {
+            preview::run(job, &mut stages, n, &settings, progress)?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let mut batch = Batch::new(jobs.len());
     for job in jobs {
         batch.render(job, &mut stages, progress)?;
     }
     Ok(batch.exit())
+}
+
+/// The settings a preview sheet shows under its frames.
+fn preview_settings(a: &StylizeArgs, seed: u64) -> Vec<String> {
+    let mut lines = vec![
+        format!("prompt: {}", a.prompt.as_deref().unwrap_or("")),
+        format!("model: {}  vae: {}", a.model_id, a.vae),
+        format!(
+            "strength {}  steps {}  guidance {}  {}  seed {}  max-res {:?}",
+            a.strength, a.steps, a.guidance, a.scheduler, seed, a.max_res
+        ),
+    ];
+    if !a.negative_prompt.is_empty() {
+        lines.insert(1, format!("negative: {}", a.negative_prompt));
+    }
+    for (lora, scale) in &a.lora {
+        lines.push(format!("lora: {lora} x{scale}"));
+    }
+    for (i, c) in a.controlnet_id.iter().enumerate() {
+        let control = a.control.get(i).or(a.control.first());
+        lines.push(format!(
+            "controlnet: {c} ({})",
+            control.map_or("canny", |c| c.as_str())
+        ));
+    }
+    if let Some(c) = a.consistency {
+        lines.push(format!("consistency: {c:?}"));
+    }
+    if a.keyframe_every > 1 {
+        lines.push(format!("keyframe every {}", a.keyframe_every));
+    }
+    if a.upscale {
+        lines.push("upscale: on".into());
+    }
+    lines
 }
 
 /// `-o` with several outputs must be a folder.

@@ -312,3 +312,62 @@ fn loras_are_fused_and_misfits_refused() {
     assert!(stderr(&out).contains("lacks"), "{}", stderr(&out));
     assert_eq!(listing(dir.path()), ["in.mp4", "lora.mp4", "plain.mp4"]);
 }
+
+#[test]
+fn preview_renders_spread_frames_and_estimates_the_time() {
+    let dir = tempfile::tempdir().unwrap();
+    // Every frame another hue, so that each is told apart below.
+    let input = make_clip(
+        dir.path(),
+        "in.mp4",
+        "72x40",
+        "25",
+        0.4,
+        None,
+        &["-vf", "hue=h=36*n"],
+    );
+    let output = dir.path().join("out.mp4");
+    let out = stylize(&input, &output, &["--seed", "9", "--preview", "2"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("preview: 2 frames") && said.contains("10 frames) would take about"),
+        "{said}"
+    );
+    assert_eq!(listing(dir.path()), ["in.mp4", "out_preview.png"]);
+    let sheet = image::open(dir.path().join("out_preview.png"))
+        .unwrap()
+        .to_rgb8();
+    assert_eq!(sheet.width(), 2 * 72);
+    assert!(sheet.height() > 2 * 40, "settings written under the frames");
+
+    // The mechanics, exactly: with the inverting test stage the bottom row is the top row
+    // inverted, and the top row shows frames 2 and 7 of 10 (the middles of two halves).
+    let inverted = dir.path().join("inv.mp4");
+    let out = run(bin()
+        .arg("stylize")
+        .arg(&input)
+        .args(["--frame-stage", "invert", "--preview", "2", "--quiet", "-o"])
+        .arg(&inverted));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let sheet = image::open(dir.path().join("inv_preview.png"))
+        .unwrap()
+        .to_rgb8();
+    let frames = decode_rgb(&input, 72, 40, "");
+    for (col, index) in [(0u32, 2usize), (1, 7)] {
+        let cell = |y| {
+            image::imageops::crop_imm(&sheet, col * 72, y, 72, 40)
+                .to_image()
+                .into_raw()
+        };
+        let (top, bottom) = (cell(0), cell(40));
+        assert!(top.iter().zip(&bottom).all(|(a, b)| *b == 255 - *a));
+        let closest = (0..frames.len())
+            .max_by(|&a, &b| {
+                let p = |j: usize| psnr(&[top.clone()], &[frames[j].clone()]);
+                p(a).total_cmp(&p(b))
+            })
+            .unwrap();
+        assert_eq!(closest, index, "column {col}");
+    }
+}

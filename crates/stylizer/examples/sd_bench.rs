@@ -3,6 +3,7 @@
 //! ```text
 //! cargo run --release --example sd_bench -- --model DIR [--cases memory,unet,cross_frame,vae]
 //!     [--latent 60x106] [--reps 1] [--vae-tiling auto|on|off] [--slicing auto|off|N]
+//!     [--tiny-vae DIR]   (the `vae` case then times TAESD)
 //! ```
 //! `memory` runs one frame's worth of work in the order the pipeline does it (text encoder
 //! loaded, used, freed; UNet + VAE loaded; VAE encode; one CFG UNet call; VAE decode) and
@@ -107,6 +108,7 @@ fn main() -> Result<()> {
             "off" => AttentionSlicing::Off,
             n => AttentionSlicing::Size(n.parse()?),
         },
+        tiny_vae: args.get("tiny-vae").map(|d| ModelSource::Folder(d.into())),
         ..LoadOptions::new(Device::Cpu)
     };
     let mut result = json!({"latent_hw": [lh, lw], "threads": candle_core::utils::get_num_threads(),

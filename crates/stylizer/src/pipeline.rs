@@ -457,6 +457,153 @@ impl Ahead {
     }
 }
 
+/// The input's frames as the stages get them: decoded at the render size.
+#[derive(Clone, Copy)]
+struct Source<'a> {
+    info: &'a VideoInfo,
+    width: u32,
+    height: u32,
+    tonemap: bool,
+}
+
+impl Source<'_> {
+    fn open(&self, start: u64) -> Result<Decoder> {
+        Decoder::open(self.info, self.width, self.height, start, self.tonemap)
+    }
+
+    /// Frame `index` alone.
+    fn frame(&self, index: u64) -> Result<Frame> {
+        self.open(index)?.next_frame()?.ok_or_else(|| {
+            Error::input(
+                &self.info.path,
+                format!("frame {index} could not be decoded again"),
+            )
+        })
+    }
+}
+
+/// Shows every stage the earlier frames it needs before frame `start`, made by the stages
+/// before it.
+fn warm_up(
+    src: Source,
+    stages: &mut [Box<dyn FrameStage>],
+    start: u64,
+    progress: &mut dyn Progress,
+) -> Result<()> {
+    for k in 0..stages.len() {
+        let wanted = stages[k].warm_up_frames(start);
+        if wanted.is_empty() {
+            continue;
+        }
+        progress.stage(Stage::WarmUp);
+        for index in wanted {
+            let mut frame = src.frame(index)?;
+            for s in stages[..k].iter_mut() {
+                frame = s.process(frame, index)?;
+            }
+            stages[k].warm_up(frame, index)?;
+        }
+        progress.stage(Stage::Render);
+    }
+    Ok(())
+}
+
+/// Shows stage `k` the frames after its render position up to `until` (inclusive), made by
+/// the stages before it, from a decoder of its own.
+fn peek(
+    src: Source,
+    stages: &mut [Box<dyn FrameStage>],
+    k: usize,
+    ahead: &mut Ahead,
+    until: u64,
+) -> Result<()> {
+    while !ahead.ended && ahead.next <= until {
+        let decoder = match ahead.decoder.as_mut() {
+            Some(d) => d,
+            None => ahead.decoder.insert(src.open(ahead.next)?),
+        };
+        let Some(mut frame) = decoder.next_frame()? else {
+            ahead.ended = true;
+            break;
+        };
+        for s in stages[..k].iter_mut() {
+            frame = s.process(frame, ahead.next)?;
+        }
+        stages[k].peek(frame, ahead.next)?;
+        ahead.next += 1;
+    }
+    Ok(())
+}
+
+/// One frame of a preview: the original at the render size, what the stages make of it, and
+/// the seconds they took for it (warm-up excluded).
+pub struct PreviewFrame {
+    pub index: u64,
+    pub original: Frame,
+    pub rendered: Frame,
+    pub seconds: f64,
+}
+
+/// Renders frames `indices` of the input as `job` would render them in a full run (every
+/// stage reset and warmed up as at the start of a segment there, so they are the frames the
+/// video will have), for `--preview`. Writes nothing.
+pub fn preview(
+    job: &Job,
+    info: &VideoInfo,
+    stages: &mut [Box<dyn FrameStage>],
+    indices: &[u64],
+    progress: &mut dyn Progress,
+) -> Result<Vec<PreviewFrame>> {
+    let (width, height) = render_size(
+        info.width,
+        info.height,
+        job.max_res,
+        job.size_multiple.max(2),
+    );
+    let src = Source {
+        info,
+        width,
+        height,
+        tonemap: info.hdr && crate::video::decode::can_tonemap(),
+    };
+    progress.stage(Stage::LoadModels);
+    let mut size = (width, height);
+    for s in stages.iter_mut() {
+        s.prepare()?;
+        s.start_input(info, size)?;
+        size = s.output_size(size.0, size.1);
+    }
+    progress.stage(Stage::Render);
+    let mut out = Vec::with_capacity(indices.len());
+    for (n, &index) in indices.iter().enumerate() {
+        progress.frame(n as u64, indices.len() as u64);
+        for s in stages.iter_mut() {
+            s.reset()?;
+        }
+        warm_up(src, stages, index, progress)?;
+        for k in 0..stages.len() {
+            let ahead = stages[k].look_ahead();
+            if ahead > 0 {
+                peek(src, stages, k, &mut Ahead::new(index), index + ahead)?;
+            }
+        }
+        let original = src.frame(index)?;
+        let started = std::time::Instant::now();
+        let mut frame = original.clone();
+        for s in stages.iter_mut() {
+            frame = s.process(frame, index)?;
+        }
+        out.push(PreviewFrame {
+            index,
+            original,
+            rendered: frame,
+            seconds: started.elapsed().as_secs_f64(),
+        });
+    }
+    progress.frame(indices.len() as u64, indices.len() as u64);
+    Ok(out)
+}
+
 struct Renderer<'a> {
     info: &'a VideoInfo,
     work: &'a Path,
@@ -502,7 +649,7 @@ impl Renderer<'_> {
             for s in stages.iter_mut() {
                 s.reset()?;
             }
-            self.warm_up(stages, start, progress)?;
+            warm_up(self.source(), stages, start, progress)?;
             let mut ahead: Vec<Option<Ahead>> = stages
                 .iter()
                 .map(|s| (s.look_ahead() > 0).then(|| Ahead::new(start + 1)))
@@ -542,7 +689,7 @@ impl Renderer<'_> {
                     for k in 0..stages.len() {
                         if let Some(a) = ahead[k].as_mut() {
                             let until = start + n + stages[k].look_ahead();
-                            self.peek(stages, k, a, until)?;
+                            peek(self.source(), stages, k, a, until)?;
                         }
                         frame = stages[k].process(frame, start + n)?;
                     }
@@ -602,67 +749,13 @@ impl Renderer<'_> {
         Ok(repeats)
     }
 
-    /// Shows every stage the earlier frames it needs before frame `start`, made by the
-    /// stages before it.
-    fn warm_up(
-        &self,
-        stages: &mut [Box<dyn FrameStage>],
-        start: u64,
-        progress: &mut dyn Progress,
-    ) -> Result<()> {
-        let m = self.manifest;
-        for k in 0..stages.len() {
-            let wanted = stages[k].warm_up_frames(start);
-            if wanted.is_empty() {
-                continue;
-            }
-            progress.stage(Stage::WarmUp);
-            for index in wanted {
-                let mut decoder = Decoder::open(self.info, m.width, m.height, index, m.tonemap)?;
-                let Some(mut frame) = decoder.next_frame()? else {
-                    return Err(Error::input(
-                        &self.info.path,
-                        format!("frame {index} could not be decoded again"),
-                    ));
-                };
-                for s in stages[..k].iter_mut() {
-                    frame = s.process(frame, index)?;
-                }
-                stages[k].warm_up(frame, index)?;
-            }
-            progress.stage(Stage::Render);
+    fn source(&self) -> Source<'_> {
+        Source {
+            info: self.info,
+            width: self.manifest.width,
+            height: self.manifest.height,
+            tonemap: self.manifest.tonemap,
         }
-        Ok(())
-    }
-
-    /// Shows stage `k` the frames after its render position up to `until` (inclusive), made
-    /// by the stages before it, from a decoder of its own.
-    fn peek(
-        &self,
-        stages: &mut [Box<dyn FrameStage>],
-        k: usize,
-        ahead: &mut Ahead,
-        until: u64,
-    ) -> Result<()> {
-        let m = self.manifest;
-        while !ahead.ended && ahead.next <= until {
-            let decoder = match ahead.decoder.as_mut() {
-                Some(d) => d,
-                None => ahead.decoder.insert(Decoder::open(
-                    self.info, m.width, m.height, ahead.next, m.tonemap,
-                )?),
-            };
-            let Some(mut frame) = decoder.next_frame()? else {
-                ahead.ended = true;
-                break;
-            };
-            for s in stages[..k].iter_mut() {
-                frame = s.process(frame, ahead.next)?;
-            }
-            stages[k].peek(frame, ahead.next)?;
-            ahead.next += 1;
-        }
-        Ok(())
     }
 
     /// Waits for a segment's encoder and gives the file its final name, its frame count
