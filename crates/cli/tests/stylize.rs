@@ -364,7 +364,8 @@ fn preview_renders_spread_frames_and_estimates_the_time() {
         assert!(top.iter().zip(&bottom).all(|(a, b)| *b == 255 - *a));
         let closest = (0..frames.len())
             .max_by(|&a, &b| {
-                let p = |j: usize| psnr(&[top.clone()], &[frames[j].clone()]);
+                let p =
+                    |j: usize| psnr(std::slice::from_ref(&top), std::slice::from_ref(&frames[j]));
                 p(a).total_cmp(&p(b))
             })
             .unwrap();

@@ -93,3 +93,53 @@ fn img2img_matches_diffusers_tiny_sd() {
 fn img2img_matches_diffusers_tiny_sd2() {
     parity("tiny-sd2");
 }
+
+/// An SD-Turbo-class setup (tools/reference/golden_turbo.py): Euler with `trailing` timestep
+/// spacing, guidance 0 (no classifier-free guidance), 2 steps at strength 0.5 (one runs, at
+/// t = 499), on the tiny SD-2 model; the scheduler is built from the config diffusers used.
+#[test]
+fn few_step_turbo_schedule_matches_diffusers() {
+    let (_, text, model, _) = tiny_sd::load("tiny-sd2");
+    let meta: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("golden/tiny-sd2/img2img_turbo.json")).unwrap(),
+    )
+    .unwrap();
+    let scheduler =
+        stylizer::stylize::schedulers::SchedulerConfig::from_value(&meta["scheduler_config"])
+            .unwrap();
+    let g = candle_core::safetensors::load(
+        fixtures().join("golden/tiny-sd2/img2img_turbo.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let params = Img2ImgParams {
+        strength: 0.5,
+        steps: 2,
+        guidance: 0.0,
+        scheduler: SchedulerKind::Euler,
+    };
+    let mut noise = ReplayNoise::new(g.clone());
+    let mut steps = 0;
+    let (latents, image) = img2img(
+        &model,
+        &scheduler,
+        &params,
+        &text,
+        &g["image_in"],
+        &Control::default(),
+        FrameAnchor::Independent,
+        &mut noise,
+        &mut NoProgress,
+        &mut |_, l| {
+            steps += 1;
+            Ok(l)
+        },
+    )
+    .unwrap();
+    assert_eq!(steps, 1);
+    assert!(noise.unused().is_empty(), "{:?}", noise.unused());
+    let e_lat = max_abs(&latents, &g["final_latents"]);
+    let e_img = max_abs(&image, &g["image_out"]);
+    println!("turbo: latents {e_lat:.2e}, image {e_img:.2e}");
+    assert!(e_lat < TOL && e_img < TOL, "latents {e_lat}, image {e_img}");
+}

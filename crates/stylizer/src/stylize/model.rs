@@ -377,9 +377,9 @@ impl SdFiles {
 /// The auto-encoder between pixels and latents.
 enum Vae {
     /// The model's own KL auto-encoder.
-    Kl(AutoencoderKL),
+    Kl(Box<AutoencoderKL>),
     /// TAESD: no posterior, latents straight from the encoder.
-    Tiny(AutoencoderTiny),
+    Tiny(Box<AutoencoderTiny>),
 }
 
 /// A tiny auto-encoder's config and weight file, checked against the model's VAE.
@@ -438,10 +438,9 @@ impl SdModel {
                 let store = non_empty(store, &path.display().to_string(), "tiny VAE")?;
                 let vb =
                     VarBuilder::from_backend(Box::new(store), files.dtype, files.device.clone());
-                Vae::Tiny(
-                    AutoencoderTiny::new(vb, config)
-                        .map_err(|e| Error::Weights(format!("tiny VAE {}: {e}", path.display())))?,
-                )
+                Vae::Tiny(Box::new(AutoencoderTiny::new(vb, config).map_err(|e| {
+                    Error::Weights(format!("tiny VAE {}: {e}", path.display()))
+                })?))
             }
             None => {
                 let vae_dtype = match files.vae_config.force_upcast && files.dtype == DType::F16 {
@@ -452,10 +451,10 @@ impl SdModel {
                     false => files.dtype,
                 };
                 let vae_vb = files.var_builder(&files.vae, "vae", vae_dtype)?;
-                Vae::Kl(
+                Vae::Kl(Box::new(
                     AutoencoderKL::new(vae_vb, &files.vae_config, files.tiling)
                         .map_err(|e| Error::Weights(format!("vae: {e}")))?,
-                )
+                ))
             }
         };
         Ok(Self {
