@@ -7,13 +7,10 @@
 
 use candle_core::{DType, Device, Tensor};
 use stylizer::stylize::canny::canny;
-use stylizer::stylize::cross_frame::FrameAnchor;
-use stylizer::stylize::img2img::{img2img, Control, ControlInput, ControlWeight, Img2ImgParams};
+use stylizer::stylize::img2img::{Control, ControlInput, ControlWeight, Img2ImgParams};
 use stylizer::stylize::model::{ControlNetFiles, LoadOptions, SdModel};
-use stylizer::stylize::noise::ReplayNoise;
 use stylizer::stylize::schedulers::SchedulerKind;
 use stylizer::weights::ModelSource;
-use stylizer::NoProgress;
 
 mod common;
 #[path = "common/tiny_sd.rs"]
@@ -161,20 +158,8 @@ fn img2img_matches_diffusers() {
                 },
                 _ => unreachable!(),
             };
-            let mut noise = ReplayNoise::new(g.clone());
-            let (latents, image) = img2img(
-                &model,
-                &scheduler,
-                &params,
-                &text,
-                &g["image_in"],
-                &control,
-                FrameAnchor::Independent,
-                &mut noise,
-                &mut NoProgress,
-                &mut |_, l| Ok(l),
-            )
-            .unwrap();
+            let (latents, image) =
+                tiny_sd::replay_img2img(&model, &scheduler, &params, &text, &g, &control);
             let e_lat = max_abs(&latents, &g[&format!("{case}.final_latents")]);
             let e_img = max_abs(&image, &g[&format!("{case}.image_out")]);
             println!("{variant} {case}: max abs latents {e_lat:.2e}, image {e_img:.2e}");

@@ -4,10 +4,8 @@
 //! replayed is the start noise: TAESD has no posterior).
 
 use candle_core::{DType, Device, Tensor};
-use stylizer::stylize::cross_frame::FrameAnchor;
-use stylizer::stylize::img2img::{img2img, Control, Img2ImgParams};
+use stylizer::stylize::img2img::{Control, Img2ImgParams};
 use stylizer::stylize::model::{LoadOptions, SdFiles, SdModel};
-use stylizer::stylize::noise::ReplayNoise;
 use stylizer::stylize::schedulers::{SchedulerConfig, SchedulerKind};
 use stylizer::stylize::vae::VaeTiling;
 use stylizer::weights::ModelSource;
@@ -37,14 +35,7 @@ fn load() -> (SdFiles, SdModel) {
 }
 
 fn range(t: &Tensor) -> f32 {
-    t.abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar()
-        .unwrap()
+    max_abs(t, &t.zeros_like().unwrap())
 }
 
 #[test]
@@ -79,21 +70,8 @@ fn img2img_with_the_tiny_vae_matches_diffusers() {
         guidance: 7.5,
         scheduler: SchedulerKind::Ddim,
     };
-    let mut noise = ReplayNoise::new(g.clone());
-    let (latents, image) = img2img(
-        &model,
-        &scheduler,
-        &params,
-        &text,
-        &g["image_in"],
-        &Control::default(),
-        FrameAnchor::Independent,
-        &mut noise,
-        &mut NoProgress,
-        &mut |_, l| Ok(l),
-    )
-    .unwrap();
-    assert!(noise.unused().is_empty(), "{:?}", noise.unused());
+    let (latents, image) =
+        tiny_sd::replay_img2img(&model, &scheduler, &params, &text, &g, &Control::default());
     let e_lat = max_abs(&latents, &g["final_latents"]);
     let e_img = max_abs(&image, &g["image_out"]);
     println!("img2img with TAESD: latents {e_lat:.2e}, image {e_img:.2e}");

@@ -5,8 +5,13 @@
 
 use std::path::PathBuf;
 
+use std::collections::HashMap;
+
 use candle_core::{Device, Tensor};
+use stylizer::stylize::cross_frame::FrameAnchor;
+use stylizer::stylize::img2img::{img2img, Control, Img2ImgParams};
 use stylizer::stylize::model::{LoadOptions, SdFiles, SdModel};
+use stylizer::stylize::noise::ReplayNoise;
 use stylizer::stylize::schedulers::SchedulerConfig;
 use stylizer::stylize::vae::VaeTiling;
 use stylizer::weights::ModelSource;
@@ -32,4 +37,36 @@ pub fn load(variant: &str) -> (SdFiles, Tensor, SdModel, SchedulerConfig) {
     let model = SdModel::load(&files, &mut NoProgress).unwrap();
     let scheduler = SchedulerConfig::from_value(&files.scheduler_config).unwrap();
     (files, text, model, scheduler)
+}
+
+/// img2img of golden `g`'s `image_in` with its recorded noise replayed (and all of it used),
+/// every frame on its own: the final latents and the image.
+pub fn replay_img2img(
+    model: &SdModel,
+    scheduler: &SchedulerConfig,
+    params: &Img2ImgParams,
+    text: &Tensor,
+    g: &HashMap<String, Tensor>,
+    control: &Control,
+) -> (Tensor, Tensor) {
+    let mut noise = ReplayNoise::new(g.clone());
+    let out = img2img(
+        model,
+        scheduler,
+        params,
+        text,
+        &g["image_in"],
+        control,
+        FrameAnchor::Independent,
+        &mut noise,
+        &mut NoProgress,
+        &mut |_, l| Ok(l),
+    )
+    .unwrap();
+    assert!(
+        noise.unused().is_empty(),
+        "unused noise {:?}",
+        noise.unused()
+    );
+    out
 }
