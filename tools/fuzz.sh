@@ -43,6 +43,10 @@ for v in tiny-sd tiny-sd2; do
   t=tests/fixtures/sd/$v/tokenizer
   { cat "$t/tokenizer_config.json"; printf '%s' "$cut"; cat "$t/vocab.json"; printf '%s' "$cut"; cat "$t/merges.txt"; } > "$C/tokenizer/$v"
 done
+# ControlNet and tiny-VAE configs; the single-file ControlNet (bare keys) as a weight file.
+cp tests/fixtures/sd/controlnet/tiny-sd2-a/config.json "$C/configs/controlnet-config.json"
+cp tests/fixtures/sd/taesd/config.json "$C/configs/taesd-config.json"
+cp tests/fixtures/sd/lora/peft.safetensors "$C/safetensors/lora-peft.safetensors"
 { printf '\0'; cat tests/fixtures/esrgan/photo_160x120.png; } > "$C/image/photo.png"
 
 cd fuzz
