@@ -329,6 +329,9 @@ impl SdFiles {
     /// Reads every LoRA against the UNet's and text encoder's weight names, so that one that
     /// does not fit is refused before anything loads.
     pub fn check_loras(&self) -> Result<()> {
+        if self.loras.is_empty() {
+            return Ok(());
+        }
         for (weights, what) in [(&self.unet, "unet"), (&self.text_encoder, "text_encoder")] {
             self.store(weights, what)?;
         }
