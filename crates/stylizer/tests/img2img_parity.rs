@@ -126,3 +126,66 @@ fn few_step_turbo_schedule_matches_diffusers() {
     println!("turbo: latents {e_lat:.2e}, image {e_img:.2e}");
     assert!(e_lat < TOL && e_img < TOL, "latents {e_lat}, image {e_img}");
 }
+
+/// An LCM UNet (`time_cond_proj_dim`: the guidance scale embedded into the time embedding,
+/// tools/reference/golden_lcm_unet.py) in tiny-sd's pipeline: the UNet forward with the
+/// embedding of guidance 8, and img2img with the LCM scheduler, which then runs without
+/// classifier-free guidance as diffusers does.
+#[test]
+fn lcm_unet_embeds_the_guidance_scale_as_diffusers() {
+    // tiny-sd with the LCM UNet in place of its own.
+    let dir = tempfile::tempdir().unwrap();
+    let copy = |from: &std::path::Path, to: &std::path::Path| {
+        std::fs::create_dir_all(to).unwrap();
+        for e in std::fs::read_dir(from).unwrap() {
+            let e = e.unwrap();
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    };
+    for part in ["text_encoder", "tokenizer", "vae", "scheduler"] {
+        copy(
+            &fixtures().join("tiny-sd").join(part),
+            &dir.path().join(part),
+        );
+    }
+    copy(&fixtures().join("tiny-lcm-unet"), &dir.path().join("unet"));
+    let opts = stylizer::stylize::model::LoadOptions::new(Device::Cpu);
+    let source = stylizer::weights::ModelSource::Folder(dir.path().to_path_buf());
+    let files =
+        stylizer::stylize::model::SdFiles::resolve(&source, &opts, &mut NoProgress).unwrap();
+    let text = files.encode_prompts(PROMPT, Some("")).unwrap();
+    let mut model = stylizer::stylize::model::SdModel::load(&files, &mut NoProgress).unwrap();
+    model.set_guidance(8.0).unwrap();
+    assert!(model.embeds_guidance());
+    let g = candle_core::safetensors::load(
+        fixtures().join("golden/tiny-sd/lcm_unet.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let out = model
+        .unet(
+            &g["sample"],
+            &[501.0],
+            &g["encoder_hidden_states"],
+            &mut stylizer::stylize::cross_frame::SelfAttention::Own,
+            None,
+        )
+        .unwrap();
+    let e_unet = max_abs(&out, &g["out"]);
+    let scheduler =
+        stylizer::stylize::schedulers::SchedulerConfig::from_value(&files.scheduler_config)
+            .unwrap();
+    let params = Img2ImgParams {
+        strength: 0.6,
+        steps: 4,
+        guidance: 8.0,
+        scheduler: SchedulerKind::Lcm,
+    };
+    let (latents, image) =
+        tiny_sd::replay_img2img(&model, &scheduler, &params, &text, &g, &Control::default());
+    let e_lat = max_abs(&latents, &g["final_latents"]);
+    let e_img = max_abs(&image, &g["image_out"]);
+    println!("LCM UNet: forward {e_unet:.2e}, img2img latents {e_lat:.2e}, image {e_img:.2e}");
+    assert!(e_unet < 1e-4, "forward {e_unet}");
+    assert!(e_lat < TOL && e_img < TOL, "latents {e_lat}, image {e_img}");
+}

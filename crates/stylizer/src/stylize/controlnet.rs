@@ -178,7 +178,9 @@ impl ControlNetModel {
     ) -> Result<ControlResiduals> {
         let b = xs.dim(0)?;
         let dtype = self.encoder.dtype();
-        let temb = self.encoder.time_embedding(timesteps, b, xs.device())?;
+        let temb = self
+            .encoder
+            .time_embedding(timesteps, b, xs.device(), None)?;
         let context = context.to_dtype(dtype)?;
         let xs = self
             .encoder

@@ -53,6 +53,11 @@ pub trait Img2ImgModel {
     fn samples_posterior(&self) -> bool {
         true
     }
+    /// Whether the UNet takes the guidance scale itself (an LCM UNet): no classifier-free
+    /// guidance batch then, whatever the scale.
+    fn embeds_guidance(&self) -> bool {
+        false
+    }
 }
 
 /// The knobs of one img2img call.
@@ -271,8 +276,10 @@ pub fn denoise(
     let timesteps = scheduler.timesteps().to_vec();
     let total = timesteps.len() - first;
 
-    // 2. Text conditioning: [negative, prompt] for guidance, the prompt alone otherwise.
-    let text = match (params.guided(), text.dim(0)?) {
+    // 2. Text conditioning: [negative, prompt] for guidance, the prompt alone otherwise (and
+    //    for an LCM UNet, which is given the scale itself).
+    let guided = params.guided() && !model.embeds_guidance();
+    let text = match (guided, text.dim(0)?) {
         (true, 2) => text.clone(),
         (false, 2) => text.narrow(0, 1, 1)?,
         (false, 1) => text.clone(),
@@ -304,16 +311,16 @@ pub fn denoise(
 
     // 5. Denoise: UNet (on [negative, prompt] when guided), guidance, scheduler step.
     for (i, index) in (first..timesteps.len()).enumerate() {
-        let input = if params.guided() {
+        let input = if guided {
             Tensor::cat(&[&latents, &latents], 0)?
         } else {
             latents.clone()
         };
         let input = scheduler.scale_model_input(input, index)?;
         let t = timesteps[index];
-        let residuals = control.residuals(model, &input, t, &text, params.guided(), i, total)?;
+        let residuals = control.residuals(model, &input, t, &text, guided, i, total)?;
         let out = model.unet(&input, t, &text, &mut anchor.step(i)?, residuals.as_ref())?;
-        let out = if params.guided() {
+        let out = if guided {
             let (uncond, cond) = (out.narrow(0, 0, 1)?, out.narrow(0, 1, 1)?);
             (&uncond + ((cond - &uncond)? * params.guidance)?)?
         } else {

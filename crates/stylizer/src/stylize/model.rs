@@ -421,6 +421,8 @@ pub struct SdModel {
     vae_config: VaeConfig,
     /// ControlNets, in the order they were added ([`SdModel::add_controlnet`]).
     controlnets: Vec<ControlNetModel>,
+    /// An LCM UNet's guidance-scale embedding ([`SdModel::set_guidance`]).
+    guidance: Option<Tensor>,
     scheduler_config: Value,
     device: Device,
     dtype: DType,
@@ -465,6 +467,7 @@ impl SdModel {
             vae,
             vae_config: files.vae_config.clone(),
             controlnets: Vec::new(),
+            guidance: None,
             scheduler_config: files.scheduler_config.clone(),
             device: files.device.clone(),
             dtype: files.dtype,
@@ -487,8 +490,31 @@ impl SdModel {
     ) -> Result<Tensor> {
         Ok(self
             .unet
-            .forward(latents, timesteps, text, frames, control)?
+            .forward(
+                latents,
+                timesteps,
+                text,
+                frames,
+                control,
+                self.guidance.as_ref(),
+            )?
             .to_dtype(DType::F32)?)
+    }
+
+    /// Whether the UNet takes the guidance scale as an input (LCM UNets, `time_cond_proj_dim`):
+    /// it then runs without classifier-free guidance, as diffusers does.
+    pub fn embeds_guidance(&self) -> bool {
+        self.unet.config().time_cond_proj_dim.is_some()
+    }
+
+    /// The guidance scale an LCM UNet is told (diffusers embeds `guidance − 1`); other UNets
+    /// ignore it.
+    pub fn set_guidance(&mut self, guidance: f64) -> Result<()> {
+        if let Some(dim) = self.unet.config().time_cond_proj_dim {
+            let w = super::unet::guidance_embedding(&[guidance - 1.0], dim, &self.device)?;
+            self.guidance = Some(w.to_dtype(self.dtype)?);
+        }
+        Ok(())
     }
 
     /// Adds a ControlNet (net `n` is the n-th added), refusing one the UNet cannot take.

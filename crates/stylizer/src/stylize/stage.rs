@@ -198,6 +198,7 @@ impl FrameStage for StylizeStage {
         let negative = s.params.guided().then_some(s.negative_prompt.as_str());
         let text = files.encode_prompts(&s.prompt, negative)?;
         let mut model = SdModel::load(&files, self.progress.as_mut())?;
+        model.set_guidance(s.params.guidance)?;
         for net in &nets {
             model.add_controlnet(net)?;
         }
@@ -575,5 +576,9 @@ impl Img2ImgModel for SdModel {
 
     fn samples_posterior(&self) -> bool {
         SdModel::samples_posterior(self)
+    }
+
+    fn embeds_guidance(&self) -> bool {
+        SdModel::embeds_guidance(self)
     }
 }

@@ -12,7 +12,6 @@
 
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Conv2dConfig, VarBuilder};
-use candle_transformers::models::stable_diffusion::embeddings::TimestepEmbedding;
 
 use super::attention::{AttentionSlicing, SpatialTransformer, SpatialTransformerConfig};
 use super::config::UNetConfig;
@@ -109,6 +108,53 @@ impl UpBlock {
         }
         Ok(xs)
     }
+}
+
+/// diffusers `TimestepEmbedding`: linear, SiLU, linear; LCM UNets first add a projection of
+/// the guidance-scale embedding (`cond_proj`, no bias).
+struct TimestepEmbedding {
+    cond_proj: Option<candle_nn::Linear>,
+    linear_1: candle_nn::Linear,
+    linear_2: candle_nn::Linear,
+}
+
+impl TimestepEmbedding {
+    fn new(vb: VarBuilder, channels: usize, dim: usize, cond_dim: Option<usize>) -> Result<Self> {
+        Ok(Self {
+            cond_proj: cond_dim
+                .map(|c| candle_nn::linear_no_bias(c, channels, vb.pp("cond_proj")))
+                .transpose()?,
+            linear_1: candle_nn::linear(channels, dim, vb.pp("linear_1"))?,
+            linear_2: candle_nn::linear(dim, dim, vb.pp("linear_2"))?,
+        })
+    }
+
+    fn forward(&self, xs: &Tensor, cond: Option<&Tensor>) -> Result<Tensor> {
+        let xs = match (&self.cond_proj, cond) {
+            (Some(proj), Some(c)) => (xs + proj.forward(&c.to_dtype(xs.dtype())?)?)?,
+            (Some(_), None) => {
+                candle_core::bail!("unet: this UNet embeds the guidance scale and none was given")
+            }
+            (None, _) => xs.clone(),
+        };
+        self.linear_2.forward(&self.linear_1.forward(&xs)?.silu()?)
+    }
+}
+
+/// diffusers `get_guidance_scale_embedding`: `[sin | cos]` of 1000·w · 10000^(−i/(half−1)), in
+/// f32, one row per value of `w` (the guidance scale minus one).
+pub fn guidance_embedding(w: &[f64], dim: usize, device: &candle_core::Device) -> Result<Tensor> {
+    let half = dim / 2;
+    let step = 10000f32.ln() / (half as f32 - 1.0);
+    let mut out = Vec::with_capacity(w.len() * dim);
+    for &w in w {
+        let w = w as f32 * 1000.0;
+        let args: Vec<f32> = (0..half).map(|i| w * (i as f32 * -step).exp()).collect();
+        out.extend(args.iter().map(|a| a.sin()));
+        out.extend(args.iter().map(|a| a.cos()));
+        out.extend(std::iter::repeat_n(0.0, dim - 2 * half));
+    }
+    Tensor::from_vec(out, (w.len(), dim), device)
 }
 
 /// The UNet's way down: `conv_in`, the time embedding, the down blocks and the mid block.
@@ -210,7 +256,12 @@ impl UNetEncoder {
         let mid_scale = c.mid_block_scale_factor;
         Ok(Self {
             conv_in: conv3x3(vb.pp("conv_in"), c.in_channels, ch0, 1, 1)?,
-            time_embedding: TimestepEmbedding::new(vb.pp("time_embedding"), ch0, ch0 * 4)?,
+            time_embedding: TimestepEmbedding::new(
+                vb.pp("time_embedding"),
+                ch0,
+                ch0 * 4,
+                c.time_cond_proj_dim,
+            )?,
             down_blocks,
             mid_resnets: (
                 config_resnet(mid.pp("resnets.0"), c, ch_last, ch_last, mid_scale)?,
@@ -253,12 +304,14 @@ impl UNetEncoder {
     }
 
     /// The time embedding `[b, 4·ch0]` for a batch of `b` at `timesteps` (one value for the
-    /// whole batch, or one per element).
+    /// whole batch, or one per element); `cond` is the guidance embedding of an LCM UNet
+    /// (`[1 or b, time_cond_proj_dim]`).
     pub(crate) fn time_embedding(
         &self,
         timesteps: &[f64],
         b: usize,
         device: &candle_core::Device,
+        cond: Option<&Tensor>,
     ) -> Result<Tensor> {
         let ts: Vec<f64> = match timesteps.len() {
             1 => vec![timesteps[0]; b],
@@ -268,7 +321,8 @@ impl UNetEncoder {
         let dim = self.config.blocks[0].out_channels;
         let t_emb = Tensor::from_vec(self.timestep_features(&ts), (b, dim), device)?
             .to_dtype(self.dtype())?;
-        self.time_embedding.forward(&t_emb)
+        let cond = cond.map(|c| c.broadcast_as((b, c.dim(1)?))).transpose()?;
+        self.time_embedding.forward(&t_emb, cond.as_ref())
     }
 
     /// `conv_in` of the latents (in the model dtype, centred when the config asks).
@@ -376,7 +430,9 @@ impl UNet2DConditionModel {
     /// the skip connections' sizes as diffusers does. `frames` decides what the
     /// self-attention layers attend to ([`SelfAttention::Own`]: the frame alone). `control`
     /// is added to the skip connections and the mid block's output (diffusers'
-    /// `down_block_additional_residuals` / `mid_block_additional_residual`).
+    /// `down_block_additional_residuals` / `mid_block_additional_residual`). `guidance` is an
+    /// LCM UNet's `timestep_cond` ([`guidance_embedding`]).
+    #[allow(clippy::too_many_arguments)]
     pub fn forward(
         &self,
         xs: &Tensor,
@@ -384,9 +440,12 @@ impl UNet2DConditionModel {
         context: &Tensor,
         frames: &mut SelfAttention,
         control: Option<&ControlResiduals>,
+        guidance: Option<&Tensor>,
     ) -> Result<Tensor> {
         let (b, _, h, w) = xs.dims4()?;
-        let temb = self.encoder.time_embedding(timesteps, b, xs.device())?;
+        let temb = self
+            .encoder
+            .time_embedding(timesteps, b, xs.device(), guidance)?;
         let context = context.to_dtype(self.encoder.dtype())?;
         let xs = self.encoder.conv_in(xs)?;
         let (mut xs, mut skips) = self.encoder.forward(xs, &temb, &context, frames)?;
