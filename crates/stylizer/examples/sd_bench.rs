@@ -73,6 +73,11 @@ fn timed<T>(f: impl FnOnce() -> Result<T>) -> Result<(T, f64)> {
     Ok((v, (t0.elapsed().as_secs_f64() * 1000.0).round() / 1000.0))
 }
 
+/// Wall seconds of `reps` runs of `f`.
+fn timed_reps<T>(reps: usize, mut f: impl FnMut() -> Result<T>) -> Result<Vec<f64>> {
+    (0..reps).map(|_| Ok(timed(&mut f)?.1)).collect()
+}
+
 /// CPU seconds of the `timed` calls since the last take.
 fn take_cpu() -> Vec<f64> {
     CPU.with(|c| std::mem::take(&mut *c.borrow_mut()))
@@ -275,60 +280,18 @@ fn main() -> Result<()> {
                 let emb = randn(&[2, 77, dim])?;
                 let x = randn(&[2, 4, lh, lw])?;
                 let cond = Tensor::rand(0f32, 1f32, (1, 3, lh * f, lw * f), &Device::Cpu)?;
-                let (mut step, mut alone) = (vec![], vec![]);
-                for _ in 0..reps {
-                    step.push(
-                        timed(|| {
-                            let r = model.controlnet(0, &x, &[501.0], &emb, &cond, 1.0, false)?;
-                            Ok(
-                                model.unet(
-                                    &x,
-                                    &[501.0],
-                                    &emb,
-                                    &mut SelfAttention::Own,
-                                    Some(&r),
-                                )?,
-                            )
-                        })?
-                        .1,
-                    );
-                }
-                for _ in 0..reps {
-                    alone.push(
-                        timed(|| {
-                            Ok(model.unet(&x, &[501.0], &emb, &mut SelfAttention::Own, None)?)
-                        })?
-                        .1,
-                    );
-                }
-                let mut net = vec![];
-                for _ in 0..reps {
-                    net.push(
-                        timed(|| {
-                            Ok(model.controlnet(0, &x, &[501.0], &emb, &cond, 1.0, false)?)
-                        })?
-                        .1,
-                    );
-                }
-                let r = model.controlnet(0, &x, &[501.0], &emb, &cond, 1.0, false)?;
-                let mut with = vec![];
-                for _ in 0..reps {
-                    with.push(
-                        timed(|| {
-                            Ok(
-                                model.unet(
-                                    &x,
-                                    &[501.0],
-                                    &emb,
-                                    &mut SelfAttention::Own,
-                                    Some(&r),
-                                )?,
-                            )
-                        })?
-                        .1,
-                    );
-                }
-                result["controlnet"] = json!({"step_s": step, "unet_alone_s": alone, "net_alone_s": net, "unet_with_residuals_s": with,
+                let net = || Ok(model.controlnet(0, &x, &[501.0], &emb, &cond, 1.0, false)?);
+                let unet = |r: Option<&_>| {
+                    Ok(model.unet(&x, &[501.0], &emb, &mut SelfAttention::Own, r)?)
+                };
+                // One CFG step (net, then the UNet with its residuals), the UNet alone, the net
+                // alone, and the UNet with residuals computed beforehand.
+                let step = timed_reps(reps, || unet(Some(&net()?)))?;
+                let alone = timed_reps(reps, || unet(None))?;
+                let net_alone = timed_reps(reps, net)?;
+                let r = net()?;
+                let with = timed_reps(reps, || unet(Some(&r)))?;
+                result["controlnet"] = json!({"step_s": step, "unet_alone_s": alone, "net_alone_s": net_alone, "unet_with_residuals_s": with,
                     "peak_rss_MB": peak_rss_mb(), "cpu_s": take_cpu()});
             }
             other => {
