@@ -119,7 +119,7 @@ pub fn configs(data: &[u8]) {
     };
     let _ = UNetConfig::from_json(&json);
     let _ = ControlNetConfig::from_json(&json);
-    let _ = stylizer::stylize::taesd::TinyVaeConfig::from_json(&json);
+    let _ = stylizer::stylize::config::TinyVaeConfig::from_json(&json);
     let _ = VaeConfig::from_json(&json);
     let _ = ClipTextConfig::from_json(&json);
     if let Ok(s) = stylizer::stylize::schedulers::SchedulerConfig::from_value(&json) {

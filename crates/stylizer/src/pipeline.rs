@@ -331,15 +331,10 @@ pub fn run(
     let mut repeats = 0;
     if !pending.is_empty() {
         progress.stage(Stage::LoadModels);
-        let mut size = (width, height);
-        for s in stages.iter_mut() {
-            let started = s.prepare().and_then(|()| s.start_input(info, size));
-            size = s.output_size(size.0, size.1);
-            if let Err(e) = started {
-                // A run that stops before its first frame leaves nothing behind.
-                discard_unfinished(&work, &pending, job.share.is_none());
-                return Err(e);
-            }
+        if let Err(e) = start_stages(info, stages, (width, height)) {
+            // A run that stops before its first frame leaves nothing behind.
+            discard_unfinished(&work, &pending, job.share.is_none());
+            return Err(e);
         }
         progress.stage(Stage::Render);
         progress.frame(done_frames, range_frames);
@@ -482,6 +477,21 @@ impl Source<'_> {
     }
 }
 
+/// Loads every stage and starts it on `info`'s video, each told the size of the frames the
+/// stages before it make of `size`.
+fn start_stages(
+    info: &VideoInfo,
+    stages: &mut [Box<dyn FrameStage>],
+    mut size: (u32, u32),
+) -> Result<()> {
+    for s in stages.iter_mut() {
+        s.prepare()?;
+        s.start_input(info, size)?;
+        size = s.output_size(size.0, size.1);
+    }
+    Ok(())
+}
+
 /// Shows every stage the earlier frames it needs before frame `start`, made by the stages
 /// before it.
 fn warm_up(
@@ -567,12 +577,7 @@ pub fn preview(
         tonemap: info.hdr && crate::video::decode::can_tonemap(),
     };
     progress.stage(Stage::LoadModels);
-    let mut size = (width, height);
-    for s in stages.iter_mut() {
-        s.prepare()?;
-        s.start_input(info, size)?;
-        size = s.output_size(size.0, size.1);
-    }
+    start_stages(info, stages, (width, height))?;
     progress.stage(Stage::Render);
     let mut out = Vec::with_capacity(indices.len());
     for (n, &index) in indices.iter().enumerate() {

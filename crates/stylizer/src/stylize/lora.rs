@@ -15,6 +15,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use candle_core::{DType, Device, Shape, Tensor};
+use candle_nn::var_builder::SimpleBackend;
 
 use crate::weights::{HubOptions, ModelSource, RepoFiles, TensorStore};
 use crate::{Error, Result};
@@ -130,8 +131,10 @@ pub fn updates(
     let mut out: HashMap<String, Vec<LowRank>> = HashMap::new();
     for lora in loras {
         let file = lora.path.display().to_string();
-        let stored = TensorStore::stored_names(&lora.path)?;
         let store = TensorStore::open_plain(std::slice::from_ref(&lora.path), "LoRA")?;
+        // Sorted: the names an error lists are the same from run to run.
+        let mut stored = store.names();
+        stored.sort_unstable();
         let mut found = 0;
         let mut missing = Vec::new();
         for key in &stored {
@@ -167,7 +170,7 @@ pub fn updates(
                 .tensor(&up_key)
                 .map_err(|_| Error::Weights(format!("{file}: {key} has no {up_key}")))?;
             let rank = down.dim(0)? as f64;
-            let alpha = match stored.contains(&alpha_key) {
+            let alpha = match store.contains_tensor(&alpha_key) {
                 true => store
                     .tensor(&alpha_key)?
                     .flatten_all()?

@@ -16,11 +16,11 @@ use serde_json::Value;
 use super::attention::AttentionSlicing;
 use super::checkpoint::{self, TextEncoderKind};
 use super::clip::ClipTextModel;
-use super::config::{ClipTextConfig, ControlNetConfig, UNetConfig, VaeConfig};
+use super::config::{ClipTextConfig, ControlNetConfig, TinyVaeConfig, UNetConfig, VaeConfig};
 use super::controlnet::{ControlNetModel, ControlResiduals};
 use super::cross_frame::SelfAttention;
 use super::lora::{self, LoraFile};
-use super::taesd::{AutoencoderTiny, TinyVaeConfig};
+use super::taesd::AutoencoderTiny;
 use super::tokenizer::ClipTokenizer;
 use super::unet::UNet2DConditionModel;
 use super::vae::{AutoencoderKL, VaeTiling};
@@ -528,10 +528,6 @@ impl SdModel {
         Ok(())
     }
 
-    pub fn controlnets(&self) -> usize {
-        self.controlnets.len()
-    }
-
     /// The residuals of ControlNet `net` for the UNet input `latents` at `timesteps`, text
     /// `text` and control image `image` `[b or 1, 3, H, W]` in [0, 1], times `scale`
     /// ([`ControlNetModel::forward`]).
@@ -666,7 +662,9 @@ impl ControlNetFiles {
     pub fn resolve(source: &ModelSource, opts: &LoadOptions, unet: &UNetConfig) -> Result<Self> {
         let description = source.to_string();
         if let ModelSource::File(path) = source {
-            let names = TensorStore::stored_names(path)?;
+            // One read of the file for its names and the hint block's widths (as stored).
+            let plain = TensorStore::open_plain(std::slice::from_ref(path), "controlnet")?;
+            let names = plain.names();
             let prefix = checkpoint::controlnet_prefix(&names).ok_or_else(|| {
                 Error::Weights(format!(
                     "{}: not a ControlNet (no input_hint_block or control_model tensors)",
@@ -681,21 +679,15 @@ impl ControlNetFiles {
                     hint.len()
                 )));
             }
-            // The hint block's widths: conv_in's, then every second (stride-2) block's.
-            let store = single_controlnet_store(path, prefix, unet.layers_per_block, &hint)?;
-            let width = |name: &str| -> Result<usize> {
-                let w = store.tensor(name)?;
-                Ok(w.dim(0)?)
-            };
-            let mut channels = vec![width("controlnet_cond_embedding.conv_in.weight")?];
+            // The hint block's widths: conv_in's, then every second (stride-2) block's;
+            // diffusers' blocks.j is the hint block's convolution j + 1.
+            let conv = |i: usize| plain.tensor(&format!("{prefix}input_hint_block.{i}.weight"));
+            let conv_in = conv(hint[0])?;
+            let mut channels = vec![conv_in.dim(0)?];
             for j in (1..hint.len() - 2).step_by(2) {
-                channels.push(width(&format!(
-                    "controlnet_cond_embedding.blocks.{j}.weight"
-                ))?);
+                channels.push(conv(hint[j + 1])?.dim(0)?);
             }
-            let cin = store
-                .tensor("controlnet_cond_embedding.conv_in.weight")?
-                .dim(1)?;
+            let cin = conv_in.dim(1)?;
             let config = ControlNetConfig::new(unet.clone(), cin, channels, false, false)?;
             return Ok(Self {
                 config,

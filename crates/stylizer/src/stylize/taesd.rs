@@ -11,90 +11,9 @@
 
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Conv2dConfig, VarBuilder};
-use serde::Deserialize;
-use serde_json::Value;
 
+use super::config::TinyVaeConfig;
 use super::conv::{conv2d, Conv2d};
-use crate::{Error, Result as CrateResult};
-
-/// `AutoencoderTiny` configuration (diffusers `config.json`).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(default)]
-pub struct TinyVaeConfig {
-    pub in_channels: usize,
-    pub out_channels: usize,
-    pub encoder_block_out_channels: Vec<usize>,
-    pub decoder_block_out_channels: Vec<usize>,
-    pub act_fn: String,
-    pub upsample_fn: String,
-    pub latent_channels: usize,
-    pub upsampling_scaling_factor: usize,
-    pub num_encoder_blocks: Vec<usize>,
-    pub num_decoder_blocks: Vec<usize>,
-    pub scaling_factor: f64,
-}
-
-impl Default for TinyVaeConfig {
-    // The defaults of diffusers' `AutoencoderTiny.__init__` (= madebyollin/taesd's config).
-    fn default() -> Self {
-        Self {
-            in_channels: 3,
-            out_channels: 3,
-            encoder_block_out_channels: vec![64; 4],
-            decoder_block_out_channels: vec![64; 4],
-            act_fn: "relu".into(),
-            upsample_fn: "nearest".into(),
-            latent_channels: 4,
-            upsampling_scaling_factor: 2,
-            num_encoder_blocks: vec![1, 3, 3, 3],
-            num_decoder_blocks: vec![3, 3, 3, 1],
-            scaling_factor: 1.0,
-        }
-    }
-}
-
-impl TinyVaeConfig {
-    pub fn from_json(json: &Value) -> CrateResult<Self> {
-        let c = Self::deserialize(json)
-            .map_err(|e| Error::Config(format!("tiny VAE config.json: {e}")))?;
-        let unsupported = |key: &str, value: String| {
-            Err(Error::Config(format!(
-                "tiny VAE config: {key} = {value} is not supported by this version of video-stylizer"
-            )))
-        };
-        if c.act_fn != "relu" {
-            return unsupported("act_fn", c.act_fn);
-        }
-        if c.upsample_fn != "nearest" {
-            return unsupported("upsample_fn", c.upsample_fn);
-        }
-        if c.upsampling_scaling_factor != 2 {
-            return unsupported(
-                "upsampling_scaling_factor",
-                c.upsampling_scaling_factor.to_string(),
-            );
-        }
-        if c.encoder_block_out_channels.is_empty()
-            || c.encoder_block_out_channels.len() != c.num_encoder_blocks.len()
-            || c.decoder_block_out_channels.len() != c.num_decoder_blocks.len()
-            || c.decoder_block_out_channels.len() != c.encoder_block_out_channels.len()
-        {
-            return Err(Error::Config(format!(
-                "tiny VAE config: block lists of different lengths ({:?}, {:?}, {:?}, {:?})",
-                c.encoder_block_out_channels,
-                c.num_encoder_blocks,
-                c.decoder_block_out_channels,
-                c.num_decoder_blocks
-            )));
-        }
-        Ok(c)
-    }
-
-    /// Pixels per latent along each axis: one stride-2 conv per encoder block after the first.
-    pub fn scale_factor(&self) -> usize {
-        1 << (self.encoder_block_out_channels.len() - 1)
-    }
-}
 
 fn conv3x3(vb: VarBuilder, cin: usize, cout: usize, stride: usize, bias: bool) -> Result<Conv2d> {
     let cfg = Conv2dConfig {
