@@ -5,6 +5,7 @@ NETS (tests/fixtures/sd/controlnet/, diffusers layout: config.json + diffusion_p
   tiny-sd-a, tiny-sd-b   ControlNetModel.from_unet(tiny-sd's UNet, conditioning_embedding_out_channels=(16, 32)),
                          b with controlnet_conditioning_channel_order "bgr"
   tiny-sd2-a             from_unet(tiny-sd2's UNet, conditioning_embedding_out_channels=(8, 16, 16, 32))
+  Stored in float16 (the goldens are computed from the same values read back as float32).
   Every tensor is perturbed (seeded): the copied UNet weights by 0.1·std(tensor)·N(0,1) (so a port that reads
   the UNet's weights instead of the net's fails), and the zero-initialised ones (controlnet_down_blocks.*,
   controlnet_mid_block, controlnet_cond_embedding.conv_out) set to 0.1·N(0,1): left at zero, every residual is
@@ -116,7 +117,7 @@ def to_original(sd, cfg, prefix):
         else:
             (full,) = S.unet_to_ldm({k: v}, unet_cfg).keys()
             n = full[len("model.diffusion_model."):]
-        out[prefix + n] = v.contiguous()
+        out[prefix + n] = v.half().contiguous()
     return out
 
 
@@ -136,8 +137,10 @@ def run_variant(name):
     for i, n in enumerate(net_names):
         net = make_net(unet, channels, 100 + i, bgr=(n == "b"))
         d = os.path.join(NETS, f"{name}-{n}")
-        net.save_pretrained(d, safe_serialization=True)
-        nets[n] = ControlNetModel.from_pretrained(d).eval()  # what the fixture holds, exactly
+        # Stored in float16 (half the size), read back as float32: the goldens use exactly
+        # the values a port reads.
+        net.half().save_pretrained(d, safe_serialization=True)
+        nets[n] = ControlNetModel.from_pretrained(d, torch_dtype=torch.float32).eval()
     cfg = dict(nets["a"].config)
     sd = {k: v for k, v in nets["a"].state_dict().items()}
     if name == "tiny-sd":
@@ -149,7 +152,7 @@ def run_variant(name):
         back = convert_controlnet_checkpoint(load_file(single), cfg)
         assert set(back) == set(sd), sorted(set(back) ^ set(sd))[:10]
         for k in sd:
-            assert torch.equal(back[k], sd[k]), k
+            assert torch.equal(back[k].float(), sd[k]), k
         print(f"{name}: single file converts back exactly ({len(sd)} tensors)")
 
     img = G.test_image(W, H)

@@ -4,7 +4,7 @@ the tiny SD-1 fixture, and goldens of diffusers running it (diffusers 0.42.1).
 
 MODEL (tests/fixtures/sd/tiny-lcm-unet/: config.json + diffusion_pytorch_model.safetensors): tiny-sd's UNet
 config with time_cond_proj_dim = 16, tiny-sd's UNet weights copied, time_embedding.cond_proj random (seeded),
-every tensor perturbed by 0.05*std*N(0,1). A test assembles a pipeline from tiny-sd with this UNet.
+every tensor perturbed by 0.05*std*N(0,1), stored in float16. A test assembles a pipeline from tiny-sd with this UNet.
 
 GOLDENS (tests/fixtures/sd/golden/tiny-sd/lcm_unet.safetensors):
   unet:    sample [2,4,24,32], timestep 501, encoder_hidden_states [2,77,32] (from unet.safetensors),
@@ -52,8 +52,9 @@ def main():
             p.copy_(0.2 * n)
         else:
             p.add_(0.05 * p.std().nan_to_num(0.0) * n)
-    unet.save_pretrained(OUT, safe_serialization=True)
-    unet = UNet2DConditionModel.from_pretrained(OUT).eval()
+    # float16 on disk (half the size), float32 for the goldens: the values a port reads.
+    unet.half().save_pretrained(OUT, safe_serialization=True)
+    unet = UNet2DConditionModel.from_pretrained(OUT, torch_dtype=torch.float32).eval()
 
     pipe = StableDiffusionImg2ImgPipeline.from_pretrained(BASE, unet=unet, safety_checker=None,
                                                           requires_safety_checker=False)
