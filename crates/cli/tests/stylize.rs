@@ -372,3 +372,181 @@ fn preview_renders_spread_frames_and_estimates_the_time() {
         assert_eq!(closest, index, "column {col}");
     }
 }
+
+/// Copies a diffusers folder (two levels deep) so that a test can edit a config.
+fn copy_model(from: &Path, to: &Path) {
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            std::fs::create_dir_all(&target).unwrap();
+            copy_model(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+#[test]
+fn fast_picks_the_few_step_settings_by_model_family() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = make_clip(dir.path(), "in.mp4", "64x48", "25", 0.2, None, &[]);
+    let fixtures = tiny_sd2().join("..");
+    // An offline hub cache holding the tiny SD-1 LoRA as the LCM-LoRA.
+    let cache = dir.path().join("hub");
+    let repo = cache.join("models--latent-consistency--lcm-lora-sdv1-5");
+    let commit = "0123456789abcdef0123456789abcdef01234567";
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::create_dir_all(repo.join("snapshots").join(commit)).unwrap();
+    std::fs::write(repo.join("refs/main"), commit).unwrap();
+    let lora = fixtures.join("lora/kohya.safetensors");
+    std::fs::copy(
+        &lora,
+        repo.join("snapshots")
+            .join(commit)
+            .join("pytorch_lora_weights.safetensors"),
+    )
+    .unwrap();
+    let render = |model: &Path, out: &str, hub: &Path, extra: &[&str]| {
+        run(bin()
+            .arg("stylize")
+            .arg(&input)
+            .args(["-p", "a watercolor painting", "--seed", "3", "-m"])
+            .arg(model)
+            .env("HF_HUB_CACHE", hub)
+            .env("HF_HUB_OFFLINE", "1")
+            .args(["-o"])
+            .arg(dir.path().join(out))
+            .args(extra))
+    };
+    let frames = |f: &str| decode_rgb(&dir.path().join(f), 64, 48, "");
+
+    // SD 1.x: the LCM-LoRA fused in, lcm, 4 steps, guidance 1 (the tiny model's VAE kept:
+    // TAESD does not fit its 2-level VAE), the same frames as those settings given by hand.
+    let sd1 = fixtures.join("tiny-sd");
+    let out = render(&sd1, "fast.mp4", &cache, &["--fast", "--vae", "full"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("LCM-LoRA latent-consistency/lcm-lora-sdv1-5; scheduler lcm, 4 steps (2 run at strength 0.6), guidance 1"),
+        "{}",
+        stderr(&out)
+    );
+    let lora = lora.to_str().unwrap();
+    let by_hand = [
+        "--lora",
+        lora,
+        "--scheduler",
+        "lcm",
+        "--steps",
+        "4",
+        "--guidance",
+        "1",
+        "--quiet",
+    ];
+    assert!(render(&sd1, "hand.mp4", &cache, &by_hand).status.success());
+    assert_eq!(frames("fast.mp4"), frames("hand.mp4"));
+    // Offline without the LCM-LoRA: the error names it, nothing is written.
+    let empty = dir.path().join("empty");
+    let out = render(&sd1, "x.mp4", &empty, &["--fast", "--vae", "full"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("--fast needs the LCM-LoRA latent-consistency/lcm-lora-sdv1-5")
+            && stderr(&out).contains("offline"),
+        "{}",
+        stderr(&out)
+    );
+
+    // An LCM-distilled UNet: lcm with its guidance embedded, no LoRA.
+    let lcm = dir.path().join("lcm");
+    copy_model(&sd1, &lcm);
+    copy_model(&fixtures.join("tiny-lcm-unet"), &lcm.join("unet"));
+    let out = render(&lcm, "lcm.mp4", &empty, &["--fast", "--vae", "full"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains(
+        "LCM-distilled UNet; scheduler lcm, 4 steps (2 run at strength 0.6), guidance 8"
+    ));
+    let by_hand = [
+        "--scheduler",
+        "lcm",
+        "--steps",
+        "4",
+        "--guidance",
+        "8",
+        "--quiet",
+    ];
+    assert!(render(&lcm, "lcm_hand.mp4", &empty, &by_hand)
+        .status
+        .success());
+    assert_eq!(frames("lcm.mp4"), frames("lcm_hand.mp4"));
+    assert!(frames("lcm.mp4") != frames("fast.mp4"));
+
+    // A few-step distilled model (trailing timesteps, as SD-Turbo): euler, no guidance, the
+    // tiny VAE by default (offline and not cached: named).
+    let turbo = dir.path().join("turbo");
+    copy_model(&tiny_sd2(), &turbo);
+    let config = turbo.join("scheduler/scheduler_config.json");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace("\"leading\"", "\"trailing\"")).unwrap();
+    let out = render(&turbo, "x.mp4", &empty, &["--fast"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("madebyollin/taesd"),
+        "{}",
+        stderr(&out)
+    );
+    let taesd = fixtures.join("taesd");
+    let taesd = taesd.to_str().unwrap();
+    let out = render(&turbo, "turbo.mp4", &empty, &["--fast", "--vae", taesd]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("few-step distilled model; scheduler euler, 4 steps"));
+    let by_hand = [
+        "--vae",
+        taesd,
+        "--scheduler",
+        "euler",
+        "--steps",
+        "4",
+        "--guidance",
+        "0",
+        "--quiet",
+    ];
+    assert!(render(&turbo, "turbo_hand.mp4", &empty, &by_hand)
+        .status
+        .success());
+    assert_eq!(frames("turbo.mp4"), frames("turbo_hand.mp4"));
+
+    // SD 2.x without few-step distillation: refused with the way out, before any frame.
+    let out = render(&tiny_sd2(), "x.mp4", &empty, &["--fast", "--vae", taesd]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("no LCM-LoRA for SD 2")
+            && stderr(&out).contains("stabilityai/sd-turbo"),
+        "{}",
+        stderr(&out)
+    );
+    // --fast chooses steps, guidance and sampler itself.
+    let out = render(&sd1, "x.mp4", &cache, &["--fast", "--steps", "8"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("--steps"), "{}", stderr(&out));
+    let out = render(&sd1, "x.mp4", &cache, &["--fast", "--strength", "0.2"]);
+    assert!(
+        stderr(&out).contains("--fast runs 4 steps"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        listing(dir.path()),
+        [
+            "fast.mp4",
+            "hand.mp4",
+            "hub",
+            "in.mp4",
+            "lcm",
+            "lcm.mp4",
+            "lcm_hand.mp4",
+            "turbo",
+            "turbo.mp4",
+            "turbo_hand.mp4"
+        ]
+    );
+}

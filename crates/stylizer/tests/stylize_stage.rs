@@ -38,6 +38,7 @@ fn settings(variant: &str) -> StylizeSettings {
             guidance: 7.5,
             scheduler: SchedulerKind::Ddim,
         },
+        fast: false,
         seed: 42,
         noise_per_frame: false,
         cross_frame: None,

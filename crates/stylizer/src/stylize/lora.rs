@@ -40,6 +40,16 @@ pub struct LoraFile {
     pub scale: f64,
 }
 
+impl LoraFile {
+    /// The LoRA file of `source` (see [`locate`]) at `scale`.
+    pub fn locate(source: &ModelSource, scale: f64, hub: &HubOptions) -> Result<Self> {
+        Ok(Self {
+            path: locate(source, hub)?,
+            scale,
+        })
+    }
+}
+
 /// One low-rank update of one weight: `scale · up · down`.
 #[derive(Debug, Clone)]
 pub struct LowRank {

@@ -23,6 +23,7 @@ pub mod control;
 pub mod controlnet;
 pub mod conv;
 pub mod cross_frame;
+pub mod fast;
 pub mod img2img;
 pub mod lora;
 pub mod model;

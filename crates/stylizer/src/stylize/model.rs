@@ -255,12 +255,7 @@ impl SdFiles {
             loras: opts
                 .loras
                 .iter()
-                .map(|(source, scale)| {
-                    Ok(LoraFile {
-                        path: lora::locate(source, &opts.hub)?,
-                        scale: *scale,
-                    })
-                })
+                .map(|(source, scale)| LoraFile::locate(source, *scale, &opts.hub))
                 .collect::<Result<Vec<_>>>()?,
             unet_config,
             vae_config,
@@ -335,6 +330,12 @@ impl SdFiles {
         for (weights, what) in [(&self.unet, "unet"), (&self.text_encoder, "text_encoder")] {
             self.store(weights, what)?;
         }
+        Ok(())
+    }
+
+    /// Fuses one more LoRA after those of the load options (`--fast`'s LCM-LoRA).
+    pub fn add_lora(&mut self, source: &ModelSource, scale: f64, hub: &HubOptions) -> Result<()> {
+        self.loras.push(LoraFile::locate(source, scale, hub)?);
         Ok(())
     }
 

@@ -10,6 +10,7 @@ use candle_core::Tensor;
 use super::control::{control_image, ControlNetSpec, ControlSource, ControlVideo};
 use super::controlnet::ControlResiduals;
 use super::cross_frame::{AnchorBank, CrossFrameKeys, FrameAnchor, SelfAttention};
+use super::fast::{FastPlan, FAST_STEPS};
 use super::img2img::{decode, denoise, Control, ControlInput, Img2ImgModel, Img2ImgParams};
 use super::model::{ControlNetFiles, LoadOptions, SdFiles, SdModel};
 use super::noise::{NoiseSource, SeededNoise};
@@ -31,8 +32,11 @@ pub struct StylizeSettings {
     pub prompt: String,
     /// What the image should not look like; "" is the plain unconditional prompt.
     pub negative_prompt: String,
-    /// Strength, steps, guidance, scheduler.
+    /// Strength, steps, guidance, scheduler (with `fast`, only the strength is used).
     pub params: Img2ImgParams,
+    /// `--fast`: sampler, steps, guidance and any LCM-LoRA chosen by the model's family
+    /// ([`FastPlan`]) when the model is resolved.
+    pub fast: bool,
     pub seed: u64,
     /// Draw new noise for every frame instead of reusing the first frame's (more flicker).
     pub noise_per_frame: bool,
@@ -64,6 +68,8 @@ pub struct StylizeStage {
 struct Loaded {
     model: SdModel,
     scheduler: SchedulerConfig,
+    /// The settings' parameters, or those `--fast` chose for this model.
+    params: Img2ImgParams,
     /// [negative, prompt] embeddings, or [prompt] without guidance.
     text: Tensor,
     /// The anchor frame's self-attention tokens (cross-frame attention); kept across
@@ -100,7 +106,21 @@ impl StylizeStage {
     /// A stage with these settings; nothing is loaded until [`FrameStage::prepare`].
     /// Settings that can never run (strength, steps, guidance) are rejected here.
     pub fn new(settings: StylizeSettings) -> Result<Self> {
-        settings.params.first_step()?;
+        if !settings.fast {
+            settings.params.first_step()?;
+        } else {
+            // Every plan runs FAST_STEPS steps.
+            FastPlan::LcmLora
+                .params(settings.params.strength)
+                .first_step()
+                .map_err(|_| {
+                    Error::Config(format!(
+                        "--fast runs {FAST_STEPS} steps, of which strength {} runs none; use --strength {} or more",
+                        settings.params.strength,
+                        1.0 / FAST_STEPS as f64
+                    ))
+                })?;
+        }
         if settings.keyframe_every == 0 {
             return Err(Error::Config(
                 "--keyframe-every must be at least 1 (1 restyles every frame)".into(),
@@ -144,7 +164,7 @@ impl FrameStage for StylizeStage {
         // Debug formatting quotes and escapes the free text, so fields cannot run together.
         format!(
             "stylize model={:?} revision={:?} variant={:?} dtype={:?} vae_tiling={:?} tiny_vae={:?} loras={:?} prompt={:?} \
-             negative={:?} strength={} steps={} guidance={} scheduler={} seed={} noise={} \
+             negative={:?} strength={} steps={} guidance={} scheduler={} fast={} seed={} noise={} \
              cross_frame={} flow={} keyframe_every={} controlnets={:?} guess_mode={}",
             s.model,
             s.load.hub.revision,
@@ -159,6 +179,7 @@ impl FrameStage for StylizeStage {
             p.steps,
             p.guidance,
             p.scheduler,
+            s.fast,
             s.seed,
             if s.noise_per_frame {
                 "per-frame"
@@ -178,11 +199,24 @@ impl FrameStage for StylizeStage {
             return Ok(());
         }
         let s = &self.settings;
-        let files = SdFiles::resolve(&s.model, &s.load, self.progress.as_mut())?;
+        let mut files = SdFiles::resolve(&s.model, &s.load, self.progress.as_mut())?;
+        let params = match s.fast {
+            false => s.params.clone(),
+            true => {
+                let plan = FastPlan::for_model(&files)?;
+                if let Some(lora) = plan.lora() {
+                    files.add_lora(&lora, 1.0, &s.load.hub).map_err(|e| {
+                        Error::Config(format!("--fast needs the LCM-LoRA {lora}: {e}"))
+                    })?;
+                }
+                self.progress.warn(&plan.describe(s.params.strength));
+                plan.params(s.params.strength)
+            }
+        };
         let scheduler = SchedulerConfig::from_value(&files.scheduler_config)?;
         // Fail on a scheduler the config cannot build before loading any weights, and on a
         // LoRA that does not fit the model.
-        s.params.scheduler.build(&scheduler, s.params.steps)?;
+        params.scheduler.build(&scheduler, params.steps)?;
         files.check_loras()?;
         // And on a ControlNet that does not fit the model.
         let nets = s
@@ -195,10 +229,10 @@ impl FrameStage for StylizeStage {
             })
             .collect::<Result<Vec<_>>>()?;
         // The text encoder is loaded, used and freed inside encode_prompts, before the UNet.
-        let negative = s.params.guided().then_some(s.negative_prompt.as_str());
+        let negative = params.guided().then_some(s.negative_prompt.as_str());
         let text = files.encode_prompts(&s.prompt, negative)?;
         let mut model = SdModel::load(&files, self.progress.as_mut())?;
-        model.set_guidance(s.params.guidance)?;
+        model.set_guidance(params.guidance)?;
         for net in &nets {
             model.add_controlnet(net)?;
         }
@@ -210,6 +244,7 @@ impl FrameStage for StylizeStage {
         self.loaded = Some(Loaded {
             model,
             scheduler,
+            params,
             text,
             anchor: AnchorBank::default(),
             previous: None,
@@ -475,7 +510,7 @@ impl StylizeStage {
         let latents = denoise(
             &loaded.model,
             &loaded.scheduler,
-            &settings.params,
+            &loaded.params,
             &loaded.text,
             &image,
             &control,
