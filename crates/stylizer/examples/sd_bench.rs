@@ -3,7 +3,8 @@
 //! ```text
 //! cargo run --release --example sd_bench -- --model DIR [--cases memory,unet,cross_frame,vae]
 //!     [--latent 60x106] [--reps 1] [--vae-tiling auto|on|off] [--slicing auto|off|N]
-//!     [--tiny-vae DIR]   (the `vae` case then times TAESD)
+//!     [--tiny-vae DIR]   (the `vae` and `frame` cases then use TAESD)
+//!     [--scheduler S --steps N --strength X --guidance G --lora FILE]   (the `frame` case)
 //! ```
 //! `memory` runs one frame's worth of work in the order the pipeline does it (text encoder
 //! loaded, used, freed; UNet + VAE loaded; VAE encode; one CFG UNet call; VAE decode) and
@@ -11,7 +12,10 @@
 //! batch 1, `cross_frame` one CFG call on its own, recording an anchor, and attending to it
 //! (keys `anchor` and `anchor+self`), `vae` one decode and one encode, `controlnet` (with
 //! `--controlnet DIR`) one CFG step of net + UNet and the UNet step alone, with the peak
-//! resident set of the whole case (both models loaded). Prints one JSON line starting with `RESULT `.
+//! resident set of the whole case (both models loaded). `frame` restyles one whole frame as
+//! the stylize stage does (VAE encode, sampling, VAE decode; the prompt encoded beforehand)
+//! with `--scheduler ddim --steps 10 --strength 0.6 --guidance 7.5` (the defaults) and any
+//! `--lora FILE` fused in. Prints one JSON line starting with `RESULT `.
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -21,7 +25,10 @@ use candle_core::{DType, Device, Tensor};
 use serde_json::{json, Value};
 use stylizer::stylize::attention::AttentionSlicing;
 use stylizer::stylize::cross_frame::{AnchorBank, CrossFrameKeys, FrameAnchor, SelfAttention};
+use stylizer::stylize::img2img::{img2img, Control, Img2ImgParams};
 use stylizer::stylize::model::{ControlNetFiles, LoadOptions, SdFiles, SdModel};
+use stylizer::stylize::noise::SeededNoise;
+use stylizer::stylize::schedulers::SchedulerConfig;
 use stylizer::stylize::vae::VaeTiling;
 use stylizer::weights::ModelSource;
 use stylizer::NoProgress;
@@ -114,6 +121,11 @@ fn main() -> Result<()> {
             n => AttentionSlicing::Size(n.parse()?),
         },
         tiny_vae: args.get("tiny-vae").map(|d| ModelSource::Folder(d.into())),
+        loras: args
+            .get("lora")
+            .map(|f| (ModelSource::File(f.into()), 1.0))
+            .into_iter()
+            .collect(),
         ..LoadOptions::new(Device::Cpu)
     };
     let mut result = json!({"latent_hw": [lh, lw], "threads": candle_core::utils::get_num_threads(),
@@ -294,8 +306,41 @@ fn main() -> Result<()> {
                 result["controlnet"] = json!({"step_s": step, "unet_alone_s": alone, "net_alone_s": net_alone, "unet_with_residuals_s": with,
                     "peak_rss_MB": peak_rss_mb(), "cpu_s": take_cpu()});
             }
+            "frame" => {
+                reset_peak();
+                let params = Img2ImgParams {
+                    strength: get("strength", "0.6").parse()?,
+                    steps: get("steps", "10").parse()?,
+                    guidance: get("guidance", "7.5").parse()?,
+                    scheduler: get("scheduler", "ddim").parse()?,
+                };
+                let negative = params.guided().then_some("");
+                let text = files.encode_prompts("a photograph of an astronaut", negative)?;
+                let (mut model, load_s) = timed(|| Ok(SdModel::load(&files, &mut NoProgress)?))?;
+                model.set_guidance(params.guidance)?;
+                let scheduler = SchedulerConfig::from_value(&files.scheduler_config)?;
+                let image = Tensor::rand(-1f32, 1f32, (1, 3, lh * f, lw * f), &Device::Cpu)?;
+                let frame_s = timed_reps(reps, || {
+                    Ok(img2img(
+                        &model,
+                        &scheduler,
+                        &params,
+                        &text,
+                        &image,
+                        &Control::default(),
+                        FrameAnchor::Independent,
+                        &mut SeededNoise::new(0),
+                        &mut NoProgress,
+                        &mut |_, latents| Ok(latents),
+                    )?)
+                })?;
+                let cpu = take_cpu();
+                result["frame"] = json!({"frame_s": frame_s, "load_s": load_s, "cpu_s": cpu[1..],
+                    "unet_calls": (params.steps - params.first_step()?) * (1 + usize::from(params.guided())),
+                    "peak_rss_MB": peak_rss_mb()});
+            }
             other => {
-                bail!("unknown case {other:?} (memory, unet, cross_frame, vae, controlnet, conv)")
+                bail!("unknown case {other:?} (memory, unet, cross_frame, vae, controlnet, conv, frame)")
             }
         }
     }

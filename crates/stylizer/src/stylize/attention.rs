@@ -174,27 +174,103 @@ impl FeedForward {
     }
 }
 
-/// Self-attention, cross-attention on the text, feed-forward; each pre-normed, residual.
-struct BasicTransformerBlock {
+/// Self-attention, cross-attention on the text (or a second self-attention), feed-forward;
+/// each pre-normed, residual.
+pub(crate) struct BasicTransformerBlock {
     attn1: CrossAttention,
     attn2: CrossAttention,
     ff: FeedForward,
     norm1: LayerNorm,
     norm2: LayerNorm,
     norm3: LayerNorm,
+    /// Sinusoidal positions `[max_len, dim]` added to the normed tokens before each
+    /// attention (diffusers' `positional_embeddings="sinusoidal"`: the motion modules).
+    positions: Option<Tensor>,
 }
 
 impl BasicTransformerBlock {
-    fn forward(&self, xs: &Tensor, context: &Tensor, frames: &mut SelfAttention) -> Result<Tensor> {
-        let normed = self.norm1.forward(xs)?;
+    /// A block on `dim`-wide tokens whose second attention reads `context_dim`-wide context
+    /// (or, with `None`, is a second self-attention), with sinusoidal positions up to
+    /// `max_positions` tokens when given.
+    pub(crate) fn new(
+        vb: VarBuilder,
+        dim: usize,
+        context_dim: Option<usize>,
+        heads: usize,
+        slicing: AttentionSlicing,
+        max_positions: Option<usize>,
+    ) -> Result<Self> {
+        let head_dim = dim / heads;
+        let attention = |name: &str, context: usize| {
+            CrossAttention::new(vb.pp(name), dim, context, heads, head_dim, slicing)
+        };
+        Ok(Self {
+            attn1: attention("attn1", dim)?,
+            attn2: attention("attn2", context_dim.unwrap_or(dim))?,
+            ff: FeedForward::new(vb.pp("ff"), dim)?,
+            norm1: layer_norm(dim, 1e-5, vb.pp("norm1"))?,
+            norm2: layer_norm(dim, 1e-5, vb.pp("norm2"))?,
+            norm3: layer_norm(dim, 1e-5, vb.pp("norm3"))?,
+            positions: max_positions
+                .map(|n| sinusoidal_positions(n, dim, vb.dtype(), vb.device()))
+                .transpose()?,
+        })
+    }
+
+    /// Adds the positions of the first `n` tokens, where the block has them.
+    fn positioned(&self, xs: Tensor) -> Result<Tensor> {
+        match &self.positions {
+            Some(pe) => {
+                let n = xs.dim(1)?;
+                if n > pe.dim(0)? {
+                    candle_core::bail!(
+                        "{n} tokens but positions for {} (motion_max_seq_length)",
+                        pe.dim(0)?
+                    );
+                }
+                xs.broadcast_add(&pe.narrow(0, 0, n)?)
+            }
+            None => Ok(xs),
+        }
+    }
+
+    /// `context`: the text for the second attention (`None`: it attends to the tokens).
+    pub(crate) fn forward(
+        &self,
+        xs: &Tensor,
+        context: Option<&Tensor>,
+        frames: &mut SelfAttention,
+    ) -> Result<Tensor> {
+        let normed = self.positioned(self.norm1.forward(xs)?)?;
         let frame_context = frames.context(&normed)?;
         let xs = (self.attn1.forward(&normed, frame_context.as_ref())? + xs)?;
-        let xs = (self
-            .attn2
-            .forward(&self.norm2.forward(&xs)?, Some(context))?
-            + xs)?;
+        let normed = self.positioned(self.norm2.forward(&xs)?)?;
+        let xs = (self.attn2.forward(&normed, context)? + xs)?;
         self.ff.forward(&self.norm3.forward(&xs)?)? + xs
     }
+}
+
+/// diffusers `SinusoidalPositionalEmbedding.pe`: row p is sin(p·fᵢ), cos(p·fᵢ) interleaved,
+/// fᵢ = exp(2i · −ln(10000)/dim), computed in f32 as torch does.
+fn sinusoidal_positions(
+    n: usize,
+    dim: usize,
+    dtype: DType,
+    device: &candle_core::Device,
+) -> Result<Tensor> {
+    // The factor is a Python float (double) that torch rounds to f32 once.
+    let scale = (-(10000f64.ln()) / dim as f64) as f32;
+    let mut pe = vec![0f32; n * dim];
+    for p in 0..n {
+        for i in (0..dim).step_by(2) {
+            let arg = p as f32 * (i as f32 * scale).exp();
+            pe[p * dim + i] = arg.sin();
+            if i + 1 < dim {
+                pe[p * dim + i + 1] = arg.cos();
+            }
+        }
+    }
+    Tensor::from_vec(pe, (n, dim), device)?.to_dtype(dtype)
 }
 
 enum Proj {
@@ -226,7 +302,6 @@ pub struct SpatialTransformer {
 impl SpatialTransformer {
     pub fn new(vb: VarBuilder, c: &SpatialTransformerConfig) -> Result<Self> {
         let inner = c.channels;
-        let head_dim = inner / c.heads;
         let (proj_in, proj_out) = if c.use_linear_projection {
             (
                 Proj::Linear(linear(c.channels, inner, vb.pp("proj_in"))?),
@@ -253,29 +328,8 @@ impl SpatialTransformer {
         let vbt = vb.pp("transformer_blocks");
         let blocks = (0..c.depth)
             .map(|i| {
-                let vb = vbt.pp(i);
-                Ok(BasicTransformerBlock {
-                    attn1: CrossAttention::new(
-                        vb.pp("attn1"),
-                        inner,
-                        inner,
-                        c.heads,
-                        head_dim,
-                        c.slicing,
-                    )?,
-                    attn2: CrossAttention::new(
-                        vb.pp("attn2"),
-                        inner,
-                        c.context_dim,
-                        c.heads,
-                        head_dim,
-                        c.slicing,
-                    )?,
-                    ff: FeedForward::new(vb.pp("ff"), inner)?,
-                    norm1: layer_norm(inner, 1e-5, vb.pp("norm1"))?,
-                    norm2: layer_norm(inner, 1e-5, vb.pp("norm2"))?,
-                    norm3: layer_norm(inner, 1e-5, vb.pp("norm3"))?,
-                })
+                let context = Some(c.context_dim);
+                BasicTransformerBlock::new(vbt.pp(i), inner, context, c.heads, c.slicing, None)
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
@@ -305,7 +359,7 @@ impl SpatialTransformer {
             Proj::Linear(p) => p.forward(&to_tokens(&normed)?)?,
         };
         for block in &self.blocks {
-            tokens = block.forward(&tokens, context, frames)?;
+            tokens = block.forward(&tokens, Some(context), frames)?;
         }
         let inner = tokens.dim(2)?;
         let to_image = |t: &Tensor, ch: usize| -> Result<Tensor> {

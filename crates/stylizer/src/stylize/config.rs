@@ -21,11 +21,15 @@ enum PerBlock<T> {
 
 impl<T: Copy> PerBlock<T> {
     fn expand(&self, n: usize, key: &str) -> Result<Vec<T>> {
+        self.expand_in("unet", n, key)
+    }
+
+    fn expand_in(&self, what: &str, n: usize, key: &str) -> Result<Vec<T>> {
         match self {
             PerBlock::One(v) => Ok(vec![*v; n]),
             PerBlock::Many(v) if v.len() == n => Ok(v.clone()),
             PerBlock::Many(v) => Err(Error::Config(format!(
-                "unet config: {key} has {} entries for {n} blocks",
+                "{what} config: {key} has {} entries for {n} blocks",
                 v.len()
             ))),
         }
@@ -676,6 +680,121 @@ impl ClipTextConfig {
             activation,
             layer_norm_eps: r.layer_norm_eps,
             eos_token_id: r.eos_token_id,
+        })
+    }
+}
+
+/// One UNet level's motion modules (the up path mirrors the down path).
+#[derive(Debug, Clone, PartialEq)]
+pub struct MotionLevel {
+    pub channels: usize,
+    /// Motion modules in the level's down block (one after each resnet/attention pair); the
+    /// up block has one more.
+    pub modules: usize,
+    /// Transformer blocks inside each motion module.
+    pub transformer_layers: usize,
+    pub heads: usize,
+}
+
+/// `MotionAdapter` configuration (diffusers `models/unets/unet_motion_model.py`, the
+/// adapter's `config.json`): where the motion modules sit and how big they are.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MotionAdapterConfig {
+    pub levels: Vec<MotionLevel>,
+    /// The mid block's motion modules and their transformer depth (v1-5-2 and later), or
+    /// none (v1-5: the mid block stays a plain 2D block).
+    pub mid: Option<(usize, usize)>,
+    pub norm_num_groups: usize,
+    /// Frames the position encoding covers: the longest window.
+    pub max_seq_length: usize,
+}
+
+#[derive(Deserialize)]
+#[serde(default)]
+struct RawMotionAdapter {
+    block_out_channels: Vec<usize>,
+    motion_layers_per_block: PerBlock<usize>,
+    motion_transformer_layers_per_block: PerBlock<usize>,
+    motion_mid_block_layers_per_block: usize,
+    motion_transformer_layers_per_mid_block: PerBlock<usize>,
+    motion_num_attention_heads: PerBlock<usize>,
+    motion_norm_num_groups: usize,
+    motion_max_seq_length: usize,
+    use_motion_mid_block: bool,
+    conv_in_channels: Option<usize>,
+}
+
+impl Default for RawMotionAdapter {
+    // The defaults of diffusers' `MotionAdapter.__init__`.
+    fn default() -> Self {
+        Self {
+            block_out_channels: vec![320, 640, 1280, 1280],
+            motion_layers_per_block: PerBlock::One(2),
+            motion_transformer_layers_per_block: PerBlock::One(1),
+            motion_mid_block_layers_per_block: 1,
+            motion_transformer_layers_per_mid_block: PerBlock::One(1),
+            motion_num_attention_heads: PerBlock::One(8),
+            motion_norm_num_groups: 32,
+            motion_max_seq_length: 32,
+            use_motion_mid_block: true,
+            conv_in_channels: None,
+        }
+    }
+}
+
+impl MotionAdapterConfig {
+    pub fn from_json(json: &Value) -> Result<Self> {
+        let what = "motion adapter";
+        let r: RawMotionAdapter = parse(json, what)?;
+        if let Some(c) = r.conv_in_channels {
+            // PIA / SparseCtrl-style adapters replace the UNet's input convolution.
+            return Err(unsupported(what, "conv_in_channels", c));
+        }
+        let n = r.block_out_channels.len();
+        let modules = r
+            .motion_layers_per_block
+            .expand_in(what, n, "motion_layers_per_block")?;
+        let depth = r.motion_transformer_layers_per_block.expand_in(
+            what,
+            n,
+            "motion_transformer_layers_per_block",
+        )?;
+        let heads = r
+            .motion_num_attention_heads
+            .expand_in(what, n, "motion_num_attention_heads")?;
+        let mid_layers = r.motion_mid_block_layers_per_block;
+        let mid_depth = r.motion_transformer_layers_per_mid_block.expand_in(
+            what,
+            mid_layers,
+            "motion_transformer_layers_per_mid_block",
+        )?;
+        if mid_depth.iter().any(|d| *d != mid_depth[0]) {
+            return Err(unsupported(
+                what,
+                "motion_transformer_layers_per_mid_block",
+                format!("{mid_depth:?}"),
+            ));
+        }
+        let levels = (0..n)
+            .map(|i| MotionLevel {
+                channels: r.block_out_channels[i],
+                modules: modules[i],
+                transformer_layers: depth[i],
+                heads: heads[i],
+            })
+            .collect::<Vec<_>>();
+        if let Some(l) = levels.iter().find(|l| l.heads == 0 || l.channels % l.heads != 0) {
+            return Err(Error::Config(format!(
+                "{what} config: {} channels do not split into {} heads",
+                l.channels, l.heads
+            )));
+        }
+        Ok(Self {
+            levels,
+            mid: (r.use_motion_mid_block && mid_layers > 0)
+                .then(|| (mid_layers, mid_depth.first().copied().unwrap_or(1))),
+            norm_num_groups: r.motion_norm_num_groups,
+            max_seq_length: r.motion_max_seq_length,
         })
     }
 }

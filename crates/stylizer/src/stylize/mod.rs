@@ -27,6 +27,7 @@ pub mod fast;
 pub mod img2img;
 pub mod lora;
 pub mod model;
+pub mod motion;
 pub mod noise;
 pub mod resnet;
 pub mod schedulers;

@@ -498,6 +498,7 @@ impl SdModel {
                 frames,
                 control,
                 self.guidance.as_ref(),
+                None,
             )?
             .to_dtype(DType::F32)?)
     }

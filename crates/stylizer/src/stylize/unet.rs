@@ -18,6 +18,7 @@ use super::config::UNetConfig;
 use super::controlnet::ControlResiduals;
 use super::conv::{conv2d, Conv2d};
 use super::cross_frame::SelfAttention;
+use super::motion::Motion;
 use super::resnet::ResnetBlock2D;
 use crate::ops::group_norm::{group_norm, GroupNorm};
 
@@ -53,6 +54,7 @@ impl DownBlock {
         temb: &Tensor,
         context: &Tensor,
         frames: &mut SelfAttention,
+        motion: Option<(&Motion, usize)>,
     ) -> Result<(Tensor, Vec<Tensor>)> {
         let mut xs = xs.clone();
         let mut states = Vec::with_capacity(self.resnets.len() + 1);
@@ -60,6 +62,9 @@ impl DownBlock {
             xs = resnet.forward(xs, Some(temb))?;
             if let Some(attn) = self.attentions.get(i) {
                 xs = attn.forward(&xs, context, frames)?;
+            }
+            if let Some((motion, level)) = motion {
+                xs = motion.down(level, i, xs)?;
             }
             states.push(xs.clone());
         }
@@ -92,6 +97,7 @@ impl UpBlock {
         context: &Tensor,
         upsample_size: Option<(usize, usize)>,
         frames: &mut SelfAttention,
+        motion: Option<(&Motion, usize)>,
     ) -> Result<Tensor> {
         let mut xs = xs.clone();
         for (i, resnet) in self.resnets.iter().enumerate() {
@@ -99,6 +105,9 @@ impl UpBlock {
             xs = resnet.forward(Tensor::cat(&[&xs, skip], 1)?, Some(temb))?;
             if let Some(attn) = self.attentions.get(i) {
                 xs = attn.forward(&xs, context, frames)?;
+            }
+            if let Some((motion, block)) = motion {
+                xs = motion.up(block, i, xs)?;
             }
         }
         if let Some(conv) = &self.upsample {
@@ -336,22 +345,28 @@ impl UNetEncoder {
 
     /// The down blocks and the mid block from `conv_in`'s output `xs`: returns the mid
     /// block's output and the skip states (`xs` first, then every down-block state).
+    /// `motion` adds AnimateDiff's motion modules where diffusers' `UNetMotionModel` has them.
     pub(crate) fn forward(
         &self,
         xs: Tensor,
         temb: &Tensor,
         context: &Tensor,
         frames: &mut SelfAttention,
+        motion: Option<&Motion>,
     ) -> Result<(Tensor, Vec<Tensor>)> {
         let mut skips = vec![xs.clone()];
         let mut xs = xs;
-        for block in &self.down_blocks {
-            let (out, states) = block.forward(&xs, temb, context, frames)?;
+        for (level, block) in self.down_blocks.iter().enumerate() {
+            let (out, states) =
+                block.forward(&xs, temb, context, frames, motion.map(|m| (m, level)))?;
             skips.extend(states);
             xs = out;
         }
         xs = self.mid_resnets.0.forward(xs, Some(temb))?;
         xs = self.mid_attention.forward(&xs, context, frames)?;
+        if let Some(motion) = motion {
+            xs = motion.mid(xs)?;
+        }
         xs = self.mid_resnets.1.forward(xs, Some(temb))?;
         Ok((xs, skips))
     }
@@ -431,7 +446,9 @@ impl UNet2DConditionModel {
     /// self-attention layers attend to ([`SelfAttention::Own`]: the frame alone). `control`
     /// is added to the skip connections and the mid block's output (diffusers'
     /// `down_block_additional_residuals` / `mid_block_additional_residual`). `guidance` is an
-    /// LCM UNet's `timestep_cond` ([`guidance_embedding`]).
+    /// LCM UNet's `timestep_cond` ([`guidance_embedding`]). `motion`: AnimateDiff's motion
+    /// modules, with the batch made of windows of `motion.frames` consecutive frames (each
+    /// frame with its own text and timestep rows, as diffusers' `UNetMotionModel` repeats them).
     #[allow(clippy::too_many_arguments)]
     pub fn forward(
         &self,
@@ -441,6 +458,7 @@ impl UNet2DConditionModel {
         frames: &mut SelfAttention,
         control: Option<&ControlResiduals>,
         guidance: Option<&Tensor>,
+        motion: Option<&Motion>,
     ) -> Result<Tensor> {
         let (b, _, h, w) = xs.dims4()?;
         let temb = self
@@ -448,7 +466,7 @@ impl UNet2DConditionModel {
             .time_embedding(timesteps, b, xs.device(), guidance)?;
         let context = context.to_dtype(self.encoder.dtype())?;
         let xs = self.encoder.conv_in(xs)?;
-        let (mut xs, mut skips) = self.encoder.forward(xs, &temb, &context, frames)?;
+        let (mut xs, mut skips) = self.encoder.forward(xs, &temb, &context, frames, motion)?;
         if let Some(control) = control {
             if control.down.len() != skips.len() {
                 candle_core::bail!(
@@ -475,7 +493,15 @@ impl UNet2DConditionModel {
                 }
                 _ => None,
             };
-            xs = block.forward(&xs, &rest, &temb, &context, upsample_size, frames)?;
+            xs = block.forward(
+                &xs,
+                &rest,
+                &temb,
+                &context,
+                upsample_size,
+                frames,
+                motion.map(|m| (m, i)),
+            )?;
         }
         let xs = self.conv_norm_out.forward_silu(&xs)?;
         self.conv_out.forward(&xs)
