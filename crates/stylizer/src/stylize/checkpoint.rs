@@ -332,6 +332,28 @@ pub fn text_encoder_name(key: &str) -> Vec<(String, TensorRef)> {
     one(name, key)
 }
 
+/// An original AnimateDiff motion-module name (`mm_sd_v15_v2.ckpt`:
+/// `down_blocks.0.motion_modules.0.temporal_transformer.transformer_blocks.0.attention_blocks.0.to_q.weight`)
+/// as diffusers' `scripts/convert_animatediff_motion_module_to_diffusers.py` renames it; the
+/// stored position encodings (`pos_encoder.pe`) map to none: they are recomputed.
+pub fn motion_module_name(key: &str) -> Vec<(String, TensorRef)> {
+    if key.contains(".pos_encoder.") {
+        return vec![];
+    }
+    const MAP: [(&str, &str); 6] = [
+        (".norms.0", ".norm1"),
+        (".norms.1", ".norm2"),
+        (".ff_norm", ".norm3"),
+        (".attention_blocks.0", ".attn1"),
+        (".attention_blocks.1", ".attn2"),
+        (".temporal_transformer", ""),
+    ];
+    let name = MAP
+        .iter()
+        .fold(key.to_string(), |n, (from, to)| n.replace(from, to));
+    one(name, key)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -759,9 +759,9 @@ impl MotionAdapterConfig {
             n,
             "motion_transformer_layers_per_block",
         )?;
-        let heads = r
-            .motion_num_attention_heads
-            .expand_in(what, n, "motion_num_attention_heads")?;
+        let heads =
+            r.motion_num_attention_heads
+                .expand_in(what, n, "motion_num_attention_heads")?;
         let mid_layers = r.motion_mid_block_layers_per_block;
         let mid_depth = r.motion_transformer_layers_per_mid_block.expand_in(
             what,
@@ -783,7 +783,10 @@ impl MotionAdapterConfig {
                 heads: heads[i],
             })
             .collect::<Vec<_>>();
-        if let Some(l) = levels.iter().find(|l| l.heads == 0 || l.channels % l.heads != 0) {
+        if let Some(l) = levels
+            .iter()
+            .find(|l| l.heads == 0 || l.channels % l.heads != 0)
+        {
             return Err(Error::Config(format!(
                 "{what} config: {} channels do not split into {} heads",
                 l.channels, l.heads

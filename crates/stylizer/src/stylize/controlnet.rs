@@ -186,9 +186,9 @@ impl ControlNetModel {
             .encoder
             .conv_in(xs)?
             .broadcast_add(&self.embed(cond)?)?;
-        let (mid, skips) = self
-            .encoder
-            .forward(xs, &temb, &context, &mut SelfAttention::Own, None)?;
+        let (mid, skips) =
+            self.encoder
+                .forward(xs, &temb, &context, &mut SelfAttention::Own, None)?;
         let n = skips.len();
         let scales: Vec<f64> = if guess_mode && !self.config.global_pool_conditions {
             // torch.logspace(-1, 0, n + 1) × scale

@@ -16,10 +16,14 @@ use serde_json::Value;
 use super::attention::AttentionSlicing;
 use super::checkpoint::{self, TextEncoderKind};
 use super::clip::ClipTextModel;
-use super::config::{ClipTextConfig, ControlNetConfig, TinyVaeConfig, UNetConfig, VaeConfig};
+use super::config::{
+    ClipTextConfig, ControlNetConfig, MotionAdapterConfig, MotionLevel, TinyVaeConfig, UNetConfig,
+    VaeConfig,
+};
 use super::controlnet::{ControlNetModel, ControlResiduals};
 use super::cross_frame::SelfAttention;
 use super::lora::{self, LoraFile};
+use super::motion::{Motion, MotionAdapter};
 use super::taesd::AutoencoderTiny;
 use super::tokenizer::ClipTokenizer;
 use super::unet::UNet2DConditionModel;
@@ -422,6 +426,8 @@ pub struct SdModel {
     vae_config: VaeConfig,
     /// ControlNets, in the order they were added ([`SdModel::add_controlnet`]).
     controlnets: Vec<ControlNetModel>,
+    /// AnimateDiff's motion modules ([`SdModel::set_motion_adapter`]).
+    motion: Option<MotionAdapter>,
     /// An LCM UNet's guidance-scale embedding ([`SdModel::set_guidance`]).
     guidance: Option<Tensor>,
     scheduler_config: Value,
@@ -468,6 +474,7 @@ impl SdModel {
             vae,
             vae_config: files.vae_config.clone(),
             controlnets: Vec::new(),
+            motion: None,
             guidance: None,
             scheduler_config: files.scheduler_config.clone(),
             device: files.device.clone(),
@@ -501,6 +508,47 @@ impl SdModel {
                 None,
             )?
             .to_dtype(DType::F32)?)
+    }
+
+    /// [`SdModel::unet`] on a batch of windows of `frames` consecutive frames each, through
+    /// the motion modules of [`SdModel::set_motion_adapter`] (diffusers' `UNetMotionModel`);
+    /// `text` and `timesteps` have one row per frame.
+    pub fn unet_window(
+        &self,
+        latents: &Tensor,
+        timesteps: &[f64],
+        text: &Tensor,
+        frames: usize,
+        control: Option<&ControlResiduals>,
+    ) -> Result<Tensor> {
+        let adapter = self
+            .motion
+            .as_ref()
+            .ok_or_else(|| Error::Model("no motion adapter loaded".into()))?;
+        let motion = Motion { adapter, frames };
+        Ok(self
+            .unet
+            .forward(
+                latents,
+                timesteps,
+                text,
+                &mut SelfAttention::Own,
+                control,
+                self.guidance.as_ref(),
+                Some(&motion),
+            )?
+            .to_dtype(DType::F32)?)
+    }
+
+    /// Loads AnimateDiff's motion modules into the UNet (refused when they do not fit it).
+    pub fn set_motion_adapter(&mut self, files: &MotionAdapterFiles) -> Result<()> {
+        files.config.check_fits(self.unet.config())?;
+        let vb =
+            VarBuilder::from_backend(Box::new(files.store()?), self.dtype, self.device.clone());
+        let adapter = MotionAdapter::new(vb, &files.config, files.slicing)
+            .map_err(|e| Error::Weights(format!("{}: {e}", files.description)))?;
+        self.motion = Some(adapter);
+        Ok(())
     }
 
     /// Whether the UNet takes the guidance scale as an input (LCM UNets, `time_cond_proj_dim`):
@@ -635,6 +683,114 @@ impl SdModel {
     pub fn description(&self) -> &str {
         &self.description
     }
+}
+
+/// A resolved AnimateDiff motion adapter: config parsed (or derived), weight file located.
+pub struct MotionAdapterFiles {
+    pub config: MotionAdapterConfig,
+    path: std::path::PathBuf,
+    /// An original-layout file (`mm_sd_v15_v2.ckpt`), renamed as it is read.
+    original: bool,
+    slicing: AttentionSlicing,
+    description: String,
+}
+
+/// Heads of every original AnimateDiff motion module (the weights do not tell; the
+/// repository's `motion_module_kwargs` and diffusers' converter both use 8).
+const ORIGINAL_MOTION_HEADS: usize = 8;
+
+impl MotionAdapterFiles {
+    /// Finds (and downloads, unless offline) a motion adapter: a hub id or diffusers folder
+    /// (`config.json` + `diffusion_pytorch_model.safetensors`), or an original single file
+    /// (`.ckpt` read as data, or `.safetensors`) whose layout is read from its tensors.
+    pub fn resolve(source: &ModelSource, opts: &LoadOptions) -> Result<Self> {
+        let description = source.to_string();
+        if let ModelSource::File(path) = source {
+            let store = TensorStore::open(std::slice::from_ref(path), "motion adapter", |k| {
+                vec![(k.to_string(), crate::weights::TensorRef::key(k))]
+            })?;
+            let config = original_motion_config(&store, &description)?;
+            return Ok(Self {
+                config,
+                path: path.clone(),
+                original: true,
+                slicing: opts.attention_slicing,
+                description,
+            });
+        }
+        let repo = repo_files(source, &opts.hub)?;
+        let weights = weight_file(&repo, "diffusion_pytorch_model", &opts.hub);
+        let found = repo.get_all(&[("config.json", true), (weights.as_str(), true)])?;
+        Ok(Self {
+            config: MotionAdapterConfig::from_json(&read_json(&found["config.json"])?)?,
+            path: found[&weights].clone(),
+            original: false,
+            slicing: opts.attention_slicing,
+            description: repo.name().to_string(),
+        })
+    }
+
+    pub fn description(&self) -> &str {
+        &self.description
+    }
+
+    fn store(&self) -> Result<TensorStore> {
+        let paths = std::slice::from_ref(&self.path);
+        let store = match self.original {
+            true => TensorStore::open(paths, "motion adapter", checkpoint::motion_module_name)?,
+            false => TensorStore::open_plain(paths, "motion adapter")?,
+        };
+        non_empty(store, &self.description, "motion module")
+    }
+}
+
+/// The layout of an original motion-module file, read from its names and shapes: channels
+/// from each level's first `proj_in`, module and transformer-block counts from the indices,
+/// the window limit from the stored position encoding `[1, L, C]`.
+fn original_motion_config(store: &TensorStore, description: &str) -> Result<MotionAdapterConfig> {
+    let names = store.names();
+    let not_motion = || {
+        Error::Weights(format!(
+            "{description}: not an AnimateDiff motion module (no down_blocks.*.motion_modules.* tensors)"
+        ))
+    };
+    // Distinct indices after `prefix` among the names.
+    let indices = |prefix: &str| -> Vec<usize> {
+        let mut v: Vec<usize> = names
+            .iter()
+            .filter_map(|n| n.strip_prefix(prefix)?.split('.').next()?.parse().ok())
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    };
+    let module = |block: &str| format!("{block}.motion_modules.0.temporal_transformer.");
+    let depth = |block: &str| indices(&format!("{}transformer_blocks.", module(block))).len();
+    let mut levels = Vec::new();
+    for i in indices("down_blocks.") {
+        let block = format!("down_blocks.{i}");
+        let proj_in = store.tensor(&format!("{}proj_in.weight", module(&block)))?;
+        levels.push(MotionLevel {
+            channels: proj_in.dim(0)?,
+            modules: indices(&format!("{block}.motion_modules.")).len(),
+            transformer_layers: depth(&block),
+            heads: ORIGINAL_MOTION_HEADS,
+        });
+    }
+    if levels.is_empty() {
+        return Err(not_motion());
+    }
+    let mid_modules = indices("mid_block.motion_modules.").len();
+    let pe = names
+        .iter()
+        .find(|n| n.ends_with(".pos_encoder.pe"))
+        .ok_or_else(not_motion)?;
+    Ok(MotionAdapterConfig {
+        levels,
+        mid: (mid_modules > 0).then(|| (mid_modules, depth("mid_block"))),
+        norm_num_groups: 32,
+        max_seq_length: store.tensor(pe)?.dim(1)?,
+    })
 }
 
 /// A resolved ControlNet: config parsed (or derived), weight file located.

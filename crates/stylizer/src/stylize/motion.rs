@@ -109,14 +109,24 @@ impl MotionAdapter {
         let down = (0..n)
             .map(|i| {
                 let l = &c.levels[i];
-                modules(vb.pp("down_blocks").pp(i), l.modules, i, l.transformer_layers)
+                modules(
+                    vb.pp("down_blocks").pp(i),
+                    l.modules,
+                    i,
+                    l.transformer_layers,
+                )
             })
             .collect::<Result<_>>()?;
         let up = (0..n)
             .map(|i| {
                 let level = n - 1 - i;
                 let l = &c.levels[level];
-                modules(vb.pp("up_blocks").pp(i), l.modules + 1, level, l.transformer_layers)
+                modules(
+                    vb.pp("up_blocks").pp(i),
+                    l.modules + 1,
+                    level,
+                    l.transformer_layers,
+                )
             })
             .collect::<Result<_>>()?;
         let mid = match c.mid {
@@ -142,7 +152,10 @@ impl MotionAdapterConfig {
     pub fn check_fits(&self, unet: &UNetConfig) -> CrateResult<()> {
         let ours: Vec<usize> = self.levels.iter().map(|l| l.channels).collect();
         let theirs: Vec<usize> = unet.blocks.iter().map(|b| b.out_channels).collect();
-        let layers = self.levels.iter().find(|l| l.modules != unet.layers_per_block);
+        let layers = self
+            .levels
+            .iter()
+            .find(|l| l.modules != unet.layers_per_block);
         if ours != theirs || layers.is_some() || self.mid.is_some_and(|(n, _)| n != 1) {
             return Err(Error::Config(format!(
                 "the motion adapter does not fit the model: its modules are for levels of {ours:?} channels \
