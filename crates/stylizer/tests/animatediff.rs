@@ -1,12 +1,20 @@
 //! AnimateDiff parity with diffusers on the tiny fixtures (tools/reference/golden_animatediff.py):
 //! the motion UNet's forward (`UNetMotionModel.from_unet2d`) for windows of 1, 2 and 16 frames
 //! and a CFG batch of two, with and without the motion mid block, at 1e-4; every loading path
-//! (diffusers folder, original `.ckpt` and `.safetensors`); and the refusal of an adapter that
-//! does not fit the model.
+//! (diffusers folder, original `.ckpt` and `.safetensors`); the refusal of an adapter that
+//! does not fit the model; and video-to-video sampling (`AnimateDiffVideoToVideoPipeline`, DDIM
+//! and Euler, with and without the mid block) in one window and in overlapping context
+//! windows fused flat or pyramid (ComfyUI-AnimateDiff-Evolved's semantics), at 1e-3 with the
+//! recorded noise replayed.
 
 use candle_core::{DType, Device, Tensor};
+use stylizer::stylize::animate::{decode_video, denoise_video, ContextOptions, Fuse};
+use stylizer::stylize::img2img::Img2ImgParams;
 use stylizer::stylize::model::{LoadOptions, MotionAdapterFiles, SdModel};
+use stylizer::stylize::noise::{NoiseDraw, NoiseSource};
+use stylizer::stylize::schedulers::SchedulerKind;
 use stylizer::weights::ModelSource;
+use stylizer::NoProgress;
 
 mod common;
 #[path = "common/tiny_sd.rs"]
@@ -100,4 +108,130 @@ fn an_adapter_for_another_unet_is_refused() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("does not fit the model"), "{err}");
+}
+
+/// Frame `row` of the golden's recorded draws for a stack of `frames`.
+struct RowNoise {
+    vae: Tensor,
+    add: Tensor,
+    row: usize,
+}
+
+impl NoiseSource for RowNoise {
+    fn noise(&mut self, draw: NoiseDraw, shape: &[usize], _: &Device) -> stylizer::Result<Tensor> {
+        let t = match draw {
+            NoiseDraw::Posterior => &self.vae,
+            NoiseDraw::Start => &self.add,
+            NoiseDraw::Step(i) => panic!("no step noise recorded (step {i})"),
+        };
+        let row = t.narrow(0, self.row, 1)?;
+        assert_eq!(row.dims(), shape);
+        Ok(row)
+    }
+}
+
+#[test]
+fn video_to_video_matches_diffusers_in_one_window_and_in_context_windows() {
+    let (_, text, mut model, scheduler) = tiny_sd::load("tiny-sd");
+    let g = golden("animatediff_img2img");
+    let windows = |fuse| ContextOptions {
+        length: 4,
+        overlap: 2,
+        fuse,
+    };
+    let cases = [
+        (
+            "ddim.one",
+            "tiny-v2",
+            6,
+            SchedulerKind::Ddim,
+            ContextOptions::default(),
+        ),
+        (
+            "euler.one",
+            "tiny-v2",
+            6,
+            SchedulerKind::Euler,
+            ContextOptions::default(),
+        ),
+        (
+            "v1.ddim.one",
+            "tiny-v1",
+            6,
+            SchedulerKind::Ddim,
+            ContextOptions::default(),
+        ),
+        (
+            "ddim.windows_pyramid",
+            "tiny-v2",
+            10,
+            SchedulerKind::Ddim,
+            windows(Fuse::Pyramid),
+        ),
+        (
+            "ddim.windows_flat",
+            "tiny-v2",
+            10,
+            SchedulerKind::Ddim,
+            windows(Fuse::Flat),
+        ),
+        (
+            "ddim.windows_pyramid_shift",
+            "tiny-v2",
+            11,
+            SchedulerKind::Ddim,
+            windows(Fuse::Pyramid),
+        ),
+    ];
+    let mut loaded = "";
+    for (case, adapter_dir, f, kind, context) in cases {
+        if loaded != adapter_dir {
+            model.set_motion_adapter(&adapter(adapter_dir)).unwrap();
+            loaded = adapter_dir;
+        }
+        if let Some(w) = g.get(&format!("{case}.windows")) {
+            let expected: Vec<Vec<i64>> = w.to_vec2().unwrap();
+            let ours: Vec<Vec<i64>> = context
+                .windows(f)
+                .into_iter()
+                .map(|r| r.map(|i| i as i64).collect())
+                .collect();
+            assert_eq!(ours, expected, "{case} windows");
+            let weights: Vec<f32> = g[&format!("{case}.weights")].to_vec1().unwrap();
+            assert_eq!(context.weights(4), weights, "{case} weights");
+        }
+        let params = Img2ImgParams {
+            strength: 0.6,
+            steps: 10,
+            guidance: 7.5,
+            scheduler: kind,
+        };
+        let (vae, add) = (
+            &g[&format!("f{f}.noise_vae")],
+            &g[&format!("f{f}.noise_add")],
+        );
+        let frames = g["frames_in"].narrow(0, 0, f).unwrap();
+        let latents = denoise_video(
+            &model,
+            &scheduler,
+            &params,
+            &text,
+            &frames,
+            &context,
+            &mut |row| {
+                Box::new(RowNoise {
+                    vae: vae.clone(),
+                    add: add.clone(),
+                    row,
+                })
+            },
+            &mut NoProgress,
+        )
+        .unwrap();
+        let err = max_abs(&latents, &g[&format!("{case}.final_latents")]);
+        let images = decode_video(&model, &latents).unwrap();
+        let err_img = max_abs(&images, &g[&format!("{case}.frames_out")]);
+        eprintln!("{case}: latents max |Δ| {err:.2e}, frames {err_img:.2e}");
+        assert!(err < 1e-3 && err_img < 1e-3, "{case}: {err} {err_img}");
+    }
 }

@@ -14,6 +14,7 @@
 //! let eps = model.unet(&latents, &[t], &text, &mut SelfAttention::Own, None)?; // CFG batch [neg, pos]
 //! let image = model.vae_decode(&(latents / model.scaling_factor())?)?;
 //! ```
+pub mod animate;
 pub mod attention;
 pub mod canny;
 pub mod checkpoint;
