@@ -16,8 +16,12 @@ invocation:
            MODEL_DIR/lcm-lora/pytorch_lora_weights.safetensors in PEFT keys; diffusers loads it
            with load_lora_weights + fuse_lora (the model card's way), we fuse it at load.
            TAESD: the diffusers folder given by --taesd (tests/fixtures/sd/taesd: real config).
+  turbo    what --fast sets for a few-step distilled model (SD-Turbo): Euler, 2 steps (1 run at
+           strength 0.6), no guidance (1 UNet evaluation), TAESD; the cost is that of SD-Turbo
+           (same architecture as this SD-2-base-sized model; diffusers gets its trailing spacing).
 
-Usage: python bench_frame.py MODEL_DIR --taesd DIR [--reps 1] [--bench-bin target/release/examples/sd_bench]
+Usage: python bench_frame.py MODEL_DIR --taesd DIR [--reps 1] [--only default,fast,turbo]
+                              [--bench-bin target/release/examples/sd_bench]
 Build first: cargo build --release --example sd_bench
 """
 import argparse
@@ -35,6 +39,7 @@ LCM_LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "
 SETTINGS = {
     "default": dict(scheduler="ddim", steps=10, strength=0.6, guidance=7.5),
     "fast": dict(scheduler="lcm", steps=4, strength=0.6, guidance=1.0),
+    "turbo": dict(scheduler="euler", steps=2, strength=0.6, guidance=0.0),
 }
 
 
@@ -64,15 +69,25 @@ def make_lora(model, path):
 
 def child(a):
     import torch
-    from diffusers import AutoencoderTiny, DDIMScheduler, LCMScheduler, StableDiffusionImg2ImgPipeline
+    from diffusers import (AutoencoderTiny, DDIMScheduler, EulerDiscreteScheduler, LCMScheduler,
+                           StableDiffusionImg2ImgPipeline)
     torch.set_num_threads(2)
     s = SETTINGS[a.child]
-    pipe = StableDiffusionImg2ImgPipeline.from_pretrained(a.model, safety_checker=None, requires_safety_checker=False)
-    sched = {"ddim": DDIMScheduler, "lcm": LCMScheduler}[s["scheduler"]]
-    pipe.scheduler = sched.from_config(pipe.scheduler.config)
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+    sched = {"ddim": DDIMScheduler, "lcm": LCMScheduler, "euler": EulerDiscreteScheduler}[s["scheduler"]]
+    part = lambda name: os.path.join(a.model, name)  # noqa: E731
+    pipe = StableDiffusionImg2ImgPipeline(
+        vae=AutoencoderKL.from_pretrained(part("vae")), text_encoder=CLIPTextModel.from_pretrained(part("text_encoder")),
+        tokenizer=CLIPTokenizer.from_pretrained(part("tokenizer")), unet=UNet2DConditionModel.from_pretrained(part("unet")),
+        scheduler=sched.from_pretrained(part("scheduler")), safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False)
+    if a.child == "turbo":
+        pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config, timestep_spacing="trailing")
     if a.child == "fast":
         pipe.load_lora_weights(os.path.dirname(a.lora), weight_name=os.path.basename(a.lora))
         pipe.fuse_lora()
+    if a.child in ("fast", "turbo"):
         pipe.vae = AutoencoderTiny.from_pretrained(a.taesd)
     pipe.set_progress_bar_config(disable=True)
     guided = s["guidance"] > 1
@@ -100,6 +115,7 @@ def main():
     ap.add_argument("--bench-bin", default=os.path.join(ROOT, "target", "release", "examples", "sd_bench"))
     ap.add_argument("--child", choices=list(SETTINGS))
     ap.add_argument("--lora")
+    ap.add_argument("--only", default=",".join(SETTINGS))
     a = ap.parse_args()
     a.lora = a.lora or os.path.join(a.model, "lcm-lora", "pytorch_lora_weights.safetensors")
     if a.child:
@@ -108,7 +124,8 @@ def main():
         make_lora(a.model, a.lora)
     load0 = os.getloadavg()
     rows = {}
-    for name, s in SETTINGS.items():
+    for name in a.only.split(","):
+        s = SETTINGS[name]
         p = subprocess.run([sys.executable, __file__, a.model, "--taesd", a.taesd, "--reps", str(a.reps),
                             "--lora", a.lora, "--child", name], capture_output=True, text=True)
         t = result_line(p.stdout)
@@ -117,7 +134,9 @@ def main():
         cmd = [a.bench_bin, "--model", a.model, "--cases", "frame", "--reps", str(a.reps)]
         cmd += [x for k, v in s.items() for x in (f"--{k}", str(v))]
         if name == "fast":
-            cmd += ["--lora", a.lora, "--tiny-vae", a.taesd]
+            cmd += ["--lora", a.lora]
+        if name in ("fast", "turbo"):
+            cmd += ["--tiny-vae", a.taesd]
         p = subprocess.run(cmd, capture_output=True, text=True)
         r = result_line(p.stdout)
         if r is None:
@@ -131,9 +150,12 @@ def main():
         ts, rs = min(t["frame_s"]), min(r["frame_s"])
         print(f"{name:10} {r['unet_calls']:10} {ts:12.1f} {rs:8.1f} {rs / ts:15.2f} "
               f"{t['peak_rss_MB']:>16} / {r['peak_rss_MB']:.0f}")
-    (td, rd), (tf, rf) = rows["default"], rows["fast"]
-    print(f"fast speed-up per frame: diffusers {min(td['frame_s']) / min(tf['frame_s']):.1f}x, "
-          f"ours {min(rd['frame_s']) / min(rf['frame_s']):.1f}x")
+    if "default" in rows:
+        td, rd = rows["default"]
+        for name, (t, r) in rows.items():
+            if name != "default":
+                print(f"{name} speed-up per frame: diffusers {min(td['frame_s']) / min(t['frame_s']):.1f}x, "
+                      f"ours {min(rd['frame_s']) / min(r['frame_s']):.1f}x")
     print(f"load average before/after {[round(x, 1) for x in load0]} / {[round(x, 1) for x in load1]}")
     print("RESULT " + json.dumps({k: {"diffusers": t, "ours": r} for k, (t, r) in rows.items()}))
 

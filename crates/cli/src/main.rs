@@ -11,13 +11,16 @@ use candle_core::DType;
 use clap::{Args, Parser, Subcommand};
 use stylizer::pipeline::{self, Job, Outcome};
 use stylizer::stage::{Identity, Invert};
+use stylizer::stylize::animate::{ContextOptions, Fuse};
 use stylizer::stylize::control::{ControlNetSpec, ControlSource};
 use stylizer::stylize::cross_frame::CrossFrameKeys;
 use stylizer::stylize::fast::{FAST_MODEL, FAST_STEPS};
 use stylizer::stylize::img2img::{ControlWeight, Img2ImgParams};
 use stylizer::stylize::model::{LoadOptions, DEFAULT_MODEL, TINY_VAE};
 use stylizer::stylize::schedulers::SchedulerKind;
-use stylizer::stylize::stage::{StylizeSettings, StylizeStage};
+use stylizer::stylize::stage::{
+    AnimateDiffSettings, StylizeSettings, StylizeStage, MOTION_ADAPTER,
+};
 use stylizer::stylize::vae::VaeTiling;
 use stylizer::temporal::flicker::measure_files;
 use stylizer::temporal::flow::{DisParams, DisPreset};
@@ -270,9 +273,24 @@ struct StylizeArgs {
     /// that should hold even against it).
     #[arg(long)]
     guess_mode: bool,
-    /// Temporal consistency with AnimateDiff motion modules.
+    /// Temporal consistency with AnimateDiff: motion modules added to an SD 1.5 model denoise
+    /// windows of frames together (needs -m with an SD 1.5 model; --consistency none).
     #[arg(long)]
     animatediff: bool,
+    /// The AnimateDiff motion adapter: a Hugging Face id, a diffusers folder or an original
+    /// mm_sd_v15*.ckpt / .safetensors file.
+    #[arg(long, default_value = MOTION_ADAPTER, value_name = "ID|DIR|FILE", requires = "animatediff")]
+    motion_adapter: String,
+    /// Frames the motion modules see at once (at most the adapter's 32; trained on 16).
+    #[arg(long, default_value_t = 16, value_name = "N", requires = "animatediff")]
+    context_length: usize,
+    /// Frames two neighbouring context windows share.
+    #[arg(long, default_value_t = 4, value_name = "N", requires = "animatediff")]
+    context_overlap: usize,
+    /// How the predictions of overlapping windows are averaged: pyramid (a window's middle
+    /// counts most) or flat.
+    #[arg(long, default_value = "pyramid", value_parser = parse_lib::<Fuse>, requires = "animatediff")]
+    context_fuse: Fuse,
     /// How much each frame changes, 0 (not at all) to 1 (entirely).
     #[arg(short, long, default_value_t = 0.6, value_parser = unit_interval)]
     strength: f64,
@@ -289,14 +307,14 @@ struct StylizeArgs {
     /// Sampler: ddim, euler, euler-a, dpmpp-2m, dpmpp-2m-karras, lcm.
     #[arg(long, default_value = "ddim", conflicts_with = "fast")]
     scheduler: String,
-    /// Few-step sampling, about 10x faster per frame: the tiny VAE (unless --vae says
-    /// otherwise), 4 steps (2 run at the default strength), no negative-prompt pass, and by
-    /// model: an LCM-distilled UNet runs the lcm sampler with its guidance 8 embedded; a
-    /// few-step distilled model (scheduler timestep_spacing trailing, as stabilityai/sd-turbo)
-    /// runs euler without guidance; an SD 1.x model gets the LCM-LoRA
-    /// latent-consistency/lcm-lora-sdv1-5 fused in and runs lcm with guidance 1. SD 2.x models
-    /// have no LCM-LoRA and are refused; without --model-id, --fast runs stabilityai/sd-turbo.
-    /// Replaces --steps, --guidance and --scheduler.
+    /// Few-step sampling, 6-12x faster per frame: the tiny VAE (unless --vae says otherwise),
+    /// no negative-prompt pass, and by model: an LCM-distilled UNet runs the lcm sampler, 4
+    /// steps (2 run at strength 0.6), its guidance 8 embedded; a few-step distilled model
+    /// (scheduler timestep_spacing trailing, as stabilityai/sd-turbo) runs euler without
+    /// guidance, one step at the strength's noise level; an SD 1.x model gets the LCM-LoRA
+    /// latent-consistency/lcm-lora-sdv1-5 fused in and runs lcm, 4 steps, guidance 1. SD 2.x
+    /// models have no LCM-LoRA and are refused; without --model-id, --fast runs
+    /// stabilityai/sd-turbo. Replaces --steps, --guidance and --scheduler.
     #[arg(long)]
     fast: bool,
     /// Hub revision (branch, tag or commit) of --model-id.
@@ -519,12 +537,6 @@ fn build_stages(
     seed: u64,
     progress: &CliProgress,
 ) -> anyhow::Result<Vec<Box<dyn FrameStage>>> {
-    if a.animatediff {
-        return Err(Error::NotImplemented(
-            "AnimateDiff temporal consistency (--animatediff)".into(),
-        )
-        .into());
-    }
     let mut stages: Vec<Box<dyn FrameStage>> = Vec::new();
     match &a.frame_stage {
         Some(name) => {
@@ -573,11 +585,15 @@ fn sd_stage(a: &StylizeArgs, seed: u64) -> anyhow::Result<StylizeStage> {
         "tiny" => Some(ModelSource::Hub(TINY_VAE.into())),
         other => Some(ModelSource::parse(other)?),
     };
-    // Keyframes are diffused apart, with the frames between carried by flow already.
-    let consistency = a.consistency.unwrap_or(match a.keyframe_every {
-        1 => Consistency::CrossFrameFlow,
-        _ => Consistency::CrossFrame,
-    });
+    // Keyframes are diffused apart, with the frames between carried by flow already;
+    // AnimateDiff's motion modules do the work of the other modes.
+    let consistency = a
+        .consistency
+        .unwrap_or(match (a.animatediff, a.keyframe_every) {
+            (true, _) => Consistency::None,
+            (false, 1) => Consistency::CrossFrameFlow,
+            (false, _) => Consistency::CrossFrame,
+        });
     Ok(StylizeStage::new(StylizeSettings {
         model: ModelSource::parse(a.model())?,
         load,
@@ -602,6 +618,19 @@ fn sd_stage(a: &StylizeArgs, seed: u64) -> anyhow::Result<StylizeStage> {
         keyframe_every: a.keyframe_every,
         controlnets: controlnets(a)?,
         guess_mode: a.guess_mode,
+        animatediff: a
+            .animatediff
+            .then(|| -> stylizer::Result<_> {
+                Ok(AnimateDiffSettings {
+                    adapter: ModelSource::parse(&a.motion_adapter)?,
+                    context: ContextOptions {
+                        length: a.context_length,
+                        overlap: a.context_overlap,
+                        fuse: a.context_fuse,
+                    },
+                })
+            })
+            .transpose()?,
     })?)
 }
 
@@ -813,6 +842,12 @@ fn preview_settings(a: &StylizeArgs, seed: u64) -> Vec<String> {
     }
     if a.keyframe_every > 1 {
         lines.push(format!("keyframe every {}", a.keyframe_every));
+    }
+    if a.animatediff {
+        lines.push(format!(
+            "animatediff: {} (context {}, overlap {}, {})",
+            a.motion_adapter, a.context_length, a.context_overlap, a.context_fuse
+        ));
     }
     if a.upscale {
         lines.push("upscale: on".into());

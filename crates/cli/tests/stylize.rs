@@ -498,14 +498,15 @@ fn fast_picks_the_few_step_settings_by_model_family() {
     let taesd = taesd.to_str().unwrap();
     let out = render(&turbo, "turbo.mp4", &empty, &["--fast", "--vae", taesd]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stderr(&out).contains("few-step distilled model; scheduler euler, 4 steps"));
+    assert!(stderr(&out)
+        .contains("few-step distilled model; scheduler euler, 2 steps (1 run at strength 0.6)"));
     let by_hand = [
         "--vae",
         taesd,
         "--scheduler",
         "euler",
         "--steps",
-        "4",
+        "2",
         "--guidance",
         "0",
         "--quiet",
@@ -528,9 +529,14 @@ fn fast_picks_the_few_step_settings_by_model_family() {
     let out = render(&sd1, "x.mp4", &cache, &["--fast", "--steps", "8"]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("--steps"), "{}", stderr(&out));
-    let out = render(&sd1, "x.mp4", &cache, &["--fast", "--strength", "0.2"]);
+    let out = render(
+        &sd1,
+        "x.mp4",
+        &cache,
+        &["--fast", "--vae", "full", "--strength", "0.2"],
+    );
     assert!(
-        stderr(&out).contains("--fast runs 4 steps"),
+        stderr(&out).contains("--fast runs 4 steps here, of which strength 0.2 runs none"),
         "{}",
         stderr(&out)
     );
@@ -548,5 +554,89 @@ fn fast_picks_the_few_step_settings_by_model_family() {
             "turbo.mp4",
             "turbo_hand.mp4"
         ]
+    );
+}
+
+#[test]
+fn animatediff_renders_the_same_video_whole_or_in_shares() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = make_clip(dir.path(), "in.mp4", "64x48", "25", 1.0, None, &[]);
+    let fixtures = tiny_sd2().join("..");
+    let adapter = fixtures.join("motion/tiny-v2");
+    let render = |model: &Path, out: &str, extra: &[&str]| {
+        run(bin()
+            .arg("stylize")
+            .arg(&input)
+            .args([
+                "-p",
+                "a watercolor painting",
+                "--steps",
+                "4",
+                "--seed",
+                "3",
+                "-m",
+            ])
+            .arg(model)
+            .args(["--quiet", "-o"])
+            .arg(dir.path().join(out))
+            .args(extra))
+    };
+    // Windows of 4 frames sharing 2: chunks of 10 frames from 0, 8, 16, 24; segments of 7
+    // frames start inside chunks and overlaps.
+    let base = [
+        "--animatediff",
+        "--motion-adapter",
+        adapter.to_str().unwrap(),
+        "--context-overlap",
+        "2",
+        "--segment-seconds",
+        "0.28",
+    ];
+    let animate = [&base[..], &["--context-length", "4"]].concat();
+    let sd1 = fixtures.join("tiny-sd");
+    let out = render(&sd1, "whole.mp4", &animate);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let frames = |f: &str| decode_rgb(&dir.path().join(f), 64, 48, "");
+    let whole = frames("whole.mp4");
+    assert_eq!(whole.len(), 25);
+    for k in 1..=3 {
+        let share = format!("{k}/3");
+        let args = [&animate[..], &["--segment", &share]].concat();
+        let out = render(&sd1, "split.mp4", &args);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let out = run(bin().arg("join").arg(dir.path().join("split.mp4.work")));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        whole == frames("split.mp4"),
+        "joined shares differ from one run"
+    );
+    // The motion modules change the frames (against every frame on its own).
+    let out = render(&sd1, "plain.mp4", &["--consistency", "none"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(psnr(&whole, &frames("plain.mp4")) < 40.0);
+
+    // SD 2 has no motion adapters: one line saying what to do, before any frame.
+    let out = render(&tiny_sd2(), "x.mp4", &animate);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("SD 1.5 only") && stderr(&out).contains("-m"),
+        "{}",
+        stderr(&out)
+    );
+    // Windows the adapter cannot encode, modes it does not combine with, flags without it.
+    for (args, says) in [
+        (&["--context-length", "40"][..], "32 frames at most"),
+        (&["--consistency", "flow"][..], "not available yet"),
+    ] {
+        let out = render(&sd1, "x.mp4", &[&base[..], args].concat());
+        assert!(!out.status.success());
+        assert!(stderr(&out).contains(says), "{}", stderr(&out));
+    }
+    let out = render(&sd1, "x.mp4", &["--context-length", "8"]);
+    assert!(stderr(&out).contains("--animatediff"), "{}", stderr(&out));
+    assert_eq!(
+        listing(dir.path()),
+        ["in.mp4", "plain.mp4", "split.mp4", "whole.mp4"]
     );
 }

@@ -46,6 +46,7 @@ fn settings(variant: &str) -> StylizeSettings {
         keyframe_every: 1,
         controlnets: Vec::new(),
         guess_mode: false,
+        animatediff: None,
     }
 }
 

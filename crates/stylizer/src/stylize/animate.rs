@@ -250,3 +250,247 @@ pub fn decode_video(model: &SdModel, latents: &Tensor) -> Result<Tensor> {
         .collect::<Result<Vec<_>>>()?;
     Ok(Tensor::cat(&frames, 0)?)
 }
+
+/// Context windows per chunk: a chunk spans this many windows.
+const CHUNK_WINDOWS: usize = 4;
+
+/// How a video longer than a chunk is cut for AnimateDiff: chunk `c` holds frames
+/// `[c·stride, c·stride + len)` on a grid fixed from frame 0, so that a frame's result does
+/// not depend on where a run, a resume or a `--segment` share started. A chunk's frames are
+/// denoised together (in context windows); two neighbouring chunks share `overlap` frames,
+/// cross-faded from one to the other in latent space. Memory is bounded by a chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkGrid {
+    pub len: u64,
+    pub overlap: u64,
+}
+
+impl ChunkGrid {
+    /// [`CHUNK_WINDOWS`] windows' span, sharing one window overlap with each neighbour.
+    pub fn new(context: &ContextOptions) -> Self {
+        let stride = context.length - context.overlap;
+        Self {
+            len: (context.length + (CHUNK_WINDOWS - 1) * stride) as u64,
+            overlap: context.overlap as u64,
+        }
+    }
+
+    fn stride(&self) -> u64 {
+        self.len - self.overlap
+    }
+
+    pub fn start(&self, chunk: u64) -> u64 {
+        chunk * self.stride()
+    }
+
+    /// The chunks that hold frame `f` (one, or two in an overlap).
+    pub fn covering(&self, f: u64) -> Range<u64> {
+        let last = f / self.stride();
+        let first = match f + 1 > self.len {
+            true => (f + 1 - self.len).div_ceil(self.stride()),
+            false => 0,
+        };
+        first..last + 1
+    }
+
+    /// Chunk `c`'s share of frame `f`: 1 outside overlaps; across an overlap it rises from the
+    /// earlier chunk to the later one, (j + 1) / (overlap + 1) at the j-th shared frame.
+    pub fn weight(&self, c: u64, f: u64) -> f32 {
+        let covering = self.covering(f);
+        if covering.end - covering.start < 2 {
+            return 1.0;
+        }
+        let later = (f - self.start(covering.end - 1) + 1) as f32 / (self.overlap + 1) as f32;
+        match c + 1 == covering.end {
+            true => later,
+            false => 1.0 - later,
+        }
+    }
+}
+
+/// The AnimateDiff stage's frames and results: input frames as they arrive (processed,
+/// peeked ahead, or shown again at a segment start), and the final latents of the chunks
+/// rendered, dropped once the video has moved past them.
+pub struct Chunks {
+    grid: ChunkGrid,
+    /// Input frames `[1, 3, H, W]` in [−1, 1], by index.
+    inputs: std::collections::BTreeMap<u64, Tensor>,
+    /// Final latents `[n, 4, h, w]` by chunk.
+    latents: std::collections::BTreeMap<u64, Tensor>,
+}
+
+impl Chunks {
+    pub fn new(grid: ChunkGrid) -> Self {
+        Self {
+            grid,
+            inputs: Default::default(),
+            latents: Default::default(),
+        }
+    }
+
+    pub fn grid(&self) -> ChunkGrid {
+        self.grid
+    }
+
+    /// Forgets everything (a new video).
+    pub fn clear(&mut self) {
+        self.inputs.clear();
+        self.latents.clear();
+    }
+
+    pub fn add_input(&mut self, index: u64, image: Tensor) {
+        self.inputs.entry(index).or_insert(image);
+    }
+
+    /// The frames before `start` that must be shown again (in order) before frame `start`:
+    /// those of the chunks holding `start` that are not rendered and not held.
+    pub fn warm_up_frames(&self, start: u64) -> Vec<u64> {
+        let from = self
+            .grid
+            .covering(start)
+            .filter(|c| !self.latents.contains_key(c))
+            .map(|c| self.grid.start(c))
+            .min()
+            .unwrap_or(start);
+        (from..start)
+            .filter(|f| !self.inputs.contains_key(f))
+            .collect()
+    }
+
+    /// The final latents `[1, 4, h, w]` of frame `index`, rendering the chunks that hold it
+    /// when they are not yet: `render(first, frames)` denoises the stack `frames` that starts
+    /// at frame `first`. What the video has moved past is dropped.
+    pub fn latents(
+        &mut self,
+        index: u64,
+        render: &mut dyn FnMut(u64, &Tensor) -> Result<Tensor>,
+    ) -> Result<Tensor> {
+        let covering = self.grid.covering(index);
+        let mut out: Option<Tensor> = None;
+        for c in covering.clone() {
+            let first = self.grid.start(c);
+            if !self.latents.contains_key(&c) {
+                // Every frame of the chunk up to the end of the video has been seen.
+                let frames: Vec<Tensor> = (first..first + self.grid.len)
+                    .map_while(|f| self.inputs.get(&f).cloned())
+                    .collect();
+                if (frames.len() as u64) < index - first + 1 {
+                    return Err(Error::Model(format!(
+                        "animatediff: frame {} of the chunk from frame {first} was not seen before frame {index}",
+                        first + frames.len() as u64
+                    )));
+                }
+                let stack = Tensor::cat(&frames, 0)?;
+                self.latents.insert(c, render(first, &stack)?);
+            }
+            let row = self.latents[&c].narrow(0, (index - first) as usize, 1)?;
+            let row = (row * self.grid.weight(c, index) as f64)?;
+            out = Some(match out {
+                Some(o) => (o + row)?,
+                None => row,
+            });
+        }
+        // Chunks that end at this frame and the frames before the earliest chunk still needed.
+        self.latents = self.latents.split_off(&covering.start);
+        self.latents.retain(|&c, _| {
+            self.grid.start(c) + self.grid.len > index + 1 || c + 1 == covering.end
+        });
+        self.inputs = self.inputs.split_off(&self.grid.start(covering.start));
+        Ok(out.expect("every frame is in a chunk"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn windows_and_weights_follow_comfyui() {
+        let c = ContextOptions {
+            length: 4,
+            overlap: 2,
+            fuse: Fuse::Pyramid,
+        };
+        assert_eq!(c.windows(3), [0..3]);
+        assert_eq!(c.windows(10), [0..4, 2..6, 4..8, 6..10]);
+        assert_eq!(c.windows(11), [0..4, 2..6, 4..8, 6..10, 7..11]);
+        assert_eq!(c.weights(4), [1.0, 2.0, 2.0, 1.0]);
+        assert_eq!(c.weights(5), [1.0, 2.0, 3.0, 2.0, 1.0]);
+        assert!(c.check(32).is_ok());
+        assert!(ContextOptions { length: 40, ..c }.check(32).is_err());
+        assert!(ContextOptions { overlap: 4, ..c }.check(32).is_err());
+    }
+
+    #[test]
+    fn chunks_cover_every_frame_and_cross_fade_in_overlaps() {
+        let grid = ChunkGrid::new(&ContextOptions::default());
+        assert_eq!((grid.len, grid.overlap), (52, 4));
+        for f in 0..500 {
+            let covering = grid.covering(f);
+            assert!(!covering.is_empty(), "frame {f}");
+            for c in covering.clone() {
+                assert!(
+                    grid.start(c) <= f && f < grid.start(c) + grid.len,
+                    "{f} {c}"
+                );
+            }
+            let total: f32 = covering.clone().map(|c| grid.weight(c, f)).sum();
+            assert!((total - 1.0).abs() < 1e-6, "frame {f}: {total}");
+        }
+        assert_eq!(grid.covering(47), 0..1);
+        assert_eq!(grid.covering(48), 0..2);
+        assert_eq!(grid.covering(51), 0..2);
+        assert_eq!(grid.covering(52), 1..2);
+        assert_eq!(grid.weight(1, 48), 0.2);
+    }
+
+    /// A render that makes each frame's latents from its index and the chunk's first frame,
+    /// so the test sees which chunk made what.
+    fn fake(first: u64, frames: &Tensor) -> Result<Tensor> {
+        let n = frames.dim(0)?;
+        let rows: Vec<f32> = (0..n)
+            .map(|i| (first + i as u64) as f32 + first as f32 * 1e-3)
+            .collect();
+        Ok(Tensor::from_vec(rows, (n, 1, 1, 1), &Device::Cpu)?)
+    }
+
+    /// Runs frames `start..end` as the pipeline does (warm-up, look-ahead, process) and
+    /// returns each frame's latents.
+    fn run(grid: ChunkGrid, video: u64, start: u64, end: u64) -> Vec<f32> {
+        let mut chunks = Chunks::new(grid);
+        let image = |_| Tensor::zeros((1, 1, 1, 1), DType::F32, &Device::Cpu).unwrap();
+        for f in chunks.warm_up_frames(start) {
+            chunks.add_input(f, image(f));
+        }
+        let mut out = Vec::new();
+        for i in start..end {
+            for f in i..(i + grid.len).min(video) {
+                chunks.add_input(f, image(f));
+            }
+            let l = chunks.latents(i, &mut fake).unwrap();
+            out.push(l.flatten_all().unwrap().to_vec1::<f32>().unwrap()[0]);
+        }
+        out
+    }
+
+    #[test]
+    fn a_frame_comes_out_the_same_whatever_frame_the_run_started_at() {
+        let grid = ChunkGrid {
+            len: 10,
+            overlap: 3,
+        };
+        let whole = run(grid, 40, 0, 40);
+        for start in [1, 6, 7, 8, 9, 13, 14, 33, 39] {
+            assert_eq!(
+                run(grid, 40, start, 40),
+                whole[start as usize..],
+                "from {start}"
+            );
+        }
+        // In an overlap the later chunk's share rises: frame 8, the second of the three
+        // frames chunks 0 and 1 share, is half of each.
+        let expected = 8.0 + 0.5 * 7e-3;
+        assert!((whole[8] - expected).abs() < 1e-5, "{}", whole[8]);
+    }
+}

@@ -10,8 +10,10 @@
 //!   scheduler with guidance 1, as the LCM-LoRA model card runs it;
 //! - an SD 2.x model has no LCM-LoRA, so it is refused with the way out.
 //!
-//! All of them run [`FAST_STEPS`] steps of which `strength × steps` run, as the plain img2img
-//! pipeline counts them (diffusers' LCM img2img pipeline would run all of them).
+//! The LCM plans run [`FAST_STEPS`] steps of which `strength × steps` run, as the plain
+//! img2img pipeline counts them (diffusers' LCM img2img pipeline would run all of them); a
+//! distilled model runs one step at the noise level the strength picks (its model card's
+//! img2img: 2 steps at strength 0.5).
 
 use super::config::ClipActivation;
 use super::img2img::Img2ImgParams;
@@ -27,7 +29,7 @@ pub const LCM_LORA_SD1: &str = "latent-consistency/lcm-lora-sdv1-5";
 /// family as the default model.
 pub const FAST_MODEL: &str = "stabilityai/sd-turbo";
 
-/// Steps of the schedule under `--fast`; at the default strength 0.6, two run.
+/// Steps of the LCM schedules under `--fast`; at the default strength 0.6, two run.
 pub const FAST_STEPS: usize = 4;
 
 /// The guidance an LCM-distilled UNet embeds (the LCM model cards' 8).
@@ -77,12 +79,33 @@ impl FastPlan {
             Self::Distilled => (SchedulerKind::Euler, 0.0),
             Self::LcmLora => (SchedulerKind::Lcm, 1.0),
         };
-        Img2ImgParams {
+        let mut p = Img2ImgParams {
             strength,
             steps: FAST_STEPS,
             guidance,
             scheduler,
+        };
+        if self == Self::Distilled && strength > 0.0 {
+            // The fewest steps of which one runs.
+            p.steps = 1;
+            while (p.steps as f64 * strength) < 1.0 {
+                p.steps += 1;
+            }
         }
+        p
+    }
+
+    /// [`FastPlan::params`], refused when the strength leaves no step to run.
+    pub fn checked_params(self, strength: f64) -> Result<Img2ImgParams> {
+        let p = self.params(strength);
+        p.first_step().map_err(|_| {
+            Error::Config(format!(
+                "--fast runs {} steps here, of which strength {strength} runs none; use --strength {} or more",
+                p.steps,
+                1.0 / p.steps as f64
+            ))
+        })?;
+        Ok(p)
     }
 
     /// The LoRA this plan fuses into the model, at scale 1.
@@ -114,13 +137,26 @@ mod tests {
     fn every_plan_runs_at_the_default_strength_and_a_low_one() {
         for plan in [FastPlan::LcmUnet, FastPlan::Distilled, FastPlan::LcmLora] {
             for strength in [0.6, 0.25, 1.0] {
-                let p = plan.params(strength);
-                assert!(p.first_step().is_ok(), "{plan:?} at {strength}");
+                let p = plan.checked_params(strength).unwrap();
                 // No classifier-free guidance batch either (an LCM UNet embeds its scale).
                 assert!(plan == FastPlan::LcmUnet || !p.guided(), "{plan:?}");
             }
         }
         assert_eq!(FastPlan::LcmLora.params(0.6).first_step().unwrap(), 2);
+        assert!(FastPlan::LcmLora.checked_params(0.2).is_err());
+        // A distilled model: one step at the strength's noise level, whatever the strength.
+        for (strength, steps) in [
+            (0.6, 2),
+            (0.5, 2),
+            (0.3, 4),
+            (0.1, 10),
+            (1.0, 1),
+            (0.07, 15),
+        ] {
+            let p = FastPlan::Distilled.checked_params(strength).unwrap();
+            assert_eq!(p.steps, steps, "{strength}");
+            assert_eq!(p.steps - p.first_step().unwrap(), 1, "{strength}");
+        }
         assert!(FastPlan::LcmLora.describe(0.6).contains("2 run"));
         assert_eq!(
             FastPlan::LcmLora.lora(),

@@ -7,12 +7,14 @@ use std::collections::BTreeMap;
 
 use candle_core::Tensor;
 
+use super::animate::{denoise_video, ChunkGrid, Chunks, ContextOptions};
+use super::config::ClipActivation;
 use super::control::{control_image, ControlNetSpec, ControlSource, ControlVideo};
 use super::controlnet::ControlResiduals;
 use super::cross_frame::{AnchorBank, CrossFrameKeys, FrameAnchor, SelfAttention};
-use super::fast::{FastPlan, FAST_STEPS};
+use super::fast::FastPlan;
 use super::img2img::{decode, denoise, Control, ControlInput, Img2ImgModel, Img2ImgParams};
-use super::model::{ControlNetFiles, LoadOptions, SdFiles, SdModel};
+use super::model::{ControlNetFiles, LoadOptions, MotionAdapterFiles, SdFiles, SdModel};
 use super::noise::{NoiseSource, SeededNoise};
 use super::schedulers::SchedulerConfig;
 use crate::frame::interleaved;
@@ -53,7 +55,20 @@ pub struct StylizeSettings {
     pub controlnets: Vec<ControlNetSpec>,
     /// ControlNet guess mode (`--guess-mode`): the nets steer without the prompt.
     pub guess_mode: bool,
+    /// AnimateDiff (`--animatediff`): frames denoised together through motion modules.
+    pub animatediff: Option<AnimateDiffSettings>,
 }
+
+/// `--animatediff`: the motion adapter and the context windows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AnimateDiffSettings {
+    /// `--motion-adapter`: hub id, diffusers folder or original `.ckpt`/`.safetensors`.
+    pub adapter: ModelSource,
+    pub context: ContextOptions,
+}
+
+/// The motion adapter `--animatediff` loads unless told otherwise (SD 1.5, with mid block).
+pub const MOTION_ADAPTER: &str = "guoyww/animatediff-motion-adapter-v1-5-2";
 
 /// The frame every other frame attends to under cross-frame attention.
 const ANCHOR_FRAME: u64 = 0;
@@ -83,6 +98,8 @@ struct Loaded {
     control_videos: Vec<Option<ControlVideo>>,
     /// Guess mode as the nets run it (on for nets that pool their residuals).
     guess_mode: bool,
+    /// AnimateDiff's frames and chunk results.
+    chunks: Option<Chunks>,
 }
 
 /// A restyled keyframe and the original's luminance, to measure motion from.
@@ -108,18 +125,26 @@ impl StylizeStage {
     pub fn new(settings: StylizeSettings) -> Result<Self> {
         if !settings.fast {
             settings.params.first_step()?;
-        } else {
-            // Every plan runs FAST_STEPS steps.
-            FastPlan::LcmLora
-                .params(settings.params.strength)
-                .first_step()
-                .map_err(|_| {
-                    Error::Config(format!(
-                        "--fast runs {FAST_STEPS} steps, of which strength {} runs none; use --strength {} or more",
-                        settings.params.strength,
-                        1.0 / FAST_STEPS as f64
-                    ))
-                })?;
+        } else if !(settings.params.strength > 0.0 && settings.params.strength <= 1.0) {
+            // How many steps run depends on the model (checked when it is resolved).
+            return Err(Error::Config(format!(
+                "--fast needs a strength above 0 and at most 1, got {}",
+                settings.params.strength
+            )));
+        }
+        if let Some(a) = &settings.animatediff {
+            a.context.check(usize::MAX)?;
+            let other = [
+                (settings.cross_frame.is_some(), "cross-frame attention"),
+                (settings.flow.is_some(), "flow fusion"),
+                (settings.keyframe_every > 1, "--keyframe-every"),
+                (!settings.controlnets.is_empty(), "ControlNet"),
+            ];
+            if let Some((_, what)) = other.iter().find(|(on, _)| *on) {
+                return Err(Error::NotImplemented(format!(
+                    "--animatediff together with {what} (AnimateDiff runs with --consistency none)"
+                )));
+            }
         }
         if settings.keyframe_every == 0 {
             return Err(Error::Config(
@@ -165,7 +190,7 @@ impl FrameStage for StylizeStage {
         format!(
             "stylize model={:?} revision={:?} variant={:?} dtype={:?} vae_tiling={:?} tiny_vae={:?} loras={:?} prompt={:?} \
              negative={:?} strength={} steps={} guidance={} scheduler={} fast={} seed={} noise={} \
-             cross_frame={} flow={} keyframe_every={} controlnets={:?} guess_mode={}",
+             cross_frame={} flow={} keyframe_every={} controlnets={:?} guess_mode={} animatediff={:?}",
             s.model,
             s.load.hub.revision,
             s.load.hub.variant,
@@ -191,6 +216,7 @@ impl FrameStage for StylizeStage {
             s.keyframe_every,
             s.controlnets,
             s.guess_mode,
+            s.animatediff,
         )
     }
 
@@ -209,10 +235,16 @@ impl FrameStage for StylizeStage {
                         Error::Config(format!("--fast needs the LCM-LoRA {lora}: {e}"))
                     })?;
                 }
+                let params = plan.checked_params(s.params.strength)?;
                 self.progress.warn(&plan.describe(s.params.strength));
-                plan.params(s.params.strength)
+                params
             }
         };
+        let motion = s
+            .animatediff
+            .as_ref()
+            .map(|a| motion_adapter(a, &files, &s.load))
+            .transpose()?;
         let scheduler = SchedulerConfig::from_value(&files.scheduler_config)?;
         // Fail on a scheduler the config cannot build before loading any weights, and on a
         // LoRA that does not fit the model.
@@ -236,6 +268,9 @@ impl FrameStage for StylizeStage {
         for net in &nets {
             model.add_controlnet(net)?;
         }
+        if let Some(motion) = &motion {
+            model.set_motion_adapter(motion)?;
+        }
         // diffusers: nets that pool their residuals (shuffle) always run in guess mode.
         let guess_mode = s.guess_mode
             || nets
@@ -251,6 +286,10 @@ impl FrameStage for StylizeStage {
             keys: BTreeMap::new(),
             control_videos: Vec::new(),
             guess_mode,
+            chunks: s
+                .animatediff
+                .as_ref()
+                .map(|a| Chunks::new(ChunkGrid::new(&a.context))),
         });
         Ok(())
     }
@@ -272,6 +311,9 @@ impl FrameStage for StylizeStage {
             loaded.previous = None;
             loaded.keys.clear();
             loaded.control_videos = videos;
+            if let Some(chunks) = loaded.chunks.as_mut() {
+                chunks.clear();
+            }
         }
         Ok(())
     }
@@ -286,6 +328,12 @@ impl FrameStage for StylizeStage {
     }
 
     fn warm_up_frames(&self, start: u64) -> Vec<u64> {
+        if let Some(a) = &self.settings.animatediff {
+            return match self.loaded.as_ref().and_then(|l| l.chunks.as_ref()) {
+                Some(chunks) => chunks.warm_up_frames(start),
+                None => Chunks::new(ChunkGrid::new(&a.context)).warm_up_frames(start),
+            };
+        }
         let have_anchor = self.loaded.as_ref().is_some_and(|l| !l.anchor.is_empty());
         let mut frames = Vec::new();
         if self.settings.cross_frame.is_some() && start > ANCHOR_FRAME && !have_anchor {
@@ -308,7 +356,9 @@ impl FrameStage for StylizeStage {
     }
 
     fn warm_up(&mut self, frame: Frame, index: u64) -> Result<()> {
-        if self.settings.keyframe_every > 1 {
+        if self.settings.animatediff.is_some() {
+            self.add_chunk_input(&frame, index)?;
+        } else if self.settings.keyframe_every > 1 {
             self.keyframe(frame, index)?;
         } else if self.settings.flow.is_some() {
             // The look-back frame is rendered without fusion: it starts the chain.
@@ -324,10 +374,17 @@ impl FrameStage for StylizeStage {
     }
 
     fn look_ahead(&self) -> u64 {
-        self.settings.keyframe_every - 1
+        match &self.settings.animatediff {
+            // A chunk is rendered when its first frame is due: all of it must have been seen.
+            Some(a) => ChunkGrid::new(&a.context).len - 1,
+            None => self.settings.keyframe_every - 1,
+        }
     }
 
     fn peek(&mut self, frame: Frame, index: u64) -> Result<()> {
+        if self.settings.animatediff.is_some() {
+            return self.add_chunk_input(&frame, index);
+        }
         let k = self.settings.keyframe_every;
         if k > 1 && index % k == 0 {
             self.keyframe(frame, index)?;
@@ -346,6 +403,9 @@ impl FrameStage for StylizeStage {
     }
 
     fn process(&mut self, frame: Frame, index: u64) -> Result<Frame> {
+        if self.settings.animatediff.is_some() {
+            return self.animate(frame, index);
+        }
         let k = self.settings.keyframe_every;
         if k == 1 {
             return self.render(&frame, index);
@@ -389,7 +449,94 @@ impl FrameStage for StylizeStage {
     }
 }
 
+/// The motion adapter of `a`, checked against the model before any weight loads.
+fn motion_adapter(
+    a: &AnimateDiffSettings,
+    files: &SdFiles,
+    load: &LoadOptions,
+) -> Result<MotionAdapterFiles> {
+    if files.text_config.activation != ClipActivation::QuickGelu {
+        return Err(Error::Config(format!(
+            "--animatediff: motion adapters exist for SD 1.5 only, and {} is an SD 2.x model; \
+             pick an SD 1.5 model with -m (e.g. -m stable-diffusion-v1-5/stable-diffusion-v1-5, or a .safetensors file)",
+            files.description()
+        )));
+    }
+    let motion = MotionAdapterFiles::resolve(&a.adapter, load)?;
+    motion.config.check_fits(&files.unet_config)?;
+    a.context.check(motion.config.max_seq_length)?;
+    Ok(motion)
+}
+
 impl StylizeStage {
+    /// The model's input for `frame`: `[1, 3, H, W]` in [−1, 1], refused when its size is not
+    /// on the latent grid.
+    fn model_input(&self, frame: &Frame) -> Result<Tensor> {
+        let model = &self
+            .loaded
+            .as_ref()
+            .ok_or_else(|| Error::Model("stylize: process() before prepare()".into()))?
+            .model;
+        let f = model.vae_scale_factor() as u32;
+        if frame.width % f != 0 || frame.height % f != 0 {
+            return Err(Error::Config(format!(
+                "frame {}x{} is not a multiple of the model's {f}-pixel latent grid",
+                frame.width, frame.height
+            )));
+        }
+        Ok(frame.to_tensor(model.device())?.affine(2.0, -1.0)?)
+    }
+
+    fn add_chunk_input(&mut self, frame: &Frame, index: u64) -> Result<()> {
+        let image = self.model_input(frame)?;
+        if let Some(chunks) = self.loaded.as_mut().and_then(|l| l.chunks.as_mut()) {
+            chunks.add_input(index, image);
+        }
+        Ok(())
+    }
+
+    /// Frame `index` under AnimateDiff: rendered with its chunk (and cross-faded with the
+    /// neighbouring chunk in an overlap).
+    fn animate(&mut self, frame: Frame, index: u64) -> Result<Frame> {
+        self.add_chunk_input(&frame, index)?;
+        let Self {
+            settings,
+            progress,
+            loaded,
+        } = self;
+        let Some(Loaded {
+            model,
+            scheduler,
+            params,
+            text,
+            chunks: Some(chunks),
+            ..
+        }) = loaded.as_mut()
+        else {
+            return Err(Error::Model("stylize: process() before prepare()".into()));
+        };
+        let context = settings.animatediff.as_ref().expect("animate").context;
+        let (seed, per_frame) = (settings.seed, settings.noise_per_frame);
+        let latents = chunks.latents(index, &mut |first, stack| {
+            denoise_video(
+                model,
+                scheduler,
+                params,
+                text,
+                stack,
+                &context,
+                &mut |i| -> Box<dyn NoiseSource> {
+                    match per_frame {
+                        true => Box::new(SeededNoise::with_stream(seed, first + i as u64)),
+                        false => Box::new(SeededNoise::new(seed)),
+                    }
+                },
+                progress.as_mut(),
+            )
+        })?;
+        Frame::from_tensor(&decode(model, &latents)?)
+    }
+
     /// The restyled keyframe `index`, rendered unless it is held already.
     fn keyframe(&mut self, frame: Frame, index: u64) -> Result<&Frame> {
         let held = self
@@ -461,6 +608,7 @@ impl StylizeStage {
         index: u64,
         fusion: Option<LatentFusion>,
     ) -> Result<(Tensor, Vec<Tensor>)> {
+        let image = self.model_input(frame)?;
         let Self {
             settings,
             progress,
@@ -469,14 +617,6 @@ impl StylizeStage {
         let loaded = loaded
             .as_mut()
             .ok_or_else(|| Error::Model("stylize: process() before prepare()".into()))?;
-        let f = loaded.model.vae_scale_factor() as u32;
-        if frame.width % f != 0 || frame.height % f != 0 {
-            return Err(Error::Config(format!(
-                "frame {}x{} is not a multiple of the model's {f}-pixel latent grid",
-                frame.width, frame.height
-            )));
-        }
-        let image = frame.to_tensor(loaded.model.device())?.affine(2.0, -1.0)?;
         let mut noise: Box<dyn NoiseSource> = match settings.noise_per_frame {
             true => Box::new(SeededNoise::with_stream(settings.seed, index)),
             false => Box::new(SeededNoise::new(settings.seed)),
