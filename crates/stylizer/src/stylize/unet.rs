@@ -89,6 +89,7 @@ struct UpBlock {
 }
 
 impl UpBlock {
+    #[allow(clippy::too_many_arguments)]
     fn forward(
         &self,
         xs: &Tensor,
