@@ -12,7 +12,9 @@
 //! batch 1, `cross_frame` one CFG call on its own, recording an anchor, and attending to it
 //! (keys `anchor` and `anchor+self`), `vae` one decode and one encode, `controlnet` (with
 //! `--controlnet DIR`) one CFG step of net + UNet and the UNet step alone, with the peak
-//! resident set of the whole case (both models loaded). `frame` restyles one whole frame as
+//! resident set of the whole case (both models loaded). `motion` (with `--motion-adapter DIR`
+//! `--frames 16`) one CFG step of a window through the motion UNet, and one frame's CFG step
+//! without it. `frame` restyles one whole frame as
 //! the stylize stage does (VAE encode, sampling, VAE decode; the prompt encoded beforehand)
 //! with `--scheduler ddim --steps 10 --strength 0.6 --guidance 7.5` (the defaults) and any
 //! `--lora FILE` fused in. Prints one JSON line starting with `RESULT `.
@@ -26,7 +28,9 @@ use serde_json::{json, Value};
 use stylizer::stylize::attention::AttentionSlicing;
 use stylizer::stylize::cross_frame::{AnchorBank, CrossFrameKeys, FrameAnchor, SelfAttention};
 use stylizer::stylize::img2img::{img2img, Control, Img2ImgParams};
-use stylizer::stylize::model::{ControlNetFiles, LoadOptions, SdFiles, SdModel};
+use stylizer::stylize::model::{
+    ControlNetFiles, LoadOptions, MotionAdapterFiles, SdFiles, SdModel,
+};
 use stylizer::stylize::noise::SeededNoise;
 use stylizer::stylize::schedulers::SchedulerConfig;
 use stylizer::stylize::vae::VaeTiling;
@@ -280,6 +284,33 @@ fn main() -> Result<()> {
                 }
                 result["conv"] = json!(rows);
             }
+            "motion" => {
+                // One CFG denoising step of a window of `--frames` frames through the motion
+                // UNet (`--motion-adapter DIR`), and the same frames one at a time without it.
+                reset_peak();
+                let n: usize = get("frames", "16").parse()?;
+                let adapter = ModelSource::parse(
+                    args.get("motion-adapter").context("--motion-adapter DIR")?,
+                )?;
+                let mut model = SdModel::load(&files, &mut NoProgress)?;
+                model.set_motion_adapter(&MotionAdapterFiles::resolve(&adapter, &opts)?)?;
+                let emb = randn(&[2 * n, 77, dim])?;
+                let x = randn(&[2 * n, 4, lh, lw])?;
+                // As denoise_video runs it: the guidance pair as two calls of the window.
+                let window = timed_reps(reps, || {
+                    let (xu, eu) = (x.narrow(0, 0, n)?, emb.narrow(0, 0, n)?);
+                    model.unet_window(&xu, &[501.0], &eu, n, None)?;
+                    let (xc, ec) = (x.narrow(0, n, n)?, emb.narrow(0, n, n)?);
+                    Ok(model.unet_window(&xc, &[501.0], &ec, n, None)?)
+                })?;
+                let peak = peak_rss_mb();
+                let (x1, e1) = (x.narrow(0, 0, 2)?, emb.narrow(0, 0, 2)?);
+                let plain = timed_reps(reps, || {
+                    Ok(model.unet(&x1, &[501.0], &e1, &mut SelfAttention::Own, None)?)
+                })?;
+                result["motion"] = json!({"frames": n, "window_step_s": window, "plain_step_per_frame_s": plain,
+                    "peak_rss_MB": peak, "cpu_s": take_cpu()});
+            }
             "controlnet" => {
                 reset_peak();
                 let dir = ModelSource::parse(args.get("controlnet").context("--controlnet DIR")?)?;
@@ -340,7 +371,7 @@ fn main() -> Result<()> {
                     "peak_rss_MB": peak_rss_mb()});
             }
             other => {
-                bail!("unknown case {other:?} (memory, unet, cross_frame, vae, controlnet, conv, frame)")
+                bail!("unknown case {other:?} (memory, unet, cross_frame, vae, controlnet, motion, conv, frame)")
             }
         }
     }

@@ -13,7 +13,15 @@
 //!      --control-guidance-start F --control-guidance-end F --guess-mode true|false
 //!      --case NAME]                                               (img2img with ControlNets)
 //!     [--lora FILE[:SCALE][,…]] [--tiny-vae DIR]                  (any part: LoRAs fused, TAESD)
+//!     [--motion-adapter DIR|FILE --name v2]                        (motion_unet)
+//!     [--motion-adapter DIR|FILE --case NAME --frames F --context-length L
+//!      --context-overlap O --context-fuse pyramid|flat]            (animatediff; plus img2img's)
 //! ```
+//! `motion_unet` replays golden_animatediff.py's forward: for every `CASE.sample` [B,4,F,h,w]
+//! (diffusers' video layout) with `CASE.encoder_hidden_states` [B·F,77,D] and `timestep`,
+//! writes `NAME.CASE.out` [B,4,F,h,w]. `animatediff` denoises `frames_in[:F]` together in
+//! context windows with frame f's noise = row f of `fF.noise_vae` / `fF.noise_add`; writes
+//! `NAME.final_latents` [F,4,h,w] and `NAME.frames_out` [F,3,H,W].
 //! `controlnet` replays golden_controlnet.py's forward: `sample`, `timestep`,
 //! `encoder_hidden_states`, `controlnet_cond`, `conditioning_scale` in; `down_0 … down_N`, `mid` out.
 //! `frames` replays golden_crossframe.py: the stack `image_in` [F,3,H,W] restyled one frame at
@@ -25,11 +33,14 @@ use std::collections::HashMap;
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
+use stylizer::stylize::animate::{decode_video, denoise_video, ContextOptions};
 use stylizer::stylize::cross_frame::{img2img_frames, CrossFrameKeys, FrameAnchor, SelfAttention};
 use stylizer::stylize::img2img::{
     img2img as run_img2img, Control, ControlInput, ControlWeight, Img2ImgParams,
 };
-use stylizer::stylize::model::{ControlNetFiles, LoadOptions, SdFiles, SdModel};
+use stylizer::stylize::model::{
+    ControlNetFiles, LoadOptions, MotionAdapterFiles, SdFiles, SdModel,
+};
 use stylizer::stylize::noise::ReplayNoise;
 use stylizer::stylize::schedulers::SchedulerConfig;
 use stylizer::stylize::vae::VaeTiling;
@@ -271,6 +282,102 @@ fn img2img(files: &SdFiles, golden: &Tensors, args: &HashMap<String, String>) ->
     Ok(out)
 }
 
+/// The model with the motion adapter of `--motion-adapter` loaded.
+fn with_motion(files: &SdFiles, args: &HashMap<String, String>) -> Result<SdModel> {
+    let mut model = SdModel::load(files, &mut NoProgress)?;
+    let source = ModelSource::parse(
+        args.get("motion-adapter")
+            .context("--motion-adapter is required")?,
+    )?;
+    model.set_motion_adapter(&MotionAdapterFiles::resolve(
+        &source,
+        &LoadOptions::new(Device::Cpu),
+    )?)?;
+    Ok(model)
+}
+
+/// `[b, c, f, h, w]` (diffusers' video layout) → `[b·f, c, h, w]`.
+fn video_to_frames(x: &Tensor) -> Result<Tensor> {
+    let (b, c, f, h, w) = x.dims5()?;
+    Ok(x.permute((0, 2, 1, 3, 4))?.reshape((b * f, c, h, w))?)
+}
+
+/// The motion UNet on every `CASE.sample` of the golden.
+fn motion_unet(
+    files: &SdFiles,
+    golden: &Tensors,
+    args: &HashMap<String, String>,
+) -> Result<Tensors> {
+    let model = with_motion(files, args)?;
+    let name = args.get("name").map_or("v2", |s| s.as_str());
+    let t = golden["timestep"]
+        .to_dtype(DType::F64)?
+        .flatten_all()?
+        .to_vec1::<f64>()?;
+    let mut out = HashMap::new();
+    for key in golden.keys().filter(|k| k.ends_with(".sample")) {
+        let case = key.trim_end_matches(".sample");
+        let sample = &golden[key];
+        let (b, c, f, h, w) = sample.dims5()?;
+        let context = &golden[&format!("{case}.encoder_hidden_states")];
+        let o = model.unet_window(&video_to_frames(sample)?, &t, context, f, None)?;
+        let o = o
+            .reshape((b, f, c, h, w))?
+            .permute((0, 2, 1, 3, 4))?
+            .contiguous()?;
+        out.insert(format!("{name}.{case}.out"), o);
+    }
+    Ok(out)
+}
+
+/// A frame stack denoised together through the motion UNet (golden_animatediff.py).
+fn animatediff(
+    files: &SdFiles,
+    golden: &Tensors,
+    args: &HashMap<String, String>,
+) -> Result<Tensors> {
+    let (prompt, negative, params) = img2img_args(args)?;
+    let case = args.get("case").context("--case is required")?;
+    let f: usize = args
+        .get("frames")
+        .context("--frames is required")?
+        .parse()?;
+    let get = |k: &str, d: &str| args.get(k).map_or(d, |s| s.as_str()).to_string();
+    let context = ContextOptions {
+        length: get("context-length", "16").parse()?,
+        overlap: get("context-overlap", "4").parse()?,
+        fuse: get("context-fuse", "pyramid").parse()?,
+    };
+    let text = files.encode_prompts(&prompt, Some(&negative))?;
+    let model = with_motion(files, args)?;
+    let scheduler = SchedulerConfig::from_value(&files.scheduler_config)?;
+    let (vae, add) = (
+        &golden[&format!("f{f}.noise_vae")],
+        &golden[&format!("f{f}.noise_add")],
+    );
+    let latents = denoise_video(
+        &model,
+        &scheduler,
+        &params,
+        &text,
+        &golden["frames_in"].narrow(0, 0, f)?,
+        &context,
+        &mut |row| {
+            let mut draws = HashMap::new();
+            for (key, t) in [("noise_vae", vae), ("noise_add", add)] {
+                draws.insert(key.to_string(), t.narrow(0, row, 1)?);
+            }
+            Ok(Box::new(ReplayNoise::new(draws)))
+        },
+        &mut NoProgress,
+    )?;
+    let frames = decode_video(&model, &latents)?;
+    Ok(HashMap::from([
+        (format!("{case}.final_latents"), latents),
+        (format!("{case}.frames_out"), frames),
+    ]))
+}
+
 fn main() -> Result<()> {
     let mut args: HashMap<String, String> = HashMap::new();
     let mut it = std::env::args().skip(1);
@@ -312,8 +419,10 @@ fn main() -> Result<()> {
         "img2img" => img2img(&files, &golden, &args)?,
         "frames" => frames(&files, &golden, &args)?,
         "controlnet" => controlnet(&files, &golden, &args)?,
+        "motion_unet" => motion_unet(&files, &golden, &args)?,
+        "animatediff" => animatediff(&files, &golden, &args)?,
         other => {
-            bail!("unknown --part {other:?} (text_encoder, unet, vae, img2img, frames, controlnet)")
+            bail!("unknown --part {other:?} (text_encoder, unet, vae, img2img, frames, controlnet, motion_unet, animatediff)")
         }
     };
     let out_path = arg("out")?;

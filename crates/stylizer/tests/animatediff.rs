@@ -11,7 +11,7 @@ use candle_core::{DType, Device, Tensor};
 use stylizer::stylize::animate::{decode_video, denoise_video, ContextOptions, Fuse};
 use stylizer::stylize::img2img::Img2ImgParams;
 use stylizer::stylize::model::{LoadOptions, MotionAdapterFiles, SdModel};
-use stylizer::stylize::noise::{NoiseDraw, NoiseSource};
+use stylizer::stylize::noise::ReplayNoise;
 use stylizer::stylize::schedulers::SchedulerKind;
 use stylizer::weights::ModelSource;
 use stylizer::NoProgress;
@@ -110,26 +110,6 @@ fn an_adapter_for_another_unet_is_refused() {
     assert!(err.contains("does not fit the model"), "{err}");
 }
 
-/// Frame `row` of the golden's recorded draws for a stack of `frames`.
-struct RowNoise {
-    vae: Tensor,
-    add: Tensor,
-    row: usize,
-}
-
-impl NoiseSource for RowNoise {
-    fn noise(&mut self, draw: NoiseDraw, shape: &[usize], _: &Device) -> stylizer::Result<Tensor> {
-        let t = match draw {
-            NoiseDraw::Posterior => &self.vae,
-            NoiseDraw::Start => &self.add,
-            NoiseDraw::Step(i) => panic!("no step noise recorded (step {i})"),
-        };
-        let row = t.narrow(0, self.row, 1)?;
-        assert_eq!(row.dims(), shape);
-        Ok(row)
-    }
-}
-
 #[test]
 fn video_to_video_matches_diffusers_in_one_window_and_in_context_windows() {
     let (_, text, mut model, scheduler) = tiny_sd::load("tiny-sd");
@@ -219,11 +199,10 @@ fn video_to_video_matches_diffusers_in_one_window_and_in_context_windows() {
             &frames,
             &context,
             &mut |row| {
-                Box::new(RowNoise {
-                    vae: vae.clone(),
-                    add: add.clone(),
-                    row,
-                })
+                // Frame `row`'s draws: its rows of the stack's recorded noise.
+                let draws = [("noise_vae", vae), ("noise_add", add)]
+                    .map(|(k, t)| (k.to_string(), t.narrow(0, row, 1).unwrap()));
+                Ok(Box::new(ReplayNoise::new(draws.into_iter().collect())))
             },
             &mut NoProgress,
         )

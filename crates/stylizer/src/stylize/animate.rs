@@ -133,7 +133,7 @@ pub fn denoise_video(
     text: &Tensor,
     frames: &Tensor,
     context: &ContextOptions,
-    noise: &mut dyn FnMut(usize) -> Box<dyn NoiseSource>,
+    noise: &mut dyn FnMut(usize) -> Result<Box<dyn NoiseSource>>,
     progress: &mut dyn Progress,
 ) -> Result<Tensor> {
     let first = params.first_step()?;
@@ -142,7 +142,7 @@ pub fn denoise_video(
     let total = timesteps.len() - first;
     let n = frames.dim(0)?;
     let device = frames.device().clone();
-    let mut sources: Vec<Box<dyn NoiseSource>> = (0..n).map(noise).collect();
+    let mut sources = (0..n).map(noise).collect::<Result<Vec<_>>>()?;
 
     // Text: [negative, prompt] for guidance, the prompt alone otherwise.
     let guided = params.guided() && !model.embeds_guidance();
@@ -206,15 +206,15 @@ pub fn denoise_video(
         for w in &windows {
             let k = w.len();
             let x = input.narrow(0, w.start, k)?;
+            // The guidance pair as two calls, not one batch of 2k frames: the same values,
+            // half the activations.
+            let cond = model.unet_window(&x, &[t], &repeat(&prompt, k)?, k, None)?;
             let out = match &negative {
                 Some(neg) => {
-                    let text = Tensor::cat(&[repeat(neg, k)?, repeat(&prompt, k)?], 0)?;
-                    let out =
-                        model.unet_window(&Tensor::cat(&[&x, &x], 0)?, &[t], &text, k, None)?;
-                    let (uncond, cond) = (out.narrow(0, 0, k)?, out.narrow(0, k, k)?);
+                    let uncond = model.unet_window(&x, &[t], &repeat(neg, k)?, k, None)?;
                     (&uncond + ((cond - &uncond)? * params.guidance)?)?
                 }
-                None => model.unet_window(&x, &[t], &repeat(&prompt, k)?, k, None)?,
+                None => cond,
             };
             // Weighted into the whole stack: weight / the frame's total weight.
             let scale: Vec<f32> = (0..n)

@@ -169,10 +169,32 @@ impl FeedForward {
         })
     }
 
+    /// Per token, so run on bands of tokens whose GEGLU input stays under [`FF_BAND_BYTES`]
+    /// (diffusers' `enable_forward_chunking`): the same values, and no allocation so big that
+    /// the allocator maps fresh pages (which the kernel zeroes) for it on every call, as a
+    /// window of frames under AnimateDiff would otherwise make.
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let (b, n, dim) = xs.dims3()?;
+        let row_bytes = dim * 8 * xs.dtype().size_in_bytes();
+        let band = (FF_BAND_BYTES / row_bytes).max(1);
+        if b * n <= band {
+            return self.forward_whole(xs);
+        }
+        let flat = xs.reshape((b * n, dim))?;
+        let bands = (0..b * n)
+            .step_by(band)
+            .map(|r| self.forward_whole(&flat.narrow(0, r, band.min(b * n - r))?))
+            .collect::<Result<Vec<_>>>()?;
+        Tensor::cat(&bands, 0)?.reshape((b, n, dim))
+    }
+
+    fn forward_whole(&self, xs: &Tensor) -> Result<Tensor> {
         self.proj_out.forward(&geglu(&self.proj_in.forward(xs)?)?)
     }
 }
+
+/// The largest GEGLU input [`FeedForward`] makes at once.
+const FF_BAND_BYTES: usize = 96 << 20;
 
 /// Self-attention, cross-attention on the text (or a second self-attention), feed-forward;
 /// each pre-normed, residual.
@@ -379,6 +401,41 @@ impl SpatialTransformer {
 mod tests {
     use super::*;
     use candle_core::Device;
+
+    #[test]
+    fn feed_forward_in_bands_is_the_whole() -> Result<()> {
+        let dev = Device::Cpu;
+        let dim = 32;
+        let vb = candle_nn::VarBuilder::from_tensors(
+            [
+                (
+                    "net.0.proj.weight",
+                    Tensor::randn(0f32, 0.1, (dim * 8, dim), &dev)?,
+                ),
+                ("net.0.proj.bias", Tensor::randn(0f32, 0.1, dim * 8, &dev)?),
+                (
+                    "net.2.weight",
+                    Tensor::randn(0f32, 0.1, (dim, dim * 4), &dev)?,
+                ),
+                ("net.2.bias", Tensor::randn(0f32, 0.1, dim, &dev)?),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+            DType::F32,
+            &dev,
+        );
+        let ff = FeedForward::new(vb, dim)?;
+        // Past one band (and not a multiple of it).
+        let rows = FF_BAND_BYTES / (dim * 8 * 4) * 2 + 37;
+        let xs = Tensor::randn(0f32, 1.0, (1, rows, dim), &dev)?;
+        let diff = (ff.forward(&xs)? - ff.forward_whole(&xs)?)?
+            .abs()?
+            .max_all()?
+            .to_scalar::<f32>()?;
+        assert_eq!(diff, 0.0);
+        Ok(())
+    }
 
     #[test]
     fn slices_give_the_same_attention() -> Result<()> {

@@ -525,11 +525,11 @@ impl StylizeStage {
                 text,
                 stack,
                 &context,
-                &mut |i| -> Box<dyn NoiseSource> {
-                    match per_frame {
+                &mut |i| -> Result<Box<dyn NoiseSource>> {
+                    Ok(match per_frame {
                         true => Box::new(SeededNoise::with_stream(seed, first + i as u64)),
                         false => Box::new(SeededNoise::new(seed)),
-                    }
+                    })
                 },
                 progress.as_mut(),
             )
