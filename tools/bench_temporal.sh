@@ -11,7 +11,9 @@
 # KEYS (keyframe interval, 4), MODES (space-separated subset of the mode names below),
 # BIN (default target/release/video-stylizer, built if missing), EXTRA (more stylize flags for
 # every mode, e.g. EXTRA="-c tests/fixtures/sd/controlnet/tiny-sd2-a" for canny ControlNet; the
-# mode column then carries a + sign).
+# mode column then carries a + sign). Mode `animatediff` (not in the default list: it needs an
+# SD 1.x MODEL such as tests/fixtures/sd/tiny-sd) uses ADAPTER (default the tiny v2 adapter)
+# with windows of CONTEXT frames (8) sharing 2.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -36,6 +38,8 @@ for clip in "${clips[@]}"; do
   for mode in $modes; do
     case $mode in
       keyframes) args=(--keyframe-every "$keys") ;;
+      animatediff) args=(--animatediff --motion-adapter "${ADAPTER:-tests/fixtures/sd/motion/tiny-v2}"
+                         --context-length "${CONTEXT:-8}" --context-overlap 2) ;;
       *) args=(--consistency "$mode") ;;
     esac
     out="$tmp/$name.$mode.mkv"
