@@ -11,7 +11,7 @@ use candle_core::DType;
 use clap::{Args, Parser, Subcommand};
 use stylizer::pipeline::{self, Job, Outcome};
 use stylizer::stage::{Identity, Invert};
-use stylizer::stylize::animate::{ContextOptions, Fuse};
+use stylizer::stylize::animate::{ChunkGrid, ContextOptions, Fuse};
 use stylizer::stylize::control::{ControlNetSpec, ControlSource};
 use stylizer::stylize::cross_frame::CrossFrameKeys;
 use stylizer::stylize::fast::{FAST_MODEL, FAST_STEPS};
@@ -387,6 +387,15 @@ struct StylizeArgs {
     frame_stage_delay_ms: u64,
 }
 
+/// The AnimateDiff context windows of the flags.
+fn context(a: &StylizeArgs) -> ContextOptions {
+    ContextOptions {
+        length: a.context_length,
+        overlap: a.context_overlap,
+        fuse: a.context_fuse,
+    }
+}
+
 impl StylizeArgs {
     /// `--model-id`, or the default for the mode.
     fn model(&self) -> &str {
@@ -623,11 +632,7 @@ fn sd_stage(a: &StylizeArgs, seed: u64) -> anyhow::Result<StylizeStage> {
             .then(|| -> stylizer::Result<_> {
                 Ok(AnimateDiffSettings {
                     adapter: ModelSource::parse(&a.motion_adapter)?,
-                    context: ContextOptions {
-                        length: a.context_length,
-                        overlap: a.context_overlap,
-                        fuse: a.context_fuse,
-                    },
+                    context: context(a),
                 })
             })
             .transpose()?,
@@ -796,8 +801,12 @@ fn stylize(a: StylizeArgs, progress: &mut CliProgress) -> anyhow::Result<ExitCod
     let mut stages = build_stages(&a, seed, progress)?;
     if let Some(n) = a.preview {
         let settings = preview_settings(&a, seed);
+        let frames_per_render = match a.animatediff {
+            true => ChunkGrid::new(&context(&a)).stride(),
+            false => 1,
+        };
         for job in &jobs {
-            preview::run(job, &mut stages, n, &settings, progress)?;
+            preview::run(job, &mut stages, n, &settings, frames_per_render, progress)?;
         }
         return Ok(ExitCode::SUCCESS);
     }

@@ -30,12 +30,15 @@ pub fn sheet_path(output: &Path) -> PathBuf {
     output.with_file_name(format!("{stem}_preview.png"))
 }
 
-/// Renders the preview of `job`, writes its sheet and prints the estimate.
+/// Renders the preview of `job`, writes its sheet and prints the estimate. `frames_per_render`:
+/// the video frames one preview render pays for (1; under AnimateDiff a frame renders its
+/// whole chunk, and the video advances by the chunk's stride per chunk).
 pub fn run(
     job: &Job,
     stages: &mut [Box<dyn FrameStage>],
     n: u64,
     settings: &[String],
+    frames_per_render: u64,
     progress: &mut CliProgress,
 ) -> anyhow::Result<()> {
     progress.stage(stylizer::Stage::Probe);
@@ -43,7 +46,9 @@ pub fn run(
     let indices = spread(info.frame_count, n);
     let frames = pipeline::preview(job, &info, stages, &indices, progress)?;
     progress.finish();
-    let per_frame = frames.iter().map(|f| f.seconds).sum::<f64>() / frames.len() as f64;
+    let per_frame = frames.iter().map(|f| f.seconds).sum::<f64>()
+        / frames.len() as f64
+        / frames_per_render.max(1) as f64;
     let mut lines = settings.to_vec();
     lines.push(format!(
         "frames {} of {}; {per_frame:.2} s per frame",

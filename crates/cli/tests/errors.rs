@@ -219,7 +219,13 @@ fn features_that_have_not_landed_stop_before_any_work() {
     fails_with(
         &input,
         dir.path(),
-        &["-p", "anime", "--animatediff"],
+        &[
+            "-p",
+            "anime",
+            "--animatediff",
+            "-c",
+            "lllyasviel/sd-controlnet-canny",
+        ],
         "is not available yet",
     );
 }

@@ -616,6 +616,15 @@ fn animatediff_renders_the_same_video_whole_or_in_shares() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(psnr(&whole, &frames("plain.mp4")) < 40.0);
 
+    // A preview renders its frame's chunk; the estimate counts a chunk's stride of frames.
+    let out = render(
+        &sd1,
+        "whole.mp4",
+        &[&animate[..], &["--preview", "1"]].concat(),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("preview: 1 frames"));
+
     // SD 2 has no motion adapters: one line saying what to do, before any frame.
     let out = render(&tiny_sd2(), "x.mp4", &animate);
     assert!(!out.status.success());
@@ -637,6 +646,12 @@ fn animatediff_renders_the_same_video_whole_or_in_shares() {
     assert!(stderr(&out).contains("--animatediff"), "{}", stderr(&out));
     assert_eq!(
         listing(dir.path()),
-        ["in.mp4", "plain.mp4", "split.mp4", "whole.mp4"]
+        [
+            "in.mp4",
+            "plain.mp4",
+            "split.mp4",
+            "whole.mp4",
+            "whole_preview.png"
+        ]
     );
 }

@@ -275,7 +275,8 @@ impl ChunkGrid {
         }
     }
 
-    fn stride(&self) -> u64 {
+    /// Frames between the starts of two neighbouring chunks.
+    pub fn stride(&self) -> u64 {
         self.len - self.overlap
     }
 
