@@ -24,6 +24,8 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, HERE)
+from bench_sd_compare import result_line  # noqa: E402
 
 
 def sd15_unet():
@@ -62,28 +64,22 @@ def child(a):
     emb = torch.randn(2 * n, 77, 768)
     t = torch.tensor(501)
     r = {}
-    with torch.inference_mode():
+
+    def timed(fn):
         ts = []
         for _ in range(a.reps):
             t0 = time.perf_counter()
-            motion(x, t, encoder_hidden_states=emb)
+            fn()
             ts.append(round(time.perf_counter() - t0, 3))
-        r["window_step_s"] = ts
+        return ts
+
+    with torch.inference_mode():
+        r["window_step_s"] = timed(lambda: motion(x, t, encoder_hidden_states=emb))
         r["peak_rss_MB"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
         del motion, adapter
         x1, e1 = torch.randn(2, 4, h, w), emb[:2]
-        ts = []
-        for _ in range(a.reps):
-            t0 = time.perf_counter()
-            unet(x1, t, encoder_hidden_states=e1)
-            ts.append(round(time.perf_counter() - t0, 3))
-        r["plain_step_per_frame_s"] = ts
+        r["plain_step_per_frame_s"] = timed(lambda: unet(x1, t, encoder_hidden_states=e1))
     print("RESULT " + json.dumps(r), flush=True)
-
-
-def result_line(out):
-    lines = [l for l in out.splitlines() if l.startswith("RESULT ")]
-    return json.loads(lines[-1][7:]) if lines else None
 
 
 def main():

@@ -34,6 +34,8 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, HERE)
+from bench_sd_compare import result_line  # noqa: E402
 LCM_LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2",
                     "conv1", "conv2", "conv_shortcut", "downsamplers.0.conv", "upsamplers.0.conv", "time_emb_proj"]
 SETTINGS = {
@@ -41,11 +43,6 @@ SETTINGS = {
     "fast": dict(scheduler="lcm", steps=4, strength=0.6, guidance=1.0),
     "turbo": dict(scheduler="euler", steps=2, strength=0.6, guidance=0.0),
 }
-
-
-def result_line(out):
-    lines = [l for l in out.splitlines() if l.startswith("RESULT ")]
-    return json.loads(lines[-1][7:]) if lines else None
 
 
 def make_lora(model, path):

@@ -10,9 +10,9 @@
 
 use std::ops::Range;
 
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 
-use super::img2img::{decode, Img2ImgParams};
+use super::img2img::{conditioning, decode, encode, Img2ImgParams};
 use super::model::SdModel;
 use super::noise::{NoiseDraw, NoiseSource};
 use super::schedulers::SchedulerConfig;
@@ -145,34 +145,10 @@ pub fn denoise_video(
     let mut sources = (0..n).map(noise).collect::<Result<Vec<_>>>()?;
 
     // Text: [negative, prompt] for guidance, the prompt alone otherwise.
-    let guided = params.guided() && !model.embeds_guidance();
-    let (negative, prompt) = match (guided, text.dim(0)?) {
-        (true, 2) => (Some(text.narrow(0, 0, 1)?), text.narrow(0, 1, 1)?),
-        (false, 2) => (None, text.narrow(0, 1, 1)?),
-        (false, 1) => (None, text.clone()),
-        (_, b) => {
-            return Err(Error::Model(format!(
-                "prompt embeddings have batch {b}; guidance {} needs [negative, prompt]",
-                params.guidance
-            )))
-        }
-    };
+    let (negative, prompt) = conditioning(model, params, text)?;
 
     // Encode every frame (one at a time: memory), sample the posterior, scale, noise.
-    let mut x0 = Vec::with_capacity(n);
-    for (i, source) in sources.iter_mut().enumerate() {
-        let (mean, logvar) = model.vae_encode(&frames.narrow(0, i, 1)?.to_dtype(DType::F32)?)?;
-        let z = match model.samples_posterior() {
-            true => {
-                let std = (logvar.clamp(-30f32, 20f32)? * 0.5)?.exp()?;
-                let eps = source.noise(NoiseDraw::Posterior, mean.dims(), &device)?;
-                (mean + (std * eps)?)?
-            }
-            false => mean,
-        };
-        x0.push((z * model.scaling_factor())?);
-    }
-    let x0 = Tensor::cat(&x0, 0)?;
+    let x0 = frames_latents(model, frames, &mut sources)?;
     let shape = x0.dims()[1..].to_vec();
     let per_frame = |sources: &mut [Box<dyn NoiseSource>], draw: NoiseDraw| -> Result<Tensor> {
         let one: Vec<usize> = std::iter::once(1).chain(shape.iter().copied()).collect();
@@ -241,6 +217,20 @@ pub fn denoise_video(
         progress.step(i + 1, total);
     }
     Ok(latents)
+}
+
+/// Every frame of `frames` encoded on its own with its own noise ([`encode`]), stacked.
+fn frames_latents(
+    model: &SdModel,
+    frames: &Tensor,
+    sources: &mut [Box<dyn NoiseSource>],
+) -> Result<Tensor> {
+    let x0 = sources
+        .iter_mut()
+        .enumerate()
+        .map(|(i, source)| encode(model, &frames.narrow(0, i, 1)?, source.as_mut()))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Tensor::cat(&x0, 0)?)
 }
 
 /// Decodes final latents `[F, 4, h, w]` one frame at a time to images `[F, 3, H, W]` in [0, 1].
@@ -404,7 +394,7 @@ impl Chunks {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::Device;
+    use candle_core::{DType, Device};
 
     #[test]
     fn windows_and_weights_follow_comfyui() {

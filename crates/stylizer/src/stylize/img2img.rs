@@ -276,34 +276,17 @@ pub fn denoise(
     let timesteps = scheduler.timesteps().to_vec();
     let total = timesteps.len() - first;
 
-    // 2. Text conditioning: [negative, prompt] for guidance, the prompt alone otherwise (and
-    //    for an LCM UNet, which is given the scale itself).
-    let guided = params.guided() && !model.embeds_guidance();
-    let text = match (guided, text.dim(0)?) {
-        (true, 2) => text.clone(),
-        (false, 2) => text.narrow(0, 1, 1)?,
-        (false, 1) => text.clone(),
-        (_, b) => {
-            return Err(Error::Model(format!(
-                "prompt embeddings have batch {b}; guidance {} needs [negative, prompt]",
-                params.guidance
-            )))
-        }
+    // 2. Text conditioning: [negative, prompt] for guidance, the prompt alone otherwise.
+    let (negative, prompt) = conditioning(model, params, text)?;
+    let guided = negative.is_some();
+    let text = match &negative {
+        Some(_) => text.clone(),
+        None => prompt,
     };
 
-    // 3. Encode: sample the VAE posterior, z = mean + exp(½·clamp(logvar, −30, 20))·ε (a tiny
-    //    VAE gives z outright), and scale.
+    // 3. Encode.
     let device = image.device().clone();
-    let (mean, logvar) = model.vae_encode(&image.to_dtype(DType::F32)?)?;
-    let z = match model.samples_posterior() {
-        true => {
-            let std = (logvar.clamp(-30f32, 20f32)? * 0.5)?.exp()?;
-            let eps = noise.noise(NoiseDraw::Posterior, mean.dims(), &device)?;
-            (mean + (std * eps)?)?
-        }
-        false => mean,
-    };
-    let x0 = (z * model.scaling_factor())?;
+    let x0 = encode(model, image, noise)?;
 
     // 4. Noise the encoded frame to the first timestep that runs.
     let eps = noise.noise(NoiseDraw::Start, x0.dims(), &device)?;
@@ -338,6 +321,46 @@ pub fn denoise(
         progress.step(i + 1, total);
     }
     Ok(latents)
+}
+
+/// The negative prompt's embeddings when the run uses classifier-free guidance (not for an
+/// LCM UNet, which is given the scale itself), and the prompt's, from `text` `[negative,
+/// prompt]` (or `[prompt]` without guidance).
+pub fn conditioning(
+    model: &dyn Img2ImgModel,
+    params: &Img2ImgParams,
+    text: &Tensor,
+) -> Result<(Option<Tensor>, Tensor)> {
+    let guided = params.guided() && !model.embeds_guidance();
+    match (guided, text.dim(0)?) {
+        (true, 2) => Ok((Some(text.narrow(0, 0, 1)?), text.narrow(0, 1, 1)?)),
+        (false, 2) => Ok((None, text.narrow(0, 1, 1)?)),
+        (false, 1) => Ok((None, text.clone())),
+        (_, b) => Err(Error::Model(format!(
+            "prompt embeddings have batch {b}; guidance {} needs [negative, prompt]",
+            params.guidance
+        ))),
+    }
+}
+
+/// The scaled latents of `image` [1,3,H,W] in [-1, 1]: the VAE posterior sampled,
+/// z = mean + exp(½·clamp(logvar, −30, 20))·ε (a tiny VAE gives z outright), times the
+/// scaling factor.
+pub fn encode(
+    model: &dyn Img2ImgModel,
+    image: &Tensor,
+    noise: &mut dyn NoiseSource,
+) -> Result<Tensor> {
+    let (mean, logvar) = model.vae_encode(&image.to_dtype(DType::F32)?)?;
+    let z = match model.samples_posterior() {
+        true => {
+            let std = (logvar.clamp(-30f32, 20f32)? * 0.5)?.exp()?;
+            let eps = noise.noise(NoiseDraw::Posterior, mean.dims(), image.device())?;
+            (mean + (std * eps)?)?
+        }
+        false => mean,
+    };
+    Ok((z * model.scaling_factor())?)
 }
 
 /// Decodes final latents (scaled) to an image [1,3,H,W] in [0, 1].

@@ -496,18 +496,23 @@ impl SdModel {
         frames: &mut SelfAttention,
         control: Option<&ControlResiduals>,
     ) -> Result<Tensor> {
-        Ok(self
+        self.run_unet(latents, timesteps, text, frames, control, None)
+    }
+
+    fn run_unet(
+        &self,
+        latents: &Tensor,
+        timesteps: &[f64],
+        text: &Tensor,
+        frames: &mut SelfAttention,
+        control: Option<&ControlResiduals>,
+        motion: Option<&Motion>,
+    ) -> Result<Tensor> {
+        let guidance = self.guidance.as_ref();
+        let out = self
             .unet
-            .forward(
-                latents,
-                timesteps,
-                text,
-                frames,
-                control,
-                self.guidance.as_ref(),
-                None,
-            )?
-            .to_dtype(DType::F32)?)
+            .forward(latents, timesteps, text, frames, control, guidance, motion)?;
+        Ok(out.to_dtype(DType::F32)?)
     }
 
     /// [`SdModel::unet`] on a batch of windows of `frames` consecutive frames each, through
@@ -526,18 +531,8 @@ impl SdModel {
             .as_ref()
             .ok_or_else(|| Error::Model("no motion adapter loaded".into()))?;
         let motion = Motion { adapter, frames };
-        Ok(self
-            .unet
-            .forward(
-                latents,
-                timesteps,
-                text,
-                &mut SelfAttention::Own,
-                control,
-                self.guidance.as_ref(),
-                Some(&motion),
-            )?
-            .to_dtype(DType::F32)?)
+        let own = &mut SelfAttention::Own;
+        self.run_unet(latents, timesteps, text, own, control, Some(&motion))
     }
 
     /// Loads AnimateDiff's motion modules into the UNet (refused when they do not fit it).
