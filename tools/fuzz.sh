@@ -46,6 +46,9 @@ done
 # ControlNet and tiny-VAE configs; the single-file ControlNet (bare keys) as a weight file.
 cp tests/fixtures/sd/controlnet/tiny-sd2-a/config.json "$C/configs/controlnet-config.json"
 cp tests/fixtures/sd/taesd/config.json "$C/configs/taesd-config.json"
+# AnimateDiff: a motion adapter config, and an original-layout motion module (pickled).
+cp tests/fixtures/sd/motion/tiny-v2/config.json "$C/configs/motion-config.json"
+cp tests/fixtures/sd/motion/tiny-v2.ckpt "$C/checkpoint/motion-v2.ckpt"
 cp tests/fixtures/sd/lora/peft.safetensors "$C/safetensors/lora-peft.safetensors"
 { printf '\0'; cat tests/fixtures/esrgan/photo_160x120.png; } > "$C/image/photo.png"
 

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device};
 use candle_nn::var_builder::SimpleBackend;
 use stylizer::stylize::config::UNetConfig;
-use stylizer::stylize::model::{ControlNetFiles, LoadOptions};
+use stylizer::stylize::model::{ControlNetFiles, LoadOptions, MotionAdapterFiles};
 use stylizer::weights::{ModelSource, TensorStore};
 
 /// Sections of one input, for targets that need several files: split on this line.
@@ -60,6 +60,8 @@ fn load(path: &Path) {
     if let Ok(unet) = UNetConfig::from_json(&serde_json::json!({})) {
         let opts = LoadOptions::new(Device::Cpu);
         let _ = ControlNetFiles::resolve(&ModelSource::File(path.clone()), &opts, &unet);
+        // An original AnimateDiff motion module: its layout is read from the tensors.
+        let _ = MotionAdapterFiles::resolve(&ModelSource::File(path.clone()), &opts);
     }
     if let Ok(ts) = stylizer::upscale::load::load_weights(&path) {
         let _ = stylizer::models::SrConfig::detect(&ts);
@@ -120,6 +122,7 @@ pub fn configs(data: &[u8]) {
     let _ = UNetConfig::from_json(&json);
     let _ = ControlNetConfig::from_json(&json);
     let _ = stylizer::stylize::config::TinyVaeConfig::from_json(&json);
+    let _ = stylizer::stylize::config::MotionAdapterConfig::from_json(&json);
     let _ = VaeConfig::from_json(&json);
     let _ = ClipTextConfig::from_json(&json);
     if let Ok(s) = stylizer::stylize::schedulers::SchedulerConfig::from_value(&json) {
