@@ -14,7 +14,7 @@ use stylizer::stage::{Identity, Invert};
 use stylizer::stylize::animate::{ChunkGrid, ContextOptions, Fuse};
 use stylizer::stylize::control::{ControlNetSpec, ControlSource};
 use stylizer::stylize::cross_frame::CrossFrameKeys;
-use stylizer::stylize::fast::{FAST_MODEL, FAST_STEPS};
+use stylizer::stylize::fast::FAST_MODEL;
 use stylizer::stylize::img2img::{ControlWeight, Img2ImgParams};
 use stylizer::stylize::model::{LoadOptions, DEFAULT_MODEL, TINY_VAE};
 use stylizer::stylize::schedulers::SchedulerKind;
@@ -387,16 +387,16 @@ struct StylizeArgs {
     frame_stage_delay_ms: u64,
 }
 
-/// The AnimateDiff context windows of the flags.
-fn context(a: &StylizeArgs) -> ContextOptions {
-    ContextOptions {
-        length: a.context_length,
-        overlap: a.context_overlap,
-        fuse: a.context_fuse,
-    }
-}
-
 impl StylizeArgs {
+    /// The AnimateDiff context windows of the flags.
+    fn context(&self) -> ContextOptions {
+        ContextOptions {
+            length: self.context_length,
+            overlap: self.context_overlap,
+            fuse: self.context_fuse,
+        }
+    }
+
     /// `--model-id`, or the default for the mode.
     fn model(&self) -> &str {
         match (&self.model_id, self.fast) {
@@ -632,7 +632,7 @@ fn sd_stage(a: &StylizeArgs, seed: u64) -> anyhow::Result<StylizeStage> {
             .then(|| -> stylizer::Result<_> {
                 Ok(AnimateDiffSettings {
                     adapter: ModelSource::parse(&a.motion_adapter)?,
-                    context: context(a),
+                    context: a.context(),
                 })
             })
             .transpose()?,
@@ -802,7 +802,7 @@ fn stylize(a: StylizeArgs, progress: &mut CliProgress) -> anyhow::Result<ExitCod
     if let Some(n) = a.preview {
         let settings = preview_settings(&a, seed);
         let frames_per_render = match a.animatediff {
-            true => ChunkGrid::new(&context(&a)).stride(),
+            true => ChunkGrid::new(&a.context()).stride(),
             false => 1,
         };
         for job in &jobs {
@@ -824,7 +824,7 @@ fn preview_settings(a: &StylizeArgs, seed: u64) -> Vec<String> {
         format!("model: {}  vae: {}", a.model(), a.vae_choice()),
         match a.fast {
             true => format!(
-                "strength {}  fast ({FAST_STEPS} steps)  seed {}  max-res {:?}",
+                "strength {}  --fast  seed {}  max-res {:?}",
                 a.strength, seed, a.max_res
             ),
             false => format!(
