@@ -171,6 +171,18 @@ pub fn denoise_video(
             totals[f] += weights[j];
         }
     }
+    // Each window's share of its frames' predictions: weight / the frame's total weight.
+    let shares = windows
+        .iter()
+        .map(|w| {
+            let share: Vec<f32> = w
+                .clone()
+                .enumerate()
+                .map(|(j, f)| weights[j] / totals[f])
+                .collect();
+            Ok(Tensor::from_vec(share, (w.len(), 1, 1, 1), &device)?)
+        })
+        .collect::<Result<Vec<_>>>()?;
     let repeat = |t: &Tensor, k: usize| -> Result<Tensor> {
         let (_, tokens, dim) = t.dims3()?;
         Ok(t.broadcast_as((k, tokens, dim))?.contiguous()?)
@@ -179,7 +191,7 @@ pub fn denoise_video(
         let t = timesteps[index];
         let input = scheduler.scale_model_input(latents.clone(), index)?;
         let mut fused: Option<Tensor> = None;
-        for w in &windows {
+        for (w, share) in windows.iter().zip(&shares) {
             let k = w.len();
             let x = input.narrow(0, w.start, k)?;
             // The guidance pair as two calls, not one batch of 2k frames: the same values,
@@ -192,17 +204,9 @@ pub fn denoise_video(
                 }
                 None => cond,
             };
-            // Weighted into the whole stack: weight / the frame's total weight.
-            let scale: Vec<f32> = (0..n)
-                .map(|f| match w.contains(&f) {
-                    true => weights[f - w.start] / totals[f],
-                    false => 0.0,
-                })
-                .collect();
-            let scale = Tensor::from_vec(scale, (n, 1, 1, 1), &device)?;
             let out = out
-                .pad_with_zeros(0, w.start, n - w.end)?
-                .broadcast_mul(&scale)?;
+                .broadcast_mul(share)?
+                .pad_with_zeros(0, w.start, n - w.end)?;
             fused = Some(match fused {
                 Some(f) => (f + out)?,
                 None => out,

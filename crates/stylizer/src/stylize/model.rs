@@ -701,9 +701,7 @@ impl MotionAdapterFiles {
     pub fn resolve(source: &ModelSource, opts: &LoadOptions) -> Result<Self> {
         let description = source.to_string();
         if let ModelSource::File(path) = source {
-            let store = TensorStore::open(std::slice::from_ref(path), "motion adapter", |k| {
-                vec![(k.to_string(), crate::weights::TensorRef::key(k))]
-            })?;
+            let store = TensorStore::open_plain(std::slice::from_ref(path), "motion adapter")?;
             let config = original_motion_config(&store, &description)?;
             return Ok(Self {
                 config,

@@ -449,6 +449,15 @@ impl FrameStage for StylizeStage {
     }
 }
 
+/// Frame `index`'s random draws: its own stream with `--noise-per-frame`, else the same for
+/// every frame.
+fn frame_noise(seed: u64, per_frame: bool, index: u64) -> Box<dyn NoiseSource> {
+    match per_frame {
+        true => Box::new(SeededNoise::with_stream(seed, index)),
+        false => Box::new(SeededNoise::new(seed)),
+    }
+}
+
 /// The motion adapter of `a`, checked against the model before any weight loads.
 fn motion_adapter(
     a: &AnimateDiffSettings,
@@ -525,12 +534,7 @@ impl StylizeStage {
                 text,
                 stack,
                 &context,
-                &mut |i| -> Result<Box<dyn NoiseSource>> {
-                    Ok(match per_frame {
-                        true => Box::new(SeededNoise::with_stream(seed, first + i as u64)),
-                        false => Box::new(SeededNoise::new(seed)),
-                    })
-                },
+                &mut |i| Ok(frame_noise(seed, per_frame, first + i as u64)),
                 progress.as_mut(),
             )
         })?;
@@ -617,10 +621,7 @@ impl StylizeStage {
         let loaded = loaded
             .as_mut()
             .ok_or_else(|| Error::Model("stylize: process() before prepare()".into()))?;
-        let mut noise: Box<dyn NoiseSource> = match settings.noise_per_frame {
-            true => Box::new(SeededNoise::with_stream(settings.seed, index)),
-            false => Box::new(SeededNoise::new(settings.seed)),
-        };
+        let mut noise = frame_noise(settings.seed, settings.noise_per_frame, index);
         let anchor = match settings.cross_frame {
             None => FrameAnchor::Independent,
             Some(_) if index == ANCHOR_FRAME => FrameAnchor::Record(&mut loaded.anchor),
