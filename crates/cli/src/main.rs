@@ -180,15 +180,19 @@ struct VideoOut {
     /// Render only share K of N into the work folder (for job arrays); a run without it joins.
     #[arg(long, value_name = "K/N", value_parser = parse_share)]
     segment: Option<(u32, u32)>,
-    /// Seconds of video per resumable segment (each costs an encoder start: not much shorter).
-    #[arg(long, default_value_t = 5.0, hide = true)]
-    segment_seconds: f64,
+    /// Seconds of video per resumable segment (each costs an encoder start: not much shorter);
+    /// default 5, or 30 when no model runs.
+    #[arg(long, hide = true)]
+    segment_seconds: Option<f64>,
 }
 
 impl VideoOut {
     /// The job for `input`, with every flag checked before any work.
     fn job(&self, input: &Path, suffix: &str, max_res: MaxRes) -> anyhow::Result<Job> {
-        if !self.segment_seconds.is_finite() || self.segment_seconds <= 0.0 {
+        if self
+            .segment_seconds
+            .is_some_and(|s| !s.is_finite() || s <= 0.0)
+        {
             bail!("--segment-seconds must be positive");
         }
         let encode = EncodeSettings::new(self.codec, self.crf, self.preset.clone())?;

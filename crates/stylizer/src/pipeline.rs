@@ -30,8 +30,9 @@ pub struct Job {
     pub overwrite: bool,
     /// Keep the work folder after a successful join.
     pub keep_work: bool,
-    /// Length of a segment in seconds (rounded to whole frames).
-    pub segment_seconds: f64,
+    /// Length of a segment in seconds (rounded to whole frames); `None`: chosen from the
+    /// stages by [`segment_seconds`].
+    pub segment_seconds: Option<f64>,
     /// Render only share `k` of `n` (1-based) and do not join.
     pub share: Option<(u32, u32)>,
     /// The random seed the stages use, recorded so that a rerun without `--seed` can resume
@@ -49,7 +50,7 @@ impl Job {
             encode,
             overwrite: false,
             keep_work: false,
-            segment_seconds: 5.0,
+            segment_seconds: None,
             share: None,
             seed: None,
         }
@@ -115,6 +116,22 @@ pub fn resume_seed(job: &Job) -> Option<u64> {
     let manifest: Manifest = serde_json::from_str(&text).ok()?;
     let same_input = InputIdentity::of(&job.input).ok()? == manifest.input;
     same_input.then_some(manifest.seed).flatten()
+}
+
+/// Seconds of video per segment when the job does not say. Each segment costs an encoder
+/// start, about 17 frames' worth of x265 work at any size plus 0.1 s of process start-up
+/// (tools/bench_video.sh); a crash loses at most the segment in flight. Model stages take
+/// seconds per frame, so 5 s segments lose little on a crash and their starts are under 1 %
+/// of the work. Light stages (re-encoding) cost about what encoding costs, so there
+/// 5 s segments would add ~7 % and 30 s ones lose no more work on a crash than 5 s of a
+/// model stage's do.
+pub fn segment_seconds(job: &Job, stages: &[Box<dyn FrameStage>]) -> f64 {
+    job.segment_seconds
+        .unwrap_or(if stages.iter().all(|s| s.light()) {
+            30.0
+        } else {
+            5.0
+        })
 }
 
 /// What a run produced.
@@ -295,7 +312,7 @@ pub fn run(
             info.fps
         )),
     }
-    let segment_frames = ((job.segment_seconds * info.fps.as_f64()).round() as u64).max(1);
+    let segment_frames = ((segment_seconds(job, stages) * info.fps.as_f64()).round() as u64).max(1);
     let manifest = Manifest {
         // 2: frames equal to the one before reuse its output.
         version: 2,
@@ -662,7 +679,14 @@ impl Renderer<'_> {
             // The last segment runs to the end of the video, whatever the container said.
             let limit = (seg != last).then_some(m.segment_frames);
             let partial = partial_path(self.work, seg);
-            let mut encoder: Option<Encoder> = None;
+            // Started before the first frame: ffmpeg's start-up overlaps the decoder's.
+            let mut encoder = Encoder::create(
+                &partial,
+                m.out_width,
+                m.out_height,
+                self.info.fps,
+                self.encode,
+            )?;
             // The segment's previous decoded frame and what the stages made of it: a frame
             // equal to it takes the same output (never across segments, so a resumed or split
             // run decides the same).
@@ -700,18 +724,7 @@ impl Renderer<'_> {
                     }
                     last = Some((input, frame));
                 }
-                let frame = &last.as_ref().expect("rendered or repeated").1;
-                let enc = match encoder.as_mut() {
-                    Some(e) => e,
-                    None => encoder.insert(Encoder::create(
-                        &partial,
-                        m.out_width,
-                        m.out_height,
-                        self.info.fps,
-                        self.encode,
-                    )?),
-                };
-                enc.write_frame(frame)?;
+                encoder.write_frame(&last.as_ref().expect("rendered or repeated").1)?;
                 if draining.as_mut().is_some_and(|(e, _)| e.has_finished()) {
                     self.commit(draining.take().expect("checked above"))?;
                 }
@@ -722,12 +735,13 @@ impl Renderer<'_> {
             if let Some(prev) = draining.take() {
                 self.commit(prev)?;
             }
-            match encoder {
-                Some(mut enc) => {
-                    enc.close_input()?;
-                    draining = Some((enc, seg));
-                }
-                None => self.mark_empty(seg)?,
+            if n > 0 {
+                encoder.close_input()?;
+                draining = Some((encoder, seg));
+            } else {
+                drop(encoder);
+                let _ = std::fs::remove_file(&partial);
+                self.mark_empty(seg)?;
             }
             decoder = Some((decoder.take().expect("decoder is open").0, seg + 1));
         }
@@ -868,7 +882,8 @@ fn finish_join(
         let _ = std::fs::remove_file(&tmp);
         return Err(e);
     }
-    let frames = crate::video::probe(&tmp).map(|i| i.frame_count);
+    // Stream copy keeps every frame of every segment: no need to probe the output again.
+    let frames = segments.iter().map(|(_, n)| n).sum();
     if job.output.exists() && !job.overwrite {
         let _ = std::fs::remove_file(&tmp);
         return Err(Error::output(
@@ -881,12 +896,44 @@ fn finish_join(
     if !job.keep_work {
         let _ = std::fs::remove_dir_all(work);
     }
-    frames
+    Ok(frames)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn segments_are_longer_when_no_model_runs() {
+        let mut job = Job::new(
+            "in.mp4".into(),
+            "out.mp4".into(),
+            EncodeSettings::new(crate::video::Codec::H265, None, None).unwrap(),
+        );
+        let light: Vec<Box<dyn FrameStage>> = vec![Box::new(crate::stage::Identity)];
+        assert_eq!(segment_seconds(&job, &light), 30.0);
+        assert_eq!(segment_seconds(&job, &[]), 30.0);
+        struct Model;
+        impl FrameStage for Model {
+            fn name(&self) -> &str {
+                "model"
+            }
+            fn output_size(&self, w: u32, h: u32) -> (u32, u32) {
+                (w, h)
+            }
+            fn fingerprint(&self) -> String {
+                "model".into()
+            }
+            fn process(&mut self, frame: Frame, _index: u64) -> Result<Frame> {
+                Ok(frame)
+            }
+        }
+        let mixed: Vec<Box<dyn FrameStage>> =
+            vec![Box::new(crate::stage::Identity), Box::new(Model)];
+        assert_eq!(segment_seconds(&job, &mixed), 5.0);
+        job.segment_seconds = Some(0.5);
+        assert_eq!(segment_seconds(&job, &light), 0.5);
+    }
 
     #[test]
     fn shares_cover_all_segments_once() {

@@ -76,6 +76,14 @@ pub trait FrameStage: Send {
         Ok(())
     }
 
+    /// Whether a frame costs this stage about as little as encoding it does (pixel
+    /// arithmetic, no model). A video whose stages are all light is cut into longer
+    /// segments (see [`crate::pipeline::segment_seconds`]): there an encoder start per
+    /// segment is a visible share of the work, while for a model stage it is noise.
+    fn light(&self) -> bool {
+        false
+    }
+
     /// Transforms frame number `index` (0-based, in the whole video).
     fn process(&mut self, frame: Frame, index: u64) -> Result<Frame>;
 
@@ -101,6 +109,9 @@ impl FrameStage for Identity {
     fn fingerprint(&self) -> String {
         "identity".into()
     }
+    fn light(&self) -> bool {
+        true
+    }
     fn process(&mut self, frame: Frame, _index: u64) -> Result<Frame> {
         Ok(frame)
     }
@@ -118,6 +129,9 @@ impl FrameStage for Invert {
     }
     fn fingerprint(&self) -> String {
         "invert".into()
+    }
+    fn light(&self) -> bool {
+        true
     }
     fn process(&mut self, mut frame: Frame, _index: u64) -> Result<Frame> {
         frame.data.iter_mut().for_each(|v| *v = 255 - *v);

@@ -154,16 +154,13 @@ impl Decoder {
 
     /// The next frame, or `None` at the end of the video. A decoder failure is an error.
     pub fn next_frame(&mut self) -> Result<Option<Frame>> {
-        let mut data = vec![0u8; Frame::byte_len(self.width, self.height)];
-        let mut filled = 0;
-        while filled < data.len() {
-            match self.stdout.read(&mut data[filled..]) {
-                Ok(0) => break,
-                Ok(n) => filled += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(Error::io("reading decoded frames from ffmpeg", e)),
-            }
-        }
+        let len = Frame::byte_len(self.width, self.height);
+        // Read into fresh capacity rather than a zeroed buffer: a frame is megabytes.
+        let mut data = Vec::with_capacity(len);
+        let filled = (&mut self.stdout)
+            .take(len as u64)
+            .read_to_end(&mut data)
+            .map_err(|e| Error::io("reading decoded frames from ffmpeg", e))?;
         if filled == 0 {
             // End of stream: ffmpeg must have exited cleanly, else report its error.
             return match self.process.failure() {
@@ -171,14 +168,13 @@ impl Decoder {
                 None => Ok(None),
             };
         }
-        if filled < data.len() {
+        if filled < len {
             return Err(self.process.failure().unwrap_or_else(|| {
                 Error::input(
                     &self.path,
                     format!(
                         "decoding stopped in the middle of frame {} ({filled} of {} bytes)",
-                        self.decoded,
-                        data.len()
+                        self.decoded, len
                     ),
                 )
             }));
