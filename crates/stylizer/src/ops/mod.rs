@@ -45,9 +45,29 @@ pub(crate) fn f32_slice<'a>(
     Ok(&v[start..end])
 }
 
-/// Whether `t` is f32 on the CPU: where the custom ops here run (candle's ops elsewhere).
+/// Whether `t` is f32 on the CPU: where the custom ops here run (candle's ops elsewhere),
+/// unless [`use_candle_ops_only`] is on.
 pub fn is_cpu_f32(t: &candle_core::Tensor) -> bool {
-    t.device().is_cpu() && t.dtype() == candle_core::DType::F32
+    t.device().is_cpu() && t.dtype() == candle_core::DType::F32 && !candle_ops_only()
+}
+
+static CANDLE_OPS_ONLY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Runs every model on candle's own ops, as on a GPU, even for f32 on the CPU: the path CUDA
+/// and Metal take, which the parity tests check this way on any machine. Takes effect for
+/// models loaded afterwards (a convolution chooses its path when it loads).
+/// `VIDEO_STYLIZER_CANDLE_OPS=1` turns it on for a whole process.
+pub fn use_candle_ops_only(on: bool) {
+    CANDLE_OPS_ONLY.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether [`use_candle_ops_only`] (or its variable) is on.
+pub fn candle_ops_only() -> bool {
+    static FROM_ENV: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    CANDLE_OPS_ONLY.load(std::sync::atomic::Ordering::Relaxed)
+        || *FROM_ENV.get_or_init(|| {
+            std::env::var_os("VIDEO_STYLIZER_CANDLE_OPS").is_some_and(|v| !v.is_empty() && v != "0")
+        })
 }
 
 /// A pointer into a buffer that parallel jobs share, each writing its own disjoint part

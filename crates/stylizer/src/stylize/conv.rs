@@ -18,9 +18,7 @@
 
 use std::cell::RefCell;
 
-use candle_core::{
-    CpuStorage, CustomOp2, CustomOp3, DType, Device, Layout, Module, Result, Shape, Tensor,
-};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Module, Result, Shape, Tensor};
 use candle_nn::{Conv2dConfig, VarBuilder};
 use rayon::prelude::*;
 
@@ -459,8 +457,7 @@ impl Conv2d {
     pub fn new(inner: candle_nn::Conv2d, config: Conv2dConfig) -> Result<Self> {
         let w = inner.weight();
         let (cout, cin, kh, kw) = w.dims4()?;
-        let gemm = matches!(w.device(), Device::Cpu)
-            && w.dtype() == DType::F32
+        let gemm = crate::ops::is_cpu_f32(w)
             && (config.stride == 1 || (config.stride == 2 && kh % 2 == 1))
             && config.dilation == 1
             && config.groups == 1
@@ -567,6 +564,7 @@ pub fn conv2d(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use candle_core::Device;
 
     #[test]
     fn matches_candle_conv2d() -> Result<()> {

@@ -675,6 +675,20 @@ impl SdModel {
         self.dtype
     }
 
+    /// What the UNet computes in: the model dtype (a model that silently upcast would not
+    /// fit the GPU plan; tests/half_precision.rs checks it).
+    pub fn unet_dtype(&self) -> DType {
+        self.unet.dtype()
+    }
+
+    /// What the VAE computes in: the model dtype, or f32 for a `force_upcast` VAE under f16.
+    pub fn vae_dtype(&self) -> DType {
+        match &self.vae {
+            Vae::Kl(vae) => vae.dtype(),
+            Vae::Tiny(_) => self.dtype,
+        }
+    }
+
     pub fn description(&self) -> &str {
         &self.description
     }

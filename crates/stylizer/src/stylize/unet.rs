@@ -382,6 +382,11 @@ pub struct UNet2DConditionModel {
 }
 
 impl UNet2DConditionModel {
+    /// The dtype of the weights, which the activations keep.
+    pub fn dtype(&self) -> candle_core::DType {
+        self.encoder.dtype()
+    }
+
     pub fn new(vb: VarBuilder, config: &UNetConfig, slicing: AttentionSlicing) -> Result<Self> {
         let c = config;
         let n = c.blocks.len();

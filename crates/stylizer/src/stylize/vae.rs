@@ -309,7 +309,8 @@ impl AutoencoderKL {
         &self.config
     }
 
-    fn dtype(&self) -> candle_core::DType {
+    /// The dtype it computes in (the weights'); inputs are cast to it, outputs cast back.
+    pub fn dtype(&self) -> candle_core::DType {
         self.encoder.conv_in.dtype()
     }
 
