@@ -347,6 +347,16 @@ struct StylizeArgs {
     /// Tile the VAE: auto (when untiled would need over 2 GiB of activations), on, off.
     #[arg(long, default_value = "auto", value_parser = parse_vae_tiling)]
     vae_tiling: VaeTiling,
+    /// GPU: keep the VAE on the CPU (f32), so its weights and its decoder's full-resolution
+    /// activations (the peak of a 720p frame) never take GPU memory; encode and decode then
+    /// cost CPU time per frame.
+    #[arg(long)]
+    offload: bool,
+    /// GPU: the memory this run may use, in GB (your card's, or less to leave room). Before
+    /// the first frame the run's peak (weights as loaded, activations for the frame size) is
+    /// estimated and, over 85 % of this, refused with the flags that bring it down.
+    #[arg(long, value_name = "GB")]
+    max_vram: Option<f64>,
     /// Draw new noise for every frame (default: the same noise for all frames, less flicker).
     #[arg(long)]
     noise_per_frame: bool,
@@ -588,6 +598,17 @@ fn sd_stage(a: &StylizeArgs, seed: u64) -> anyhow::Result<StylizeStage> {
     load.hub.variant = a.variant.clone();
     load.hub.offline |= a.offline;
     load.vae_tiling = a.vae_tiling;
+    if a.offload || a.max_vram.is_some() {
+        if load.device.is_cpu() {
+            bail!(
+                "--offload and --max-vram plan GPU memory; this run is on the CPU (use --device cuda)"
+            );
+        }
+        if a.max_vram.is_some_and(|gb| !(gb.is_finite() && gb > 0.0)) {
+            bail!("--max-vram must be a positive number of GB");
+        }
+    }
+    load.offload_vae = a.offload;
     load.loras = a
         .lora
         .iter()
@@ -640,6 +661,7 @@ fn sd_stage(a: &StylizeArgs, seed: u64) -> anyhow::Result<StylizeStage> {
                 })
             })
             .transpose()?,
+        max_vram_gb: a.max_vram,
     })?)
 }
 

@@ -97,6 +97,15 @@ fn stylize_errors_before_any_work() {
         "{}",
         stderr(&out)
     );
+    // GPU memory flags never silently do nothing on the CPU.
+    for flags in [&["--offload"][..], &["--max-vram", "8"]] {
+        let out = stylize(&input, &output, &[flags, &["--device", "cpu"]].concat());
+        assert!(
+            stderr(&out).contains("this run is on the CPU"),
+            "{flags:?}: {}",
+            stderr(&out)
+        );
+    }
     // Weights that fail to load (found only once the work folder exists) leave none behind,
     // for stylize and for upscale.
     let models = tempfile::tempdir().unwrap();

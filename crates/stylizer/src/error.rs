@@ -87,7 +87,17 @@ impl Error {
 
 impl From<candle_core::Error> for Error {
     fn from(e: candle_core::Error) -> Self {
-        Error::Model(e.to_string())
+        let text = e.to_string();
+        // CUDA (`CUDA_ERROR_OUT_OF_MEMORY`, cuBLAS `ALLOC_FAILED`) and Metal report a full GPU
+        // as a plain model error: typed here, so that callers can say which flag helps.
+        let lower = text.to_ascii_lowercase();
+        let oom = ["out of memory", "out_of_memory", "alloc_failed"]
+            .iter()
+            .any(|p| lower.contains(p));
+        match oom {
+            true => Error::OutOfMemory(text.lines().next().unwrap_or_default().to_string()),
+            false => Error::Model(text),
+        }
     }
 }
 

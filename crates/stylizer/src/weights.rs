@@ -376,6 +376,8 @@ pub struct TensorStore {
     what: String,
     /// LoRA updates added to weights as they are read.
     updates: HashMap<String, Vec<crate::stylize::lora::LowRank>>,
+    /// Bytes of the tensors handed out so far, in the dtype asked for ([`Self::loaded`]).
+    loaded: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl TensorStore {
@@ -402,6 +404,7 @@ impl TensorStore {
             index,
             what: what.to_string(),
             updates: HashMap::new(),
+            loaded: Default::default(),
         })
     }
 
@@ -439,6 +442,12 @@ impl TensorStore {
         self.index.is_empty()
     }
 
+    /// A counter of the bytes this store hands out (it lives on inside a `VarBuilder`): what
+    /// a model built from it holds on its device, for the GPU memory plan.
+    pub fn loaded(&self) -> std::sync::Arc<std::sync::atomic::AtomicU64> {
+        std::sync::Arc::clone(&self.loaded)
+    }
+
     /// A tensor by its model name, in f32 on the CPU (to read a shape the config lacks).
     pub fn tensor(&self, name: &str) -> Result<Tensor> {
         self.load(name, DType::F32, &Device::Cpu)
@@ -465,7 +474,12 @@ impl TensorStore {
             t = crate::stylize::lora::apply(&t, updates)
                 .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
         }
-        t.to_dtype(dtype)?.to_device(dev)
+        let t = t.to_dtype(dtype)?.to_device(dev)?;
+        self.loaded.fetch_add(
+            (t.elem_count() * dtype.size_in_bytes()) as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        Ok(t)
     }
 }
 

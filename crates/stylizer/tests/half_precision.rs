@@ -298,3 +298,33 @@ fn upscalers_in_f16() {
         }
     }
 }
+
+#[test]
+fn offload_keeps_the_vae_in_f32_off_the_device_and_out_of_the_plan() {
+    let opts = LoadOptions {
+        offload_vae: true,
+        ..f16_options()
+    };
+    let source = ModelSource::Folder(fixtures().join("sd/tiny-sd"));
+    let files = SdFiles::resolve(&source, &opts, &mut NoProgress).unwrap();
+    let model = SdModel::load(&files, &mut NoProgress).unwrap();
+    assert_eq!(model.unet_dtype(), DType::F16);
+    assert_eq!(model.vae_dtype(), DType::F32);
+    assert!(model.vae_device().is_cpu());
+    let names: Vec<&str> = model
+        .weight_bytes()
+        .iter()
+        .map(|(n, _)| n.as_str())
+        .collect();
+    assert_eq!(names, ["UNet"], "the offloaded VAE holds no device memory");
+    let estimate = stylizer::stylize::vram::estimate(&model, (64, 48), 2);
+    assert_eq!(estimate.vae, 0);
+    // f16 UNet weights: 2 bytes a parameter, as counted while loading.
+    let unet = tiny_sd_f16().weight_bytes()[0].1;
+    assert_eq!(model.weight_bytes()[0].1, unet);
+    // The f32 VAE decodes as the f32 parity test expects.
+    let g = golden(&fixtures().join("sd/golden/tiny-sd/vae.safetensors"));
+    let decoded = model.vae_decode(&g["latent_mean"]).unwrap();
+    let d = max_abs(&decoded, &g["decoded"]);
+    assert!(d <= 5e-4, "offloaded VAE decode off by {d}");
+}

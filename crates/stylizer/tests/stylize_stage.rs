@@ -47,6 +47,7 @@ fn settings(variant: &str) -> StylizeSettings {
         controlnets: Vec::new(),
         guess_mode: false,
         animatediff: None,
+        max_vram_gb: None,
     }
 }
 
@@ -533,4 +534,28 @@ fn keyframes_are_diffused_and_the_frames_between_propagated_the_same_whole_or_re
     .unwrap()
     .to_string();
     assert!(err.contains("not available yet"), "{err}");
+}
+
+#[test]
+fn a_run_over_its_memory_budget_stops_before_the_first_frame_with_the_flags_that_help() {
+    let clip = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/data/carphone_pristine.mp4");
+    let info = stylizer::video::probe(&clip).unwrap();
+    let mut s = settings("tiny-sd");
+    s.max_vram_gb = Some(0.001);
+    let mut stage = StylizeStage::new(s.clone()).unwrap();
+    stage.prepare().unwrap();
+    let err = stage.start_input(&info, (176, 144)).unwrap_err();
+    assert!(matches!(err, stylizer::Error::OutOfMemory(_)), "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("UNet") && msg.contains("--max-vram 0.001") && msg.contains("--max-res"),
+        "{msg}"
+    );
+    assert!(!msg.contains('\n'), "{msg}");
+    // The tiny model fits in 1 GB.
+    s.max_vram_gb = Some(1.0);
+    let mut stage = StylizeStage::new(s).unwrap();
+    stage.prepare().unwrap();
+    stage.start_input(&info, (176, 144)).unwrap();
 }

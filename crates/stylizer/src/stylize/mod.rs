@@ -37,3 +37,4 @@ pub mod taesd;
 pub mod tokenizer;
 pub mod unet;
 pub mod vae;
+pub mod vram;

@@ -59,6 +59,9 @@ pub struct LoadOptions {
     /// LoRAs fused into the UNet and text encoder (`--lora`), in order, with their scales: a
     /// file, a folder or hub id holding `pytorch_lora_weights.safetensors`.
     pub loras: Vec<(ModelSource, f64)>,
+    /// Keep the VAE on the CPU, in f32 (`--offload`): its weights and its decoder's
+    /// full-resolution activations (the peak of a frame at 720p) never take GPU memory.
+    pub offload_vae: bool,
 }
 
 impl LoadOptions {
@@ -69,6 +72,7 @@ impl LoadOptions {
             dtype: None,
             hub: HubOptions::from_env(),
             attention_slicing: AttentionSlicing::Auto,
+            offload_vae: false,
             vae_tiling: VaeTiling::Auto,
             config_source: None,
             tiny_vae: None,
@@ -93,6 +97,20 @@ enum Weights {
     SingleFile(std::path::PathBuf),
 }
 
+/// Bytes of weights a store has handed out ([`TensorStore::loaded`]).
+type Loaded = std::sync::Arc<std::sync::atomic::AtomicU64>;
+
+/// A `VarBuilder` over `store`, and the count of the bytes the model built from it holds.
+fn counted(store: TensorStore, dtype: DType, device: &Device) -> (VarBuilder<'static>, Loaded) {
+    let loaded = store.loaded();
+    let vb = VarBuilder::from_backend(Box::new(store), dtype, device.clone());
+    (vb, loaded)
+}
+
+fn bytes(loaded: &Loaded) -> u64 {
+    loaded.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// A resolved pipeline: configs parsed, tokenizer loaded, weight files located.
 pub struct SdFiles {
     pub unet_config: UNetConfig,
@@ -111,6 +129,7 @@ pub struct SdFiles {
     dtype: DType,
     slicing: AttentionSlicing,
     tiling: VaeTiling,
+    offload_vae: bool,
     description: String,
 }
 
@@ -273,6 +292,7 @@ impl SdFiles {
             dtype: opts.dtype(),
             slicing: opts.attention_slicing,
             tiling: opts.vae_tiling,
+            offload_vae: opts.offload_vae,
             description,
         })
     }
@@ -348,18 +368,15 @@ impl SdFiles {
         weights: &Weights,
         what: &str,
         dtype: DType,
-    ) -> Result<VarBuilder<'static>> {
-        let store = self.store(weights, what)?;
-        Ok(VarBuilder::from_backend(
-            Box::new(store),
-            dtype,
-            self.device.clone(),
-        ))
+        device: &Device,
+    ) -> Result<(VarBuilder<'static>, Loaded)> {
+        Ok(counted(self.store(weights, what)?, dtype, device))
     }
 
     /// Loads the CLIP text encoder (the caller drops it when done).
     pub fn text_encoder(&self) -> Result<ClipTextModel> {
-        let vb = self.var_builder(&self.text_encoder, "text_encoder", self.dtype)?;
+        let (vb, _) =
+            self.var_builder(&self.text_encoder, "text_encoder", self.dtype, &self.device)?;
         ClipTextModel::new(vb, &self.text_config)
             .map_err(|e| Error::Weights(format!("text encoder: {e}")))
     }
@@ -428,6 +445,10 @@ pub struct SdModel {
     controlnets: Vec<ControlNetModel>,
     /// AnimateDiff's motion modules ([`SdModel::set_motion_adapter`]).
     motion: Option<MotionAdapter>,
+    /// Where the VAE runs: the model's device, or the CPU with `offload_vae`.
+    vae_device: Device,
+    /// Bytes of weights each component holds on the model's device, in load order.
+    weights: Vec<(String, u64)>,
     /// An LCM UNet's guidance-scale embedding ([`SdModel::set_guidance`]).
     guidance: Option<Tensor>,
     scheduler_config: Value,
@@ -439,39 +460,56 @@ pub struct SdModel {
 impl SdModel {
     /// Loads the UNet (in the model dtype) and the VAE (in f32 when its config asks for
     /// `force_upcast`, since the SD VAE overflows in f16).
+    /// With `offload_vae` the VAE is built on the CPU in f32 instead.
     pub fn load(files: &SdFiles, progress: &mut dyn Progress) -> Result<Self> {
         crate::device::keep_mid_size_buffers_in_heap();
-        let unet_vb = files.var_builder(&files.unet, "unet", files.dtype)?;
+        let (unet_vb, unet_bytes) =
+            files.var_builder(&files.unet, "unet", files.dtype, &files.device)?;
         let unet = UNet2DConditionModel::new(unet_vb, &files.unet_config, files.slicing)
             .map_err(|e| Error::Weights(format!("unet: {e}")))?;
-        let vae = match &files.tiny_vae {
+        let vae_device = match files.offload_vae {
+            true => Device::Cpu,
+            false => files.device.clone(),
+        };
+        let (vae, vae_bytes) = match &files.tiny_vae {
             Some((config, path)) => {
                 let store = TensorStore::open_plain(std::slice::from_ref(path), "tiny VAE")?;
                 let store = non_empty(store, &path.display().to_string(), "tiny VAE")?;
-                let vb =
-                    VarBuilder::from_backend(Box::new(store), files.dtype, files.device.clone());
-                Vae::Tiny(Box::new(AutoencoderTiny::new(vb, config).map_err(|e| {
-                    Error::Weights(format!("tiny VAE {}: {e}", path.display()))
-                })?))
+                let dtype = if files.offload_vae {
+                    DType::F32
+                } else {
+                    files.dtype
+                };
+                let (vb, loaded) = counted(store, dtype, &vae_device);
+                let vae = AutoencoderTiny::new(vb, config)
+                    .map_err(|e| Error::Weights(format!("tiny VAE {}: {e}", path.display())))?;
+                (Vae::Tiny(Box::new(vae)), loaded)
             }
             None => {
                 let vae_dtype = match files.vae_config.force_upcast && files.dtype == DType::F16 {
-                    true => {
+                    true if !files.offload_vae => {
                         progress.warn("the VAE runs in f32 (its config sets force_upcast)");
                         DType::F32
                     }
-                    false => files.dtype,
+                    _ if files.offload_vae => DType::F32,
+                    _ => files.dtype,
                 };
-                let vae_vb = files.var_builder(&files.vae, "vae", vae_dtype)?;
-                Vae::Kl(Box::new(
-                    AutoencoderKL::new(vae_vb, &files.vae_config, files.tiling)
-                        .map_err(|e| Error::Weights(format!("vae: {e}")))?,
-                ))
+                let (vae_vb, loaded) =
+                    files.var_builder(&files.vae, "vae", vae_dtype, &vae_device)?;
+                let vae = AutoencoderKL::new(vae_vb, &files.vae_config, files.tiling)
+                    .map_err(|e| Error::Weights(format!("vae: {e}")))?;
+                (Vae::Kl(Box::new(vae)), loaded)
             }
         };
+        let mut weights = vec![("UNet".to_string(), bytes(&unet_bytes))];
+        if !files.offload_vae {
+            weights.push(("VAE".to_string(), bytes(&vae_bytes)));
+        }
         Ok(Self {
             unet,
             vae,
+            vae_device,
+            weights,
             vae_config: files.vae_config.clone(),
             controlnets: Vec::new(),
             motion: None,
@@ -538,11 +576,12 @@ impl SdModel {
     /// Loads AnimateDiff's motion modules into the UNet (refused when they do not fit it).
     pub fn set_motion_adapter(&mut self, files: &MotionAdapterFiles) -> Result<()> {
         files.config.check_fits(self.unet.config())?;
-        let vb =
-            VarBuilder::from_backend(Box::new(files.store()?), self.dtype, self.device.clone());
+        let (vb, loaded) = counted(files.store()?, self.dtype, &self.device);
         let adapter = MotionAdapter::new(vb, &files.config, files.slicing)
             .map_err(|e| Error::Weights(format!("{}: {e}", files.description)))?;
         self.motion = Some(adapter);
+        self.weights.retain(|(name, _)| name != "motion modules");
+        self.weights.push(("motion modules".into(), bytes(&loaded)));
         Ok(())
     }
 
@@ -565,11 +604,12 @@ impl SdModel {
     /// Adds a ControlNet (net `n` is the n-th added), refusing one the UNet cannot take.
     pub fn add_controlnet(&mut self, files: &ControlNetFiles) -> Result<()> {
         files.check_fits(self.unet.config(), self.vae_scale_factor())?;
-        let vb =
-            VarBuilder::from_backend(Box::new(files.store()?), self.dtype, self.device.clone());
+        let (vb, loaded) = counted(files.store()?, self.dtype, &self.device);
         let net = ControlNetModel::new(vb, &files.config, files.slicing)
             .map_err(|e| Error::Weights(format!("{}: {e}", files.description)))?;
         self.controlnets.push(net);
+        let name = format!("ControlNet {}", self.controlnets.len());
+        self.weights.push((name, bytes(&loaded)));
         Ok(())
     }
 
@@ -601,15 +641,16 @@ impl SdModel {
     /// With a tiny VAE `mean` is the latents themselves and `logvar` −∞ (no spread; see
     /// [`SdModel::samples_posterior`]).
     pub fn vae_encode(&self, image: &Tensor) -> Result<(Tensor, Tensor)> {
+        let image = image.to_device(&self.vae_device)?;
+        let back =
+            |t: Tensor| -> Result<Tensor> { Ok(t.to_dtype(DType::F32)?.to_device(&self.device)?) };
         match &self.vae {
             Vae::Kl(vae) => {
-                let (mean, logvar) = vae.encode(image)?;
-                Ok((mean.to_dtype(DType::F32)?, logvar.to_dtype(DType::F32)?))
+                let (mean, logvar) = vae.encode(&image)?;
+                Ok((back(mean)?, back(logvar)?))
             }
             Vae::Tiny(vae) => {
-                let latents = vae
-                    .encode(&image.to_dtype(self.dtype)?)?
-                    .to_dtype(DType::F32)?;
+                let latents = back(vae.encode(&image.to_dtype(vae.dtype())?)?)?;
                 let logvar = (latents.zeros_like()? + f64::NEG_INFINITY)?;
                 Ok((latents, logvar))
             }
@@ -627,11 +668,12 @@ impl SdModel {
     pub fn vae_decode(&self, latents: &Tensor) -> Result<Tensor> {
         // The UNet's freed activations, before the decoder's full-resolution ones.
         crate::device::release_free_host_memory();
+        let latents = latents.to_device(&self.vae_device)?;
         let image = match &self.vae {
-            Vae::Kl(vae) => vae.decode(latents)?,
-            Vae::Tiny(vae) => vae.decode(&latents.to_dtype(self.dtype)?)?,
+            Vae::Kl(vae) => vae.decode(&latents)?,
+            Vae::Tiny(vae) => vae.decode(&latents.to_dtype(vae.dtype())?)?,
         };
-        Ok(image.to_dtype(DType::F32)?)
+        Ok(image.to_dtype(DType::F32)?.to_device(&self.device)?)
     }
 
     /// VAE `scaling_factor` (0.18215 for SD 1.x/2.x).
@@ -685,8 +727,27 @@ impl SdModel {
     pub fn vae_dtype(&self) -> DType {
         match &self.vae {
             Vae::Kl(vae) => vae.dtype(),
-            Vae::Tiny(_) => self.dtype,
+            Vae::Tiny(vae) => vae.dtype(),
         }
+    }
+
+    /// Whether the VAE decodes in tiles (never for the tiny VAE).
+    pub fn vae_tiling(&self) -> VaeTiling {
+        match &self.vae {
+            Vae::Kl(vae) => vae.tiling(),
+            Vae::Tiny(_) => VaeTiling::Off,
+        }
+    }
+
+    /// Where the VAE runs (the CPU under `offload_vae`).
+    pub fn vae_device(&self) -> &Device {
+        &self.vae_device
+    }
+
+    /// Bytes of weights each component holds on the model's device (the text encoder is
+    /// freed after the prompt; an offloaded VAE is not listed).
+    pub fn weight_bytes(&self) -> &[(String, u64)] {
+        &self.weights
     }
 
     pub fn description(&self) -> &str {

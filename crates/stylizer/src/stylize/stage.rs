@@ -57,6 +57,9 @@ pub struct StylizeSettings {
     pub guess_mode: bool,
     /// AnimateDiff (`--animatediff`): frames denoised together through motion modules.
     pub animatediff: Option<AnimateDiffSettings>,
+    /// `--max-vram GB`: the device memory the run may plan for ([`super::vram`]), checked
+    /// when the frame size is known, before the first frame.
+    pub max_vram_gb: Option<f64>,
 }
 
 /// `--animatediff`: the motion adapter and the context windows.
@@ -315,6 +318,17 @@ impl FrameStage for StylizeStage {
                 chunks.clear();
             }
         }
+        if let (Some(max), Some(loaded)) = (self.settings.max_vram_gb, self.loaded.as_ref()) {
+            // A guidance pair per UNet call, or a context window of frames.
+            let batch = match &self.settings.animatediff {
+                Some(a) => a.context.length,
+                None => 2,
+            };
+            let size = (width as usize, height as usize);
+            let estimate = super::vram::estimate(&loaded.model, size, batch);
+            tracing::info!("GPU memory plan: {}", estimate.describe());
+            super::vram::check(&estimate, max, self.settings.load.offload_vae)?;
+        }
         Ok(())
     }
 
@@ -403,6 +417,14 @@ impl FrameStage for StylizeStage {
     }
 
     fn process(&mut self, frame: Frame, index: u64) -> Result<Frame> {
+        self.process_frame(frame, index)
+            .map_err(|e| self.explain_out_of_memory(e))
+    }
+}
+
+impl StylizeStage {
+    /// [`FrameStage::process`]'s work; errors pass through [`Self::explain_out_of_memory`].
+    fn process_frame(&mut self, frame: Frame, index: u64) -> Result<Frame> {
         if self.settings.animatediff.is_some() {
             return self.animate(frame, index);
         }
@@ -446,6 +468,33 @@ impl FrameStage for StylizeStage {
             frame.height,
             &interpolate(&refs, 3),
         ))
+    }
+
+    /// A full GPU, said in one line with the flags that lower what this run needs.
+    fn explain_out_of_memory(&self, e: Error) -> Error {
+        let Error::OutOfMemory(what) = e else {
+            return e;
+        };
+        let s = &self.settings;
+        let mut tries = Vec::new();
+        if let Some(gb) = s.max_vram_gb {
+            tries.push(format!(
+                "--max-vram {gb} is more than this card has free: lower it to see the plan"
+            ));
+        } else {
+            tries.push("--max-vram GB (your card's memory) to check the plan first".into());
+        }
+        if !s.load.offload_vae {
+            tries.push("--offload".into());
+        }
+        tries.push("a lower --max-res".into());
+        if s.animatediff.is_some() {
+            tries.push("a shorter --context-length".into());
+        }
+        if !s.controlnets.is_empty() {
+            tries.push("fewer ControlNets".into());
+        }
+        Error::OutOfMemory(format!("{what}; try {}", tries.join(", ")))
     }
 }
 

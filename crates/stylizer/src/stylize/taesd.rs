@@ -98,6 +98,14 @@ pub struct AutoencoderTiny {
 }
 
 impl AutoencoderTiny {
+    /// The dtype it computes in (the weights').
+    pub fn dtype(&self) -> candle_core::DType {
+        match &self.encoder[0] {
+            Layer::Conv(conv) => conv.dtype(),
+            _ => unreachable!("the encoder starts with a convolution"),
+        }
+    }
+
     pub fn new(vb: VarBuilder, config: &TinyVaeConfig) -> Result<Self> {
         let c = config;
         // EncoderTiny: conv (stride 1 first, then stride 2 without bias), blocks; final conv.
