@@ -476,6 +476,11 @@ impl Conv2d {
         })
     }
 
+    /// Whether it runs on the CPU kernel here (else on candle's convolution).
+    pub fn is_cpu_kernel(&self) -> bool {
+        matches!(self, Self::Gemm { .. })
+    }
+
     pub fn dtype(&self) -> DType {
         match self {
             Self::Gemm { taps, .. } => taps.dtype(),

@@ -731,11 +731,11 @@ impl SdModel {
         }
     }
 
-    /// Whether the VAE decodes in tiles (never for the tiny VAE).
-    pub fn vae_tiling(&self) -> VaeTiling {
+    /// Whether the VAE decodes a `width`×`height` frame in tiles (never the tiny VAE).
+    pub fn vae_tiled(&self, width: usize, height: usize) -> bool {
         match &self.vae {
-            Vae::Kl(vae) => vae.tiling(),
-            Vae::Tiny(_) => VaeTiling::Off,
+            Vae::Kl(vae) => vae.tiled(height, width),
+            Vae::Tiny(_) => false,
         }
     }
 

@@ -26,7 +26,8 @@ use crate::ops::softmax::softmax_last_dim_in_place;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VaeTiling {
     /// Tile when an untiled pass would need more than [`AUTO_TILE_BYTES`] of activations
-    /// (f32 frames from 720p up, f16 from 1080p up).
+    /// (on the CPU in f32 from 720p up, in f16 from 1080p up; on a GPU, where candle's
+    /// convolutions need an im2col buffer, from about 400×400 up).
     Auto,
     /// Tile whenever a side exceeds one tile (diffusers' `enable_vae_tiling`).
     On,
@@ -314,20 +315,26 @@ impl AutoencoderKL {
         self.encoder.conv_in.dtype()
     }
 
-    fn tiled(&self, h: usize, w: usize) -> bool {
+    /// Whether an `h`×`w` image is encoded and decoded in tiles.
+    pub fn tiled(&self, h: usize, w: usize) -> bool {
         let tile = self.config.sample_size;
         match self.tiling {
             VaeTiling::Off => false,
             VaeTiling::On => h > tile || w > tile,
             VaeTiling::Auto => {
-                let width = self
-                    .config
-                    .block_out_channels
-                    .first()
-                    .copied()
-                    .unwrap_or(128);
-                5 * width * h * w * self.dtype().size_in_bytes() > AUTO_TILE_BYTES
-                    && (h > tile || w > tile)
+                let untiled = match self.encoder.conv_in.is_cpu_kernel() {
+                    // Our CPU kernels hold about five tensors of the first level's width.
+                    true => {
+                        let width = self.config.block_out_channels[0];
+                        (5 * width * h * w * self.dtype().size_in_bytes()) as u64
+                    }
+                    // candle's ops (the GPU path) need far more: an im2col of the second
+                    // level's channels at full resolution.
+                    false => {
+                        super::vram::vae_activations(&self.config, (w, h), false, self.dtype())
+                    }
+                };
+                untiled > AUTO_TILE_BYTES as u64 && (h > tile || w > tile)
             }
         }
     }

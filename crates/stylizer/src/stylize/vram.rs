@@ -3,12 +3,15 @@
 //!
 //! Weights are counted as they load (exact: [`SdModel::weight_bytes`]); the text encoder is
 //! freed after the prompt, so it never adds to the peak. Activations are estimated from the
-//! shapes, the way diffusers' memory guide reasons about them: the UNet keeps every skip
-//! connection of its way down until the way up takes it, plus the working set of its widest
-//! level (attention runs q/k/v and output in f32, scores in slices of at most 16 MiB, the
-//! feed-forward in 96 MiB bands); a ControlNet adds its own residuals; the VAE decoder's
-//! peak is its last up-sampling, where the second level's channels reach full resolution
-//! (in tiles of `sample_size` pixels when it tiles). docs/gpu.md has the budget this gives
+//! shapes and from how candle runs them on CUDA: a 3×3 convolution is an im2col buffer of
+//! nine times its input, a matmul and a transposed copy of the output
+//! (`cuda_backend::conv2d` without cuDNN), and group norm works in f32. The UNet keeps every
+//! skip connection of its way down until the way up takes it; its widest level's largest
+//! step is the first convolution of the last up block (its input is the level's channels
+//! plus the level above's) or attention (q/k/v and output in f32, scores in slices of at
+//! most 16 MiB); a ControlNet adds its own residuals. The VAE decoder's peak is its last
+//! up-sampling, where the second level's channels reach full resolution (in tiles of
+//! `sample_size` pixels when it tiles). docs/gpu.md has the budget this gives
 //! for SD 2 base, SD 1.5 + AnimateDiff and + ControlNet at 480p and 720p, and what is left
 //! to check on a real GPU (CUDA's allocator and cuBLAS workspaces add a few hundred MB,
 //! which [`HEADROOM`] keeps free).
@@ -17,7 +20,6 @@ use candle_core::DType;
 
 use super::config::{UNetConfig, VaeConfig};
 use super::model::SdModel;
-use super::vae::VaeTiling;
 use crate::{Error, Result};
 
 /// Share of the budget the estimate may use: the rest is for the CUDA context, cuBLAS
@@ -100,39 +102,38 @@ pub fn unet_activations(
         }
     }
     let skips = skips * b * s;
-    // The widest level's working set: the up block's input (its channels plus the skip's),
-    // the residual stream and a resnet's two intermediates in the model dtype; attention's
-    // q, k, v and output in f32 plus one score slice; or a feed-forward band.
+    // The widest level: the residual stream (two tensors) and, at its largest, the last up
+    // block's first convolution (input, im2col ×9, matmul output and its transposed copy,
+    // after a group norm in f32), attention (q, k, v and output in f32 plus a score slice)
+    // or a feed-forward band.
     let c0 = config.blocks[0].out_channels as u64;
+    let c_in = c0 + config.blocks.get(1).map_or(c0, |b| b.out_channels as u64);
     let n0 = h as u64 * w as u64 * b;
-    let stream = 5 * c0 * n0 * s;
+    let stream = 2 * c0 * n0 * s;
+    let conv = (10 * c_in + 2 * c0) * n0 * s + 2 * c_in * n0 * 4;
     let attention = 4 * c0 * n0 * 4 + SCORE_SLICE_BYTES;
     let ff = FF_BAND_BYTES.min(8 * c0 * n0 * s) + 2 * c0 * n0 * s;
-    skips * (1 + controlnets as u64) + stream + attention.max(ff)
+    skips * (1 + controlnets as u64) + stream + conv.max(attention).max(ff)
 }
 
-/// Activations of decoding one `height`×`width` frame (the largest tile when tiling).
+/// Activations of decoding one `width`×`height` frame (the largest tile when `tiled`).
 pub fn vae_activations(
     config: &VaeConfig,
     (width, height): (usize, usize),
-    tiling: VaeTiling,
+    tiled: bool,
     dtype: DType,
 ) -> u64 {
     let tile = config.sample_size;
-    let tiled = match tiling {
-        VaeTiling::On => true,
-        VaeTiling::Off => false,
-        VaeTiling::Auto => width > tile || height > tile,
-    };
     let pixels = match tiled {
         true => (tile.min(width) * tile.min(height)) as u64,
         false => (width * height) as u64,
     };
     let s = dtype.size_in_bytes() as u64;
-    // The up-sampled input, the convolution's output and a resnet's intermediate at full
-    // resolution with the second level's channels; the whole output image on top.
+    // The convolution after the last up-sampling, at full resolution with the second level's
+    // channels: input, im2col ×9, matmul output and its transposed copy, and the group norm
+    // before it in f32; the whole output image on top.
     let c = config.block_out_channels[1.min(config.block_out_channels.len() - 1)] as u64;
-    3 * c * pixels * s + 3 * (width * height) as u64 * 4
+    12 * c * pixels * s + 2 * c * pixels * 4 + 3 * (width * height) as u64 * 4
 }
 
 /// The estimate for `model` rendering `width`×`height` frames with `batch` latents per
@@ -158,7 +159,7 @@ pub fn estimate(model: &SdModel, (width, height): (usize, usize), batch: usize) 
         true => vae_activations(
             model.vae_config(),
             (width, height),
-            model.vae_tiling(),
+            model.vae_tiled(width, height),
             model.vae_dtype(),
         ),
         false => 0,
@@ -225,9 +226,9 @@ mod tests {
         assert!(window > 6 * a480, "{window}");
         let with_net = unet_activations(&c, (60, 106), 2, DType::F16, 1);
         assert!(with_net > a480);
-        // SD 2 base, 848×480, guidance pair in f16: ~34 MB of skips, ~41 MB of stream and
-        // ~82 MB of f32 attention.
-        assert!((100e6..300e6).contains(&(a480 as f64)), "{a480}");
+        // SD 2 base, 848×480, guidance pair in f16: ~34 MB of skips, ~16 MB of stream and
+        // the last up block's first convolution (960 channels in): ~360 MB.
+        assert!((300e6..600e6).contains(&(a480 as f64)), "{a480}");
     }
 
     #[test]
@@ -239,11 +240,12 @@ mod tests {
             "sample_size": 512,
         }))
         .unwrap();
-        let whole = vae_activations(&v, (1280, 720), VaeTiling::Off, DType::F32);
-        let tiled = vae_activations(&v, (1280, 720), VaeTiling::Auto, DType::F32);
+        let whole = vae_activations(&v, (1280, 720), false, DType::F32);
+        let tiled = vae_activations(&v, (1280, 720), true, DType::F32);
         assert!(tiled < whole / 2, "{tiled} {whole}");
-        // 256 channels × 1280×720 × f32 is 0.94 GB a tensor.
-        assert!((2.5e9..3.5e9).contains(&(whole as f64)), "{whole}");
+        // 256 channels × 1280×720 × f32 is 0.94 GB a tensor; the convolution holds 12 of
+        // them, its group norm 2.
+        assert!((12e9..14e9).contains(&(whole as f64)), "{whole}");
     }
 
     #[test]
