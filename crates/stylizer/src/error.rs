@@ -103,3 +103,24 @@ impl From<candle_core::Error> for Error {
 
 /// Shorthand used across the crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_gpu_is_out_of_memory_in_one_line() {
+        for msg in [
+            "DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")\n  backtrace…",
+            "cublas error: CUBLAS_STATUS_ALLOC_FAILED",
+        ] {
+            let e = Error::from(candle_core::Error::Msg(msg.into()));
+            assert!(
+                matches!(&e, Error::OutOfMemory(m) if !m.contains('\n')),
+                "{e:?}"
+            );
+        }
+        let e = Error::from(candle_core::Error::Msg("shape mismatch".into()));
+        assert!(matches!(e, Error::Model(_)));
+    }
+}

@@ -470,30 +470,27 @@ impl StylizeStage {
         ))
     }
 
-    /// A full GPU, said in one line with the flags that lower what this run needs.
+    /// Out of memory, said in one line with the flags that lower what this run needs
+    /// (on a GPU also the plan's).
     fn explain_out_of_memory(&self, e: Error) -> Error {
         let Error::OutOfMemory(what) = e else {
             return e;
         };
         let s = &self.settings;
-        let mut tries = Vec::new();
-        if let Some(gb) = s.max_vram_gb {
-            tries.push(format!(
-                "--max-vram {gb} is more than this card has free: lower it to see the plan"
-            ));
-        } else {
-            tries.push("--max-vram GB (your card's memory) to check the plan first".into());
-        }
-        if !s.load.offload_vae {
-            tries.push("--offload".into());
-        }
-        tries.push("a lower --max-res".into());
-        if s.animatediff.is_some() {
-            tries.push("a shorter --context-length".into());
-        }
-        if !s.controlnets.is_empty() {
-            tries.push("fewer ControlNets".into());
-        }
+        let gpu = !s.load.device.is_cpu();
+        let mut tries: Vec<String> = match (gpu, s.max_vram_gb) {
+            (false, _) => Vec::new(),
+            (true, Some(gb)) => vec![format!(
+                "a lower --max-vram than {gb} (more than this card has free) to see the plan"
+            )],
+            (true, None) => vec!["--max-vram GB (your card's memory) to check the plan".into()],
+        };
+        let remedies = super::vram::remedies(
+            gpu && !s.load.offload_vae,
+            s.animatediff.is_some(),
+            !s.controlnets.is_empty(),
+        );
+        tries.extend(remedies.into_iter().map(String::from));
         Error::OutOfMemory(format!("{what}; try {}", tries.join(", ")))
     }
 }

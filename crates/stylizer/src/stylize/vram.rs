@@ -178,27 +178,34 @@ pub fn check(estimate: &VramEstimate, max_vram_gb: f64, offloaded: bool) -> Resu
     if estimate.peak() <= budget {
         return Ok(());
     }
-    let mut tries = Vec::new();
-    if !offloaded && estimate.vae > estimate.unet {
-        tries.push("--offload (the VAE on the CPU)");
-    }
-    tries.push("a lower --max-res");
-    if estimate.weights.iter().any(|(n, _)| n == "motion modules") {
-        tries.push("a shorter --context-length");
-    }
-    if estimate
-        .weights
-        .iter()
-        .any(|(n, _)| n.starts_with("ControlNet"))
-    {
-        tries.push("fewer ControlNets");
-    }
+    let has = |p: &str| estimate.weights.iter().any(|(n, _)| n.starts_with(p));
+    let tries = remedies(
+        !offloaded && estimate.vae > estimate.unet,
+        has("motion modules"),
+        has("ControlNet"),
+    );
     Err(Error::OutOfMemory(format!(
         "this run needs {} — more than {:.0} % of --max-vram {max_vram_gb} GB; try {}",
         estimate.describe(),
         HEADROOM * 100.0,
         tries.join(", ")
     )))
+}
+
+/// The flags that lower a run's memory, as they apply to it.
+pub fn remedies(offload_helps: bool, motion: bool, controlnets: bool) -> Vec<&'static str> {
+    let mut tries = Vec::new();
+    if offload_helps {
+        tries.push("--offload (the VAE on the CPU)");
+    }
+    tries.push("a lower --max-res");
+    if motion {
+        tries.push("a shorter --context-length");
+    }
+    if controlnets {
+        tries.push("fewer ControlNets");
+    }
+    tries
 }
 
 #[cfg(test)]
@@ -264,5 +271,14 @@ mod tests {
         assert!(!msg.contains('\n'));
         let msg = check(&e, 4.0, true).unwrap_err().to_string();
         assert!(!msg.contains("--offload"), "{msg}");
+        // What a CPU run is told (the stylize stage): no GPU flag, the model's own levers.
+        assert_eq!(
+            remedies(false, true, true),
+            [
+                "a lower --max-res",
+                "a shorter --context-length",
+                "fewer ControlNets"
+            ]
+        );
     }
 }
