@@ -475,10 +475,9 @@ impl SdModel {
             Some((config, path)) => {
                 let store = TensorStore::open_plain(std::slice::from_ref(path), "tiny VAE")?;
                 let store = non_empty(store, &path.display().to_string(), "tiny VAE")?;
-                let dtype = if files.offload_vae {
-                    DType::F32
-                } else {
-                    files.dtype
+                let dtype = match files.offload_vae {
+                    true => DType::F32,
+                    false => files.dtype,
                 };
                 let (vb, loaded) = counted(store, dtype, &vae_device);
                 let vae = AutoencoderTiny::new(vb, config)
@@ -486,13 +485,14 @@ impl SdModel {
                 (Vae::Tiny(Box::new(vae)), loaded)
             }
             None => {
-                let vae_dtype = match files.vae_config.force_upcast && files.dtype == DType::F16 {
-                    true if !files.offload_vae => {
-                        progress.warn("the VAE runs in f32 (its config sets force_upcast)");
-                        DType::F32
-                    }
-                    _ if files.offload_vae => DType::F32,
-                    _ => files.dtype,
+                let upcast = files.vae_config.force_upcast && files.dtype == DType::F16;
+                let vae_dtype = if files.offload_vae {
+                    DType::F32
+                } else if upcast {
+                    progress.warn("the VAE runs in f32 (its config sets force_upcast)");
+                    DType::F32
+                } else {
+                    files.dtype
                 };
                 let (vae_vb, loaded) =
                     files.var_builder(&files.vae, "vae", vae_dtype, &vae_device)?;
