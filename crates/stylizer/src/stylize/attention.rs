@@ -38,7 +38,7 @@ pub enum AttentionSlicing {
 }
 
 /// Score memory per slice for [`AttentionSlicing::Auto`].
-const AUTO_SLICE_BYTES: usize = 16 << 20;
+pub(crate) const AUTO_SLICE_BYTES: usize = 16 << 20;
 
 impl AttentionSlicing {
     /// (pairs per slice, query rows per slice)
@@ -194,7 +194,7 @@ impl FeedForward {
 }
 
 /// The largest GEGLU input [`FeedForward`] makes at once.
-const FF_BAND_BYTES: usize = 96 << 20;
+pub(crate) const FF_BAND_BYTES: usize = 96 << 20;
 
 /// Self-attention, cross-attention on the text (or a second self-attention), feed-forward;
 /// each pre-normed, residual.

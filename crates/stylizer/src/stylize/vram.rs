@@ -18,6 +18,7 @@
 
 use candle_core::DType;
 
+use super::attention::{AUTO_SLICE_BYTES, FF_BAND_BYTES};
 use super::config::{UNetConfig, VaeConfig};
 use super::model::SdModel;
 use crate::{Error, Result};
@@ -25,11 +26,6 @@ use crate::{Error, Result};
 /// Share of the budget the estimate may use: the rest is for the CUDA context, cuBLAS
 /// workspaces and allocator fragmentation, which the estimate does not see.
 pub const HEADROOM: f64 = 0.85;
-
-/// Largest f32 score block of the sliced attention (`AttentionSlicing::Auto`).
-const SCORE_SLICE_BYTES: u64 = 16 << 20;
-/// Largest GEGLU input band of the feed-forward.
-const FF_BAND_BYTES: u64 = 96 << 20;
 
 /// What one run holds on the device at its peak.
 #[derive(Debug, Clone, PartialEq)]
@@ -111,8 +107,8 @@ pub fn unet_activations(
     let n0 = h as u64 * w as u64 * b;
     let stream = 2 * c0 * n0 * s;
     let conv = (10 * c_in + 2 * c0) * n0 * s + 2 * c_in * n0 * 4;
-    let attention = 4 * c0 * n0 * 4 + SCORE_SLICE_BYTES;
-    let ff = FF_BAND_BYTES.min(8 * c0 * n0 * s) + 2 * c0 * n0 * s;
+    let attention = 4 * c0 * n0 * 4 + AUTO_SLICE_BYTES as u64;
+    let ff = (FF_BAND_BYTES as u64).min(8 * c0 * n0 * s) + 2 * c0 * n0 * s;
     skips * (1 + controlnets as u64) + stream + conv.max(attention).max(ff)
 }
 

@@ -196,15 +196,6 @@ fn available_memory() -> usize {
         .unwrap_or(4 << 30)
 }
 
-fn is_oom(e: &Error) -> bool {
-    match e {
-        Error::OutOfMemory(_) => true,
-        // CUDA / Metal allocation failures come back as model errors.
-        Error::Model(m) => m.to_ascii_lowercase().contains("out of memory"),
-        _ => false,
-    }
-}
-
 /// Planar `[3][h][w]` f32 in [0, 1] from an rgb24 frame.
 pub fn frame_to_planar(f: &Frame) -> Vec<f32> {
     let n = f.width as usize * f.height as usize;
@@ -350,7 +341,8 @@ impl Upscaler {
         loop {
             match self.upscale_planar(img, w, h, tile) {
                 Ok(out) => return Ok(Some(out)),
-                Err(e) if is_oom(&e) => {
+                // CUDA / Metal allocation failures are typed where candle's errors convert.
+                Err(e @ Error::OutOfMemory(_)) => {
                     self.model.release_buffers();
                     let current = if tile == 0 { w.max(h) } else { tile };
                     if current <= MIN_TILE {
