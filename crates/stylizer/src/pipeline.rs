@@ -714,7 +714,15 @@ impl Renderer<'_> {
                     }
                     repeats += 1;
                 } else {
-                    let mut frame = input.clone();
+                    // The stages take the frame; the input stays for the comparison. The
+                    // previous pair's input buffer is reused: no allocation, no page faults.
+                    let mut frame = match last.take() {
+                        Some((mut spare, _)) => {
+                            spare.clone_from(&input);
+                            spare
+                        }
+                        None => input.clone(),
+                    };
                     for k in 0..stages.len() {
                         if let Some(a) = ahead[k].as_mut() {
                             let until = start + n + stages[k].look_ahead();
