@@ -52,11 +52,14 @@ cp tests/fixtures/sd/motion/tiny-v2.ckpt "$C/checkpoint/motion-v2.ckpt"
 cp tests/fixtures/sd/lora/peft.safetensors "$C/safetensors/lora-peft.safetensors"
 { printf '\0'; cat tests/fixtures/esrgan/photo_160x120.png; } > "$C/image/photo.png"
 
+# The instrumented build (all of candle again) lives outside the clone: CI's clean clones
+# then rebuild only what changed.
+TARGET_DIR="${XDG_CACHE_HOME:-$HOME/.cache}/video-stylizer/target-fuzz"
 cd fuzz
-cargo +nightly fuzz build -O --debug-assertions
+cargo +nightly fuzz build -O --debug-assertions --target-dir "$TARGET_DIR"
 for t in "${TARGETS[@]}"; do
   echo "== $t (${EACH}s)"
-  cargo +nightly fuzz run -O --debug-assertions "$t" "corpus/$t" -- \
+  cargo +nightly fuzz run -O --debug-assertions --target-dir "$TARGET_DIR" "$t" "corpus/$t" -- \
     -max_total_time="$EACH" -rss_limit_mb=2048 -malloc_limit_mb=2048 -timeout=10 \
     -max_len=262144 -print_final_stats=1 2>&1 | grep -E "^(stat::|Done|==|SUMMARY|.*(panicked|ERROR|Test unit written))" || true
   if ls "artifacts/$t"/* >/dev/null 2>&1; then

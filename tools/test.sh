@@ -7,8 +7,9 @@ bash tools/setup.sh
 cargo test --workspace -- "$@"
 # The parity tests again on candle's own ops, the path CUDA and Metal run, at the same
 # tolerances (the upscaler's tests compare that path already: forward_candle); f16 and bf16
-# are tests/half_precision.rs.
-VIDEO_STYLIZER_CANDLE_OPS=1 cargo test -p stylizer --test sd_models --test img2img_parity \
+# are tests/half_precision.rs. (`--workspace`, not `-p stylizer`: the same features as above,
+# so nothing is built again.)
+VIDEO_STYLIZER_CANDLE_OPS=1 cargo test --workspace --test sd_models --test img2img_parity \
   --test controlnet --test animatediff --test taesd --test lora --test cross_frame_parity -- "$@"
 # Every file parser under libFuzzer for a short while (skipped without nightly Rust;
 # FUZZ_SECONDS=0 skips it, a larger value is the long run).
