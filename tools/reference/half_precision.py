@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """How far diffusers / PyTorch land from their own f32 goldens when run in f16 and bf16 on the
-CPU: the error a port in the same dtype may be allowed (crates/stylizer/tests/half_precision.rs
+CPU: the error a port in the same dtype may be allowed (crates/stylizer/tests/parity/half_precision.rs
 allows a small multiple of it).
 
 For the tiny fixtures (tests/fixtures/...), same inputs as the f32 goldens:

@@ -718,7 +718,7 @@ impl SdModel {
     }
 
     /// What the UNet computes in: the model dtype (a model that silently upcast would not
-    /// fit the GPU plan; tests/half_precision.rs checks it).
+    /// fit the GPU plan; tests/parity/half_precision.rs checks it).
     pub fn unet_dtype(&self) -> DType {
         self.unet.dtype()
     }

@@ -16,6 +16,7 @@ use stylizer::stylize::schedulers::SchedulerConfig;
 use stylizer::stylize::vae::VaeTiling;
 use stylizer::weights::ModelSource;
 use stylizer::NoProgress;
+use crate::common;
 
 /// The prompt every golden of tools/reference was made with.
 pub const PROMPT: &str = "a photograph of an astronaut riding a horse";
@@ -29,7 +30,7 @@ pub fn fixtures() -> PathBuf {
 pub fn load(variant: &str) -> (SdFiles, Tensor, SdModel, SchedulerConfig) {
     let opts = LoadOptions {
         vae_tiling: VaeTiling::Off,
-        ..LoadOptions::new(Device::Cpu)
+        ..LoadOptions::new(common::device())
     };
     let source = ModelSource::Folder(fixtures().join(variant));
     let files = SdFiles::resolve(&source, &opts, &mut NoProgress).unwrap();

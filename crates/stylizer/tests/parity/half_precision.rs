@@ -26,8 +26,8 @@ use stylizer::stylize::vae::{AutoencoderKL, VaeTiling};
 use stylizer::weights::ModelSource;
 use stylizer::NoProgress;
 
-mod common;
-use common::max_abs;
+use crate::common::max_abs;
+use crate::common;
 
 /// Reference error × this is allowed: rounding lands differently in another implementation of
 /// the same maths, but stays of the same size.
@@ -38,7 +38,7 @@ fn fixtures() -> PathBuf {
 }
 
 fn golden(path: &Path) -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(path, &Device::Cpu).unwrap()
+    common::load_tensors(path)
 }
 
 fn name(dtype: DType) -> &'static str {
@@ -82,7 +82,7 @@ fn within(dtype: DType, group: &str, part: &str, ours: f32) {
 
 fn weights(path: &Path, dtype: DType) -> VarBuilder<'static> {
     let ts = golden(path);
-    VarBuilder::from_tensors(ts, dtype, &Device::Cpu)
+    VarBuilder::from_tensors(ts, dtype, &common::device())
 }
 
 /// Text encoder, UNet and VAE of a tiny SD pipeline, each built in `dtype` (the text encoder
@@ -93,7 +93,7 @@ fn sd_parts(variant: &str, dtype: DType, convolutions: bool) {
     let opts = LoadOptions {
         dtype: Some(dtype),
         vae_tiling: VaeTiling::Off,
-        ..LoadOptions::new(Device::Cpu)
+        ..LoadOptions::new(common::device())
     };
     let files =
         SdFiles::resolve(&ModelSource::Folder(dir.clone()), &opts, &mut NoProgress).unwrap();
@@ -166,7 +166,7 @@ fn the_pipeline_keeps_its_dtype_and_upcasts_only_a_force_upcast_vae() {
     let opts = LoadOptions {
         dtype: Some(DType::F16),
         vae_tiling: VaeTiling::Off,
-        ..LoadOptions::new(Device::Cpu)
+        ..LoadOptions::new(common::device())
     };
     let dir = fixtures().join("sd/tiny-sd2");
     let files = SdFiles::resolve(&ModelSource::Folder(dir), &opts, &mut NoProgress).unwrap();
@@ -187,7 +187,7 @@ fn f16_options() -> LoadOptions {
     LoadOptions {
         dtype: Some(DType::F16),
         vae_tiling: VaeTiling::Off,
-        ..LoadOptions::new(Device::Cpu)
+        ..LoadOptions::new(common::device())
     }
 }
 
@@ -290,7 +290,7 @@ fn upscalers_in_f16() {
     for net in ["rrdb_x2", "srvgg_x4"] {
         let ts = golden(&tiny.join(format!("{net}.safetensors")));
         let cfg = SrConfig::detect(&ts).unwrap();
-        let model = SrNet::new(VarBuilder::from_tensors(ts, dtype, &Device::Cpu), &cfg).unwrap();
+        let model = SrNet::new(VarBuilder::from_tensors(ts, dtype, &common::device()), &cfg).unwrap();
         let out = model.forward(&g["input"].to_dtype(dtype).unwrap()).unwrap();
         check(dtype, "esrgan", net, &out, &g[&format!("{net}.output")]);
     }

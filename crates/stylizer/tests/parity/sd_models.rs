@@ -13,8 +13,8 @@ use stylizer::stylize::vae::VaeTiling;
 use stylizer::weights::{HubOptions, ModelSource};
 use stylizer::NoProgress;
 
-mod common;
-use common::max_abs;
+use crate::common::max_abs;
+use crate::common;
 
 const VARIANTS: [&str; 2] = ["tiny-sd", "tiny-sd2"];
 const PROMPTS: [&str; 3] = [
@@ -32,7 +32,7 @@ fn golden(variant: &str, part: &str) -> HashMap<String, Tensor> {
         .join("golden")
         .join(variant)
         .join(format!("{part}.safetensors"));
-    candle_core::safetensors::load(&path, &Device::Cpu).unwrap()
+    common::load_tensors(&path)
 }
 
 fn check(what: &str, ours: &Tensor, theirs: &Tensor, tol: f32) {
@@ -45,7 +45,7 @@ fn options() -> LoadOptions {
     LoadOptions {
         hub: HubOptions::default(),
         vae_tiling: VaeTiling::Off,
-        ..LoadOptions::new(Device::Cpu)
+        ..LoadOptions::new(common::device())
     }
 }
 

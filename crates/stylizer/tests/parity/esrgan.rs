@@ -12,8 +12,8 @@ use candle_core::{Device, Tensor};
 use stylizer::models::SrConfig;
 use stylizer::upscale::{load::load_weights, Model};
 
-mod common;
-use common::max_abs;
+use crate::common::max_abs;
+use crate::common;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -34,7 +34,7 @@ fn real_weights(name: &str) -> PathBuf {
 }
 
 fn golden(path: &PathBuf) -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(path, &Device::Cpu).unwrap()
+    common::load_tensors(path)
 }
 
 #[test]
@@ -88,7 +88,7 @@ fn tiny_models_match_pytorch() {
     for name in ["rrdb_x2", "srvgg_x4"] {
         let want = &g[&format!("{name}.output")];
         for ext in ["pth", "safetensors", "param"] {
-            let m = Model::load(&fixture(&format!("tiny/{name}.{ext}")), &Device::Cpu).unwrap();
+            let m = Model::load(&fixture(&format!("tiny/{name}.{ext}")), &common::device()).unwrap();
             let fast = m.forward(&g["input"]).unwrap();
             let reference = m.net().forward_candle(&g["input"]).unwrap();
             let (d_fast, d_ref) = (max_abs(&fast, want), max_abs(&reference, want));
@@ -109,7 +109,7 @@ fn real_weights_match_pytorch_golden_64() {
         ("RealESRGAN_x4plus", "realesrgan-x4plus.param"),
         ("realesr-animevideov3", "realesr-animevideov3-x4.param"),
     ] {
-        let m = Model::load(&real_weights(file), &Device::Cpu).unwrap();
+        let m = Model::load(&real_weights(file), &common::device()).unwrap();
         let out = m.forward(x).unwrap();
         let d = max_abs(&out, &g[&format!("{key}.output")]);
         let out_pad = m
@@ -145,7 +145,7 @@ fn tiled_matches_whole_frame_on_a_photo() {
         ("realesrgan-x4plus.param", 64, 1.5),
     ] {
         let run = |tile| {
-            let m = Model::load(&real_weights(file), &Device::Cpu).unwrap();
+            let m = Model::load(&real_weights(file), &common::device()).unwrap();
             let opts = UpscaleOptions {
                 tile: Some(tile),
                 target: Target::Scale(4),
@@ -191,14 +191,14 @@ fn tiled_matches_whole_frame_on_a_photo() {
 fn stage_upscales_to_the_target_and_fails_early_on_a_bad_model() {
     use stylizer::upscale::{UpscaleOptions, UpscaleStage};
     use stylizer::FrameStage;
-    let err = UpscaleStage::new("/no/such/model.pth", Device::Cpu, UpscaleOptions::default())
+    let err = UpscaleStage::new("/no/such/model.pth", common::device(), UpscaleOptions::default())
         .err()
         .unwrap();
     assert!(err.to_string().contains("no such model file"), "{err}");
     // A file that is not a model: found at prepare(), before any frame.
     let mut bad = UpscaleStage::new(
         fixture("tiny/tiny_golden.safetensors").to_str().unwrap(),
-        Device::Cpu,
+        common::device(),
         UpscaleOptions::default(),
     )
     .unwrap();
@@ -210,7 +210,7 @@ fn stage_upscales_to_the_target_and_fails_early_on_a_bad_model() {
 
     let mut st = UpscaleStage::new(
         fixture("tiny/srvgg_x4.pth").to_str().unwrap(),
-        Device::Cpu,
+        common::device(),
         UpscaleOptions::default(),
     )
     .unwrap();
@@ -228,7 +228,7 @@ fn stage_upscales_to_the_target_and_fails_early_on_a_bad_model() {
 fn out_of_memory_retries_smaller_tiles_then_falls_back() {
     use stylizer::upscale::{resize::resize, Target, UpscaleOptions, Upscaler};
     let f = photo();
-    let load = || Model::load(&fixture("tiny/srvgg_x4.param"), &Device::Cpu).unwrap();
+    let load = || Model::load(&fixture("tiny/srvgg_x4.param"), &common::device()).unwrap();
     let m = load();
     // Enough for an 80+2·10 px tile, not for the whole 160×120 (+ prepad) frame.
     let budget = m.net().workspace_bytes(100, 100);
@@ -319,7 +319,7 @@ fn images_with_alpha_match_real_esrgan() {
             target: Target::Scale(4),
             max_memory: None,
         };
-        let mut up = Upscaler::new(Model::load(&weights, &Device::Cpu).unwrap(), opts);
+        let mut up = Upscaler::new(Model::load(&weights, &common::device()).unwrap(), opts);
         let alpha = if case.contains("resize") {
             AlphaUpscale::Resize
         } else {

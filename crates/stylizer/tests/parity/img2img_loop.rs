@@ -18,8 +18,8 @@ use stylizer::stylize::noise::ReplayNoise;
 use stylizer::stylize::schedulers::{SchedulerConfig, SchedulerKind};
 use stylizer::{NoProgress, Result};
 
-mod common;
-use common::max_abs;
+
+use crate::common::max_abs;
 
 fn golden_path(variant: &str, kind: SchedulerKind) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!(

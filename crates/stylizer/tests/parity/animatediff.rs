@@ -16,15 +16,14 @@ use stylizer::stylize::schedulers::SchedulerKind;
 use stylizer::weights::ModelSource;
 use stylizer::NoProgress;
 
-mod common;
-#[path = "common/tiny_sd.rs"]
-mod tiny_sd;
-use common::max_abs;
-use tiny_sd::fixtures;
+use crate::tiny_sd;
+use crate::common::max_abs;
+use crate::tiny_sd::fixtures;
+use crate::common;
 
 fn golden(name: &str) -> std::collections::HashMap<String, Tensor> {
     let path = fixtures().join(format!("golden/tiny-sd/{name}.safetensors"));
-    candle_core::safetensors::load(path, &Device::Cpu).unwrap()
+    common::load_tensors(path)
 }
 
 fn adapter(file: &str) -> MotionAdapterFiles {
@@ -33,7 +32,7 @@ fn adapter(file: &str) -> MotionAdapterFiles {
         true => ModelSource::Folder(path),
         false => ModelSource::File(path),
     };
-    MotionAdapterFiles::resolve(&source, &LoadOptions::new(Device::Cpu)).unwrap()
+    MotionAdapterFiles::resolve(&source, &LoadOptions::new(common::device())).unwrap()
 }
 
 /// `[b, c, f, h, w]` (diffusers' video layout) → `[b·f, c, h, w]`, and back.

@@ -13,11 +13,10 @@ use stylizer::stylize::noise::ReplayNoise;
 use stylizer::stylize::schedulers::SchedulerKind;
 use stylizer::NoProgress;
 
-mod common;
-#[path = "common/tiny_sd.rs"]
-mod tiny_sd;
-use common::max_abs;
-use tiny_sd::{fixtures, PROMPT};
+use crate::tiny_sd;
+use crate::common::max_abs;
+use crate::tiny_sd::{fixtures, PROMPT};
+use crate::common;
 
 const TOL: f32 = 1e-3;
 
@@ -25,7 +24,7 @@ fn parity(variant: &str) {
     let (files, text, model, scheduler) = tiny_sd::load(variant);
     for kind in SchedulerKind::ALL {
         let path = fixtures().join(format!("golden/{variant}/img2img_{kind}.safetensors"));
-        let g = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
+        let g = common::load_tensors(&path);
         let ids: Vec<i64> = g["prompt_input_ids"]
             .flatten_all()
             .unwrap()
@@ -109,7 +108,7 @@ fn few_step_turbo_schedule_matches_diffusers() {
             .unwrap();
     let g = candle_core::safetensors::load(
         fixtures().join("golden/tiny-sd2/img2img_turbo.safetensors"),
-        &Device::Cpu,
+        &common::device(),
     )
     .unwrap();
     let params = Img2ImgParams {
@@ -149,7 +148,7 @@ fn lcm_unet_embeds_the_guidance_scale_as_diffusers() {
         );
     }
     copy(&fixtures().join("tiny-lcm-unet"), &dir.path().join("unet"));
-    let opts = stylizer::stylize::model::LoadOptions::new(Device::Cpu);
+    let opts = stylizer::stylize::model::LoadOptions::new(common::device());
     let source = stylizer::weights::ModelSource::Folder(dir.path().to_path_buf());
     let files =
         stylizer::stylize::model::SdFiles::resolve(&source, &opts, &mut NoProgress).unwrap();
@@ -159,7 +158,7 @@ fn lcm_unet_embeds_the_guidance_scale_as_diffusers() {
     assert!(model.embeds_guidance());
     let g = candle_core::safetensors::load(
         fixtures().join("golden/tiny-sd/lcm_unet.safetensors"),
-        &Device::Cpu,
+        &common::device(),
     )
     .unwrap();
     let out = model

@@ -16,11 +16,10 @@ use stylizer::stylize::img2img::Img2ImgParams;
 use stylizer::stylize::noise::{NoiseSource, ReplayNoise};
 use stylizer::stylize::schedulers::SchedulerKind;
 
-mod common;
-#[path = "common/tiny_sd.rs"]
-mod tiny_sd;
-use common::max_abs;
-use tiny_sd::fixtures;
+use crate::tiny_sd;
+use crate::common::max_abs;
+use crate::tiny_sd::fixtures;
+use crate::common;
 
 const TOL: f32 = 1e-3;
 
@@ -36,7 +35,7 @@ fn frame_noise(g: &HashMap<String, Tensor>, f: usize) -> stylizer::Result<Box<dy
 fn parity(variant: &str) {
     let (_, text, model, scheduler) = tiny_sd::load(variant);
     let path = fixtures().join(format!("golden/{variant}/img2img_crossframe.safetensors"));
-    let g = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
+    let g = common::load_tensors(&path);
     assert!(
         max_abs(&text, &g["prompt_embeds"]) < 1e-4,
         "{variant}: text"

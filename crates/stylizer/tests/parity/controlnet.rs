@@ -12,15 +12,14 @@ use stylizer::stylize::model::{ControlNetFiles, LoadOptions, SdModel};
 use stylizer::stylize::schedulers::SchedulerKind;
 use stylizer::weights::ModelSource;
 
-mod common;
-#[path = "common/tiny_sd.rs"]
-mod tiny_sd;
-use common::max_abs;
-use tiny_sd::fixtures;
+use crate::tiny_sd;
+use crate::common::max_abs;
+use crate::tiny_sd::fixtures;
+use crate::common;
 
 fn golden(variant: &str, name: &str) -> std::collections::HashMap<String, Tensor> {
     let path = fixtures().join(format!("golden/{variant}/{name}.safetensors"));
-    candle_core::safetensors::load(path, &Device::Cpu).unwrap()
+    common::load_tensors(path)
 }
 
 fn net_source(file: &str) -> ModelSource {
@@ -34,7 +33,7 @@ fn net_source(file: &str) -> ModelSource {
 fn add_net(model: &mut SdModel, file: &str) {
     let files = ControlNetFiles::resolve(
         &net_source(file),
-        &LoadOptions::new(Device::Cpu),
+        &LoadOptions::new(common::device()),
         model.unet_config(),
     )
     .unwrap();
@@ -227,7 +226,7 @@ fn a_net_for_another_model_is_refused_with_one_line() {
     let (_, _, mut model, _) = tiny_sd::load("tiny-sd");
     let files = ControlNetFiles::resolve(
         &net_source("tiny-sd2-a"),
-        &LoadOptions::new(Device::Cpu),
+        &LoadOptions::new(common::device()),
         model.unet_config(),
     )
     .unwrap();
@@ -240,7 +239,7 @@ fn a_net_for_another_model_is_refused_with_one_line() {
     let not_a_net = fixtures().join("single-file/tiny-sd.safetensors");
     let err = ControlNetFiles::resolve(
         &ModelSource::File(not_a_net),
-        &LoadOptions::new(Device::Cpu),
+        &LoadOptions::new(common::device()),
         model.unet_config(),
     )
     .err()

@@ -9,11 +9,9 @@ use stylizer::stylize::model::{LoadOptions, SdFiles, SdModel};
 use stylizer::weights::ModelSource;
 use stylizer::NoProgress;
 
-mod common;
-#[path = "common/tiny_sd.rs"]
-mod tiny_sd;
-use common::max_abs;
-use tiny_sd::fixtures;
+use crate::common::max_abs;
+use crate::tiny_sd::fixtures;
+use crate::common;
 
 fn lora(name: &str, scale: f64) -> (ModelSource, f64) {
     (ModelSource::File(fixtures().join("lora").join(name)), scale)
@@ -22,7 +20,7 @@ fn lora(name: &str, scale: f64) -> (ModelSource, f64) {
 fn files(variant: &str, loras: Vec<(ModelSource, f64)>) -> stylizer::Result<SdFiles> {
     let opts = LoadOptions {
         loras,
-        ..LoadOptions::new(Device::Cpu)
+        ..LoadOptions::new(common::device())
     };
     SdFiles::resolve(
         &ModelSource::Folder(fixtures().join(variant)),
@@ -45,7 +43,7 @@ fn fused_loras_match_diffusers() {
         ),
     ] {
         let path = fixtures().join(format!("golden/tiny-sd/lora_{case}.safetensors"));
-        let g = candle_core::safetensors::load(path, &Device::Cpu).unwrap();
+        let g = common::load_tensors(path);
         let files = files("tiny-sd", loras).unwrap();
         files.check_loras().unwrap();
         let ids = g["input_ids"].to_dtype(DType::U32).unwrap();
@@ -73,7 +71,7 @@ fn fused_loras_match_diffusers() {
     // Without the LoRA the outputs are far from the fused ones: the goldens test the fusion.
     let g = candle_core::safetensors::load(
         fixtures().join("golden/tiny-sd/lora_kohya.safetensors"),
-        &Device::Cpu,
+        &common::device(),
     )
     .unwrap();
     let model = SdModel::load(&files("tiny-sd", vec![]).unwrap(), &mut NoProgress).unwrap();

@@ -11,22 +11,21 @@ use stylizer::stylize::vae::VaeTiling;
 use stylizer::weights::ModelSource;
 use stylizer::NoProgress;
 
-mod common;
-#[path = "common/tiny_sd.rs"]
-mod tiny_sd;
-use common::max_abs;
-use tiny_sd::{fixtures, PROMPT};
+use crate::tiny_sd;
+use crate::common::max_abs;
+use crate::tiny_sd::{fixtures, PROMPT};
+use crate::common;
 
 fn golden(name: &str) -> std::collections::HashMap<String, Tensor> {
     let path = fixtures().join(format!("golden/taesd/{name}.safetensors"));
-    candle_core::safetensors::load(path, &Device::Cpu).unwrap()
+    common::load_tensors(path)
 }
 
 fn load() -> (SdFiles, SdModel) {
     let opts = LoadOptions {
         vae_tiling: VaeTiling::Off,
         tiny_vae: Some(ModelSource::Folder(fixtures().join("taesd"))),
-        ..LoadOptions::new(Device::Cpu)
+        ..LoadOptions::new(common::device())
     };
     let source = ModelSource::Folder(fixtures().join("tiny-sd2"));
     let files = SdFiles::resolve(&source, &opts, &mut NoProgress).unwrap();
@@ -87,7 +86,7 @@ fn a_tiny_vae_for_other_latents_is_refused() {
     // tiny-sd's VAE works at 1/2 size: TAESD's 1/8 latents do not fit it.
     let opts = LoadOptions {
         tiny_vae: Some(ModelSource::Folder(fixtures().join("taesd"))),
-        ..LoadOptions::new(Device::Cpu)
+        ..LoadOptions::new(common::device())
     };
     let source = ModelSource::Folder(fixtures().join("tiny-sd"));
     let err = SdFiles::resolve(&source, &opts, &mut NoProgress)
