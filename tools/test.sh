@@ -6,11 +6,11 @@ cd "$(dirname "$0")/.."
 bash tools/setup.sh
 cargo test --workspace -- "$@"
 # The parity tests again on candle's own ops, the path CUDA and Metal run, at the same
-# tolerances (the upscaler's tests compare that path already: forward_candle); f16 and bf16
-# are tests/half_precision.rs. (`--workspace`, not `-p stylizer`: the same features as above,
-# so nothing is built again.)
-VIDEO_STYLIZER_CANDLE_OPS=1 cargo test --workspace --test sd_models --test img2img_parity \
-  --test controlnet --test animatediff --test taesd --test lora --test cross_frame_parity -- "$@"
+# tolerances (the upscaler's tests compare that path already: forward_candle; f16 and bf16
+# are half_precision). `--workspace`, not `-p stylizer`: the same features as above, so
+# nothing is built again.
+VIDEO_STYLIZER_CANDLE_OPS=1 cargo test --workspace --test parity -- "$@" sd_models:: \
+  img2img_parity:: controlnet:: animatediff:: taesd:: lora:: cross_frame_parity::
 # Every file parser under libFuzzer for a short while (skipped without nightly Rust;
 # FUZZ_SECONDS=0 skips it, a larger value is the long run).
 if [ "${FUZZ_SECONDS:-30}" != 0 ]; then

@@ -28,7 +28,12 @@ pub fn load_tensors(path: impl AsRef<Path>) -> HashMap<String, Tensor> {
 /// the CPU).
 pub fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims());
-    let host = |t: &Tensor| t.to_device(&Device::Cpu).unwrap().to_dtype(DType::F32).unwrap();
+    let host = |t: &Tensor| {
+        t.to_device(&Device::Cpu)
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap()
+    };
     (host(a) - host(b))
         .unwrap()
         .abs()

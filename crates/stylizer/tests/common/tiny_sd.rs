@@ -7,7 +7,8 @@ use std::path::PathBuf;
 
 use std::collections::HashMap;
 
-use candle_core::{Device, Tensor};
+use crate::common;
+use candle_core::Tensor;
 use stylizer::stylize::cross_frame::FrameAnchor;
 use stylizer::stylize::img2img::{img2img, Control, Img2ImgParams};
 use stylizer::stylize::model::{LoadOptions, SdFiles, SdModel};
@@ -16,7 +17,6 @@ use stylizer::stylize::schedulers::SchedulerConfig;
 use stylizer::stylize::vae::VaeTiling;
 use stylizer::weights::ModelSource;
 use stylizer::NoProgress;
-use crate::common;
 
 /// The prompt every golden of tools/reference was made with.
 pub const PROMPT: &str = "a photograph of an astronaut riding a horse";

@@ -7,7 +7,7 @@
 //! windows fused flat or pyramid (ComfyUI-AnimateDiff-Evolved's semantics), at 1e-3 with the
 //! recorded noise replayed.
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use stylizer::stylize::animate::{decode_video, denoise_video, ContextOptions, Fuse};
 use stylizer::stylize::img2img::Img2ImgParams;
 use stylizer::stylize::model::{LoadOptions, MotionAdapterFiles, SdModel};
@@ -16,10 +16,10 @@ use stylizer::stylize::schedulers::SchedulerKind;
 use stylizer::weights::ModelSource;
 use stylizer::NoProgress;
 
-use crate::tiny_sd;
-use crate::common::max_abs;
-use crate::tiny_sd::fixtures;
 use crate::common;
+use crate::common::max_abs;
+use crate::tiny_sd;
+use crate::tiny_sd::fixtures;
 
 fn golden(name: &str) -> std::collections::HashMap<String, Tensor> {
     let path = fixtures().join(format!("golden/tiny-sd/{name}.safetensors"));

@@ -5,17 +5,17 @@
 //! guess mode, two nets) at 1e-3 with the recorded noise replayed, Canny edges against OpenCV
 //! on real photos, and the refusal of a net that does not fit the model.
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use stylizer::stylize::canny::canny;
 use stylizer::stylize::img2img::{Control, ControlInput, ControlWeight, Img2ImgParams};
 use stylizer::stylize::model::{ControlNetFiles, LoadOptions, SdModel};
 use stylizer::stylize::schedulers::SchedulerKind;
 use stylizer::weights::ModelSource;
 
-use crate::tiny_sd;
-use crate::common::max_abs;
-use crate::tiny_sd::fixtures;
 use crate::common;
+use crate::common::max_abs;
+use crate::tiny_sd;
+use crate::tiny_sd::fixtures;
 
 fn golden(variant: &str, name: &str) -> std::collections::HashMap<String, Tensor> {
     let path = fixtures().join(format!("golden/{variant}/{name}.safetensors"));

@@ -10,16 +10,16 @@
 
 use std::collections::HashMap;
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use stylizer::stylize::cross_frame::{img2img_frames, CrossFrameKeys};
 use stylizer::stylize::img2img::Img2ImgParams;
 use stylizer::stylize::noise::{NoiseSource, ReplayNoise};
 use stylizer::stylize::schedulers::SchedulerKind;
 
-use crate::tiny_sd;
-use crate::common::max_abs;
-use crate::tiny_sd::fixtures;
 use crate::common;
+use crate::common::max_abs;
+use crate::tiny_sd;
+use crate::tiny_sd::fixtures;
 
 const TOL: f32 = 1e-3;
 

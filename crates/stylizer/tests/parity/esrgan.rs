@@ -8,12 +8,12 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use stylizer::models::SrConfig;
 use stylizer::upscale::{load::load_weights, Model};
 
-use crate::common::max_abs;
 use crate::common;
+use crate::common::max_abs;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -88,7 +88,8 @@ fn tiny_models_match_pytorch() {
     for name in ["rrdb_x2", "srvgg_x4"] {
         let want = &g[&format!("{name}.output")];
         for ext in ["pth", "safetensors", "param"] {
-            let m = Model::load(&fixture(&format!("tiny/{name}.{ext}")), &common::device()).unwrap();
+            let m =
+                Model::load(&fixture(&format!("tiny/{name}.{ext}")), &common::device()).unwrap();
             let fast = m.forward(&g["input"]).unwrap();
             let reference = m.net().forward_candle(&g["input"]).unwrap();
             let (d_fast, d_ref) = (max_abs(&fast, want), max_abs(&reference, want));
@@ -191,9 +192,13 @@ fn tiled_matches_whole_frame_on_a_photo() {
 fn stage_upscales_to_the_target_and_fails_early_on_a_bad_model() {
     use stylizer::upscale::{UpscaleOptions, UpscaleStage};
     use stylizer::FrameStage;
-    let err = UpscaleStage::new("/no/such/model.pth", common::device(), UpscaleOptions::default())
-        .err()
-        .unwrap();
+    let err = UpscaleStage::new(
+        "/no/such/model.pth",
+        common::device(),
+        UpscaleOptions::default(),
+    )
+    .err()
+    .unwrap();
     assert!(err.to_string().contains("no such model file"), "{err}");
     // A file that is not a model: found at prepare(), before any frame.
     let mut bad = UpscaleStage::new(

@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use candle_nn::VarBuilder;
 use stylizer::models::{SrConfig, SrNet};
 use stylizer::stylize::attention::AttentionSlicing;
@@ -26,8 +26,8 @@ use stylizer::stylize::vae::{AutoencoderKL, VaeTiling};
 use stylizer::weights::ModelSource;
 use stylizer::NoProgress;
 
-use crate::common::max_abs;
 use crate::common;
+use crate::common::max_abs;
 
 /// Reference error × this is allowed: rounding lands differently in another implementation of
 /// the same maths, but stays of the same size.
@@ -290,7 +290,8 @@ fn upscalers_in_f16() {
     for net in ["rrdb_x2", "srvgg_x4"] {
         let ts = golden(&tiny.join(format!("{net}.safetensors")));
         let cfg = SrConfig::detect(&ts).unwrap();
-        let model = SrNet::new(VarBuilder::from_tensors(ts, dtype, &common::device()), &cfg).unwrap();
+        let model =
+            SrNet::new(VarBuilder::from_tensors(ts, dtype, &common::device()), &cfg).unwrap();
         let out = model.forward(&g["input"].to_dtype(dtype).unwrap()).unwrap();
         check(dtype, "esrgan", net, &out, &g[&format!("{net}.output")]);
     }

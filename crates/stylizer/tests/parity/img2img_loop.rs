@@ -18,7 +18,6 @@ use stylizer::stylize::noise::ReplayNoise;
 use stylizer::stylize::schedulers::{SchedulerConfig, SchedulerKind};
 use stylizer::{NoProgress, Result};
 
-
 use crate::common::max_abs;
 
 fn golden_path(variant: &str, kind: SchedulerKind) -> PathBuf {

@@ -6,17 +6,16 @@
 //! tests/fixtures/sd/golden/<variant>/img2img_<scheduler>.safetensors
 //! (tools/reference/golden_sd.py: prompt below, negative "", strength 0.6, 10 steps, guidance 7.5).
 
-use candle_core::Device;
 use stylizer::stylize::cross_frame::FrameAnchor;
 use stylizer::stylize::img2img::{img2img, Control, Img2ImgParams};
 use stylizer::stylize::noise::ReplayNoise;
 use stylizer::stylize::schedulers::SchedulerKind;
 use stylizer::NoProgress;
 
-use crate::tiny_sd;
-use crate::common::max_abs;
-use crate::tiny_sd::{fixtures, PROMPT};
 use crate::common;
+use crate::common::max_abs;
+use crate::tiny_sd;
+use crate::tiny_sd::{fixtures, PROMPT};
 
 const TOL: f32 = 1e-3;
 

@@ -3,15 +3,15 @@
 //! conv LoRAs, UNet and text encoder), PEFT keys, and both at once; text encoder and UNet
 //! outputs at 1e-4. A LoRA for another model, or a file with no LoRA in it, is refused.
 
-use candle_core::{DType, Device};
+use candle_core::DType;
 use stylizer::stylize::cross_frame::SelfAttention;
 use stylizer::stylize::model::{LoadOptions, SdFiles, SdModel};
 use stylizer::weights::ModelSource;
 use stylizer::NoProgress;
 
+use crate::common;
 use crate::common::max_abs;
 use crate::tiny_sd::fixtures;
-use crate::common;
 
 fn lora(name: &str, scale: f64) -> (ModelSource, f64) {
     (ModelSource::File(fixtures().join("lora").join(name)), scale)

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use stylizer::stylize::cross_frame::SelfAttention;
 use stylizer::stylize::model::{LoadOptions, SdFiles, SdModel};
 use stylizer::stylize::tokenizer::ClipTokenizer;
@@ -13,8 +13,8 @@ use stylizer::stylize::vae::VaeTiling;
 use stylizer::weights::{HubOptions, ModelSource};
 use stylizer::NoProgress;
 
-use crate::common::max_abs;
 use crate::common;
+use crate::common::max_abs;
 
 const VARIANTS: [&str; 2] = ["tiny-sd", "tiny-sd2"];
 const PROMPTS: [&str; 3] = [

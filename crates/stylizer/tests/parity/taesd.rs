@@ -3,7 +3,7 @@
 //! relative to the output's range, and img2img with the tiny SD-2 model at 1e-3 (the only draw
 //! replayed is the start noise: TAESD has no posterior).
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use stylizer::stylize::img2img::{Control, Img2ImgParams};
 use stylizer::stylize::model::{LoadOptions, SdFiles, SdModel};
 use stylizer::stylize::schedulers::{SchedulerConfig, SchedulerKind};
@@ -11,10 +11,10 @@ use stylizer::stylize::vae::VaeTiling;
 use stylizer::weights::ModelSource;
 use stylizer::NoProgress;
 
-use crate::tiny_sd;
-use crate::common::max_abs;
-use crate::tiny_sd::{fixtures, PROMPT};
 use crate::common;
+use crate::common::max_abs;
+use crate::tiny_sd;
+use crate::tiny_sd::{fixtures, PROMPT};
 
 fn golden(name: &str) -> std::collections::HashMap<String, Tensor> {
     let path = fixtures().join(format!("golden/taesd/{name}.safetensors"));
