@@ -5,10 +5,8 @@
 //! tests/fixtures/esrgan/tiny/ (tiny random nets in .pth/.safetensors/ncnn + outputs).
 //! Real weights: tests/data/esrgan/ (git-ignored), made by tools/fetch_esrgan_weights.sh.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 
-use candle_core::Tensor;
 use stylizer::models::SrConfig;
 use stylizer::upscale::{load::load_weights, Model};
 
@@ -31,10 +29,6 @@ fn real_weights(name: &str) -> PathBuf {
         p.display()
     );
     p
-}
-
-fn golden(path: &PathBuf) -> HashMap<String, Tensor> {
-    common::load_tensors(path)
 }
 
 #[test]
@@ -84,7 +78,7 @@ fn tiny_models_config_from_weights() {
 
 #[test]
 fn tiny_models_match_pytorch() {
-    let g = golden(&fixture("tiny/tiny_golden.safetensors"));
+    let g = common::load_tensors(fixture("tiny/tiny_golden.safetensors"));
     for name in ["rrdb_x2", "srvgg_x4"] {
         let want = &g[&format!("{name}.output")];
         for ext in ["pth", "safetensors", "param"] {
@@ -103,7 +97,7 @@ fn tiny_models_match_pytorch() {
 /// whole image and with the ncnn convention (reflect pre-pad 10, crop 40).
 #[test]
 fn real_weights_match_pytorch_golden_64() {
-    let g = golden(&fixture("golden_64.safetensors"));
+    let g = common::load_tensors(fixture("golden_64.safetensors"));
     let x = &g["input"];
     let padded = stylizer::upscale::reflect_pad(x, 10).unwrap();
     for (key, file) in [
@@ -295,7 +289,7 @@ fn out_of_memory_retries_smaller_tiles_then_falls_back() {
 fn images_with_alpha_match_real_esrgan() {
     use image::{DynamicImage, ImageBuffer};
     use stylizer::upscale::{AlphaUpscale, Target, UpscaleOptions, Upscaler};
-    let g = golden(&fixture("alpha_golden.safetensors"));
+    let g = common::load_tensors(fixture("alpha_golden.safetensors"));
     let weights = real_weights("realesr-animevideov3-x4.param");
     for case in [
         "rgba8_model",

@@ -8,7 +8,6 @@
 //! must also come out in the dtype it ran in: a model that silently upcasts to f32 would pass
 //! the precision check and then not fit on the GPU.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Tensor};
@@ -35,10 +34,6 @@ const SLACK: f32 = 4.0;
 
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
-}
-
-fn golden(path: &Path) -> HashMap<String, Tensor> {
-    common::load_tensors(path)
 }
 
 fn name(dtype: DType) -> &'static str {
@@ -81,7 +76,7 @@ fn within(dtype: DType, group: &str, part: &str, ours: f32) {
 }
 
 fn weights(path: &Path, dtype: DType) -> VarBuilder<'static> {
-    let ts = golden(path);
+    let ts = common::load_tensors(path);
     VarBuilder::from_tensors(ts, dtype, &common::device())
 }
 
@@ -98,7 +93,7 @@ fn sd_parts(variant: &str, dtype: DType, convolutions: bool) {
     let files =
         SdFiles::resolve(&ModelSource::Folder(dir.clone()), &opts, &mut NoProgress).unwrap();
 
-    let g = golden(&gold.join("text_encoder.safetensors"));
+    let g = common::load_tensors(gold.join("text_encoder.safetensors"));
     let ids = g["input_ids"].to_dtype(DType::U32).unwrap();
     let out = files.text_encoder().unwrap().forward(&ids).unwrap();
     check(
@@ -112,7 +107,7 @@ fn sd_parts(variant: &str, dtype: DType, convolutions: bool) {
         return;
     }
 
-    let g = golden(&gold.join("unet.safetensors"));
+    let g = common::load_tensors(gold.join("unet.safetensors"));
     let unet = UNet2DConditionModel::new(
         weights(&dir.join("unet/diffusion_pytorch_model.safetensors"), dtype),
         &files.unet_config,
@@ -138,7 +133,7 @@ fn sd_parts(variant: &str, dtype: DType, convolutions: bool) {
     check(dtype, variant, "unet", &out, &g["out"]);
 
     // The VAE itself in `dtype` (the pipeline keeps a force_upcast VAE in f32, below).
-    let g = golden(&gold.join("vae.safetensors"));
+    let g = common::load_tensors(gold.join("vae.safetensors"));
     let vae = AutoencoderKL::new(
         weights(&dir.join("vae/diffusion_pytorch_model.safetensors"), dtype),
         &files.vae_config,
@@ -203,7 +198,7 @@ fn controlnet_in_f16() {
     let source = ModelSource::Folder(fixtures().join("sd/controlnet/tiny-sd-a"));
     let files = ControlNetFiles::resolve(&source, &f16_options(), model.unet_config()).unwrap();
     model.add_controlnet(&files).unwrap();
-    let g = golden(&fixtures().join("sd/golden/tiny-sd/controlnet.safetensors"));
+    let g = common::load_tensors(fixtures().join("sd/golden/tiny-sd/controlnet.safetensors"));
     let t = g["timestep"]
         .to_dtype(DType::F64)
         .unwrap()
@@ -239,7 +234,7 @@ fn motion_unet_in_f16() {
     let adapter = MotionAdapterFiles::resolve(&source, &f16_options()).unwrap();
     model.set_motion_adapter(&adapter).unwrap();
     assert_eq!(model.unet_dtype(), DType::F16);
-    let g = golden(&fixtures().join("sd/golden/tiny-sd/animatediff_unet.safetensors"));
+    let g = common::load_tensors(fixtures().join("sd/golden/tiny-sd/animatediff_unet.safetensors"));
     let t = g["timestep"]
         .to_dtype(DType::F64)
         .unwrap()
@@ -270,7 +265,7 @@ fn tiny_vae_in_f16() {
     let dir = fixtures().join("sd/taesd");
     let text = std::fs::read_to_string(dir.join("config.json")).unwrap();
     let config = TinyVaeConfig::from_json(&serde_json::from_str(&text).unwrap()).unwrap();
-    let g = golden(&fixtures().join("sd/golden/taesd/taesd.safetensors"));
+    let g = common::load_tensors(fixtures().join("sd/golden/taesd/taesd.safetensors"));
     let dtype = DType::F16;
     let vb = weights(&dir.join("diffusion_pytorch_model.safetensors"), dtype);
     let taesd = AutoencoderTiny::new(vb, &config).unwrap();
@@ -285,10 +280,10 @@ fn tiny_vae_in_f16() {
 #[test]
 fn upscalers_in_f16() {
     let tiny = fixtures().join("esrgan/tiny");
-    let g = golden(&tiny.join("tiny_golden.safetensors"));
+    let g = common::load_tensors(tiny.join("tiny_golden.safetensors"));
     let dtype = DType::F16;
     for net in ["rrdb_x2", "srvgg_x4"] {
-        let ts = golden(&tiny.join(format!("{net}.safetensors")));
+        let ts = common::load_tensors(tiny.join(format!("{net}.safetensors")));
         let cfg = SrConfig::detect(&ts).unwrap();
         let model =
             SrNet::new(VarBuilder::from_tensors(ts, dtype, &common::device()), &cfg).unwrap();
@@ -321,7 +316,7 @@ fn offload_keeps_the_vae_in_f32_off_the_device_and_out_of_the_plan() {
     let unet = tiny_sd_f16().weight_bytes()[0].1;
     assert_eq!(model.weight_bytes()[0].1, unet);
     // The f32 VAE decodes as the f32 parity test expects.
-    let g = golden(&fixtures().join("sd/golden/tiny-sd/vae.safetensors"));
+    let g = common::load_tensors(fixtures().join("sd/golden/tiny-sd/vae.safetensors"));
     let decoded = model.vae_decode(&g["latent_mean"]).unwrap();
     let d = max_abs(&decoded, &g["decoded"]);
     assert!(d <= 5e-4, "offloaded VAE decode off by {d}");

@@ -10,7 +10,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use stylizer::stylize::controlnet::ControlResiduals;
 use stylizer::stylize::cross_frame::{FrameAnchor, SelfAttention};
 use stylizer::stylize::img2img::{img2img, Control, Img2ImgModel, Img2ImgParams};
@@ -18,6 +18,7 @@ use stylizer::stylize::noise::ReplayNoise;
 use stylizer::stylize::schedulers::{SchedulerConfig, SchedulerKind};
 use stylizer::{NoProgress, Result};
 
+use crate::common;
 use crate::common::max_abs;
 
 fn golden_path(variant: &str, kind: SchedulerKind) -> PathBuf {
@@ -105,7 +106,7 @@ fn loop_reproduces_diffusers_runs_with_replayed_networks() {
     for variant in ["tiny-sd", "tiny-sd2"] {
         for kind in SchedulerKind::ALL {
             let path = golden_path(variant, kind);
-            let g = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
+            let g = common::load_tensors(&path);
             let mut noise = ReplayNoise::new(g.clone());
             let model = Replayed {
                 g: g.clone(),
@@ -163,9 +164,7 @@ fn loop_reproduces_diffusers_runs_with_replayed_networks() {
 
 #[test]
 fn guidance_at_most_one_runs_the_prompt_alone() {
-    let g =
-        candle_core::safetensors::load(golden_path("tiny-sd", SchedulerKind::Ddim), &Device::Cpu)
-            .unwrap();
+    let g = common::load_tensors(golden_path("tiny-sd", SchedulerKind::Ddim));
     struct PromptOnly(Tensor);
     impl Img2ImgModel for PromptOnly {
         fn vae_encode(&self, image: &Tensor) -> Result<(Tensor, Tensor)> {
