@@ -672,3 +672,89 @@ fn many_inputs_run_in_turn_and_a_bad_one_does_not_stop_the_rest() {
         stderr(&out)
     );
 }
+
+/// The video packets' times in `path`, in presentation order.
+fn frame_times(path: &Path) -> Vec<f64> {
+    let out = std::process::Command::new("ffprobe")
+        .args(["-v", "error", "-select_streams", "v:0"])
+        .args(["-show_entries", "packet=pts_time", "-of", "csv=p=0"])
+        .arg(path)
+        .output()
+        .unwrap();
+    let mut t: Vec<f64> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.trim().trim_end_matches(',').parse().ok())
+        .collect();
+    t.sort_by(f64::total_cmp);
+    t
+}
+
+/// NTSC video that starts 0.5 s into its audio. Whether the job is one segment encoded
+/// straight into the output or several joined, in MP4 and in Matroska, every frame keeps
+/// its own time on the 30000/1001 grid and the video starts where ffmpeg's own stream copy
+/// into that container puts it (Matroska shifts both streams by the AAC priming).
+#[test]
+fn frame_times_and_a_late_video_start_survive_both_ways_into_each_container() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("late.mp4");
+    ffmpeg(&[
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=frequency=440:sample_rate=48000:duration=3",
+        "-itsoffset",
+        "0.5",
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=160x96:rate=30000/1001:duration=2",
+        "-map",
+        "1:v",
+        "-map",
+        "0:a",
+        "-fps_mode",
+        "passthrough",
+        "-c:v",
+        "libx264",
+        "-c:a",
+        "aac",
+        input.to_str().unwrap(),
+    ]);
+    let frames = frame_times(&input).len();
+    let step = 1001.0 / 30000.0;
+    for ext in ["mp4", "mkv"] {
+        let copy = dir.path().join(format!("copy.{ext}"));
+        ffmpeg(&[
+            "-i",
+            input.to_str().unwrap(),
+            "-c",
+            "copy",
+            copy.to_str().unwrap(),
+        ]);
+        let start = frame_times(&copy)[0];
+        for (how, args) in [
+            ("one segment", &[][..]),
+            ("joined", &["--segment-seconds", "0.4"][..]),
+        ] {
+            let output = dir
+                .path()
+                .join(format!("out_{}.{ext}", how.replace(' ', "_")));
+            stylize_ok(&input, &output, "identity", args);
+            let t = frame_times(&output);
+            assert_eq!(t.len(), frames, "{ext}, {how}: frame count");
+            assert!(
+                (t[0] - start).abs() < 0.0015,
+                "{ext}, {how}: video starts at {:.3} s, a stream copy at {start:.3} s",
+                t[0]
+            );
+            for (i, w) in t.windows(2).enumerate() {
+                assert!(
+                    (w[1] - w[0] - step).abs() < 0.0015,
+                    "{ext}, {how}: frame {} lasts {:.4} s",
+                    i,
+                    w[1] - w[0]
+                );
+            }
+        }
+    }
+}

@@ -5,14 +5,15 @@
 //! identity and every setting that changes pixels; a rerun with the same settings skips the
 //! finished segments, and `--segment K/N` lets N machines render disjoint shares into one
 //! shared folder. The join stream-copies the segments with the input's audio into a
-//! temporary file in the output folder, renamed to the output name only when complete.
+//! temporary file in the output folder, renamed to the output name only when complete. A job
+//! of one segment has nothing to join: its encoder writes that file itself.
 
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use crate::stage::FrameStage;
-use crate::video::encode::{self, Container};
+use crate::video::encode::{self, Container, Target};
 use crate::video::{render_size, Decoder, EncodeSettings, Encoder, MaxRes, Timing, VideoInfo};
 use crate::{Error, Frame, Progress, Result, Stage};
 
@@ -211,6 +212,10 @@ fn count_path(work: &Path, i: usize) -> PathBuf {
 fn partial_path(work: &Path, i: usize) -> PathBuf {
     work.join(format!("seg_{i:05}.partial.mp4"))
 }
+/// The output as a job of one segment writes it, moved into place when complete.
+fn direct_path(work: &Path) -> PathBuf {
+    work.join("output.partial.tmp")
+}
 fn is_done(work: &Path, i: usize) -> bool {
     segment_path(work, i).exists() || empty_marker(work, i).exists()
 }
@@ -345,7 +350,13 @@ pub fn run(
     } else {
         (end - first) as u64 * segment_frames
     };
-    let mut repeats = 0;
+    // A job of one segment is encoded straight into the output: a join would only copy it
+    // once more, in an ffmpeg run of its own (~2 % of a light job's time). Resuming it means
+    // rendering it again either way.
+    let direct = (job.share.is_none() && total == 1 && pending == [0] && !job.keep_work)
+        .then(|| Container::from_path(&job.output))
+        .transpose()?;
+    let mut rendered = Rendered::default();
     if !pending.is_empty() {
         progress.stage(Stage::LoadModels);
         if let Err(e) = start_stages(info, stages, (width, height)) {
@@ -361,8 +372,9 @@ pub fn run(
             manifest: &manifest,
             encode: &job.encode,
             range_frames,
+            direct,
         };
-        repeats = match renderer.render(&pending, stages, done_frames, progress) {
+        rendered = match renderer.render(&pending, stages, done_frames, progress) {
             Ok(r) => r,
             Err(e) => {
                 discard_unfinished(&work, &pending, job.share.is_none());
@@ -377,13 +389,18 @@ pub fn run(
             n,
             segments: pending.len(),
             work_dir: work,
-            repeats,
+            repeats: rendered.repeats,
         });
     }
-    let frames = finish_join(job, info, &work, total, progress)?;
+    let frames = if direct.is_some() {
+        place_output(job, &direct_path(&work), &work)?;
+        rendered.frames
+    } else {
+        finish_join(job, info, &work, total, progress)?
+    };
     Ok(Outcome::Finished {
         output: job.output.clone(),
-        repeats,
+        repeats: rendered.repeats,
         frames,
     })
 }
@@ -437,6 +454,7 @@ fn discard_unfinished(work: &Path, pending: &[usize], alone: bool) {
     for &i in pending {
         let _ = std::fs::remove_file(partial_path(work, i));
     }
+    let _ = std::fs::remove_file(direct_path(work));
     let finished = std::fs::read_dir(work)
         .into_iter()
         .flatten()
@@ -632,19 +650,29 @@ struct Renderer<'a> {
     manifest: &'a Manifest,
     encode: &'a EncodeSettings,
     range_frames: u64,
+    /// The job's one segment goes straight into the output, in this container.
+    direct: Option<Container>,
+}
+
+/// What [`Renderer::render`] did.
+#[derive(Default)]
+struct Rendered {
+    /// Frames written.
+    frames: u64,
+    /// Frames that were repeats of the frame before.
+    repeats: u64,
 }
 
 impl Renderer<'_> {
     /// Renders the `pending` segments in order, decoding continuously across neighbours.
-    /// Returns how many frames were repeats of the frame before.
     fn render(
         &self,
         pending: &[usize],
         stages: &mut [Box<dyn FrameStage>],
         mut done: u64,
         progress: &mut dyn Progress,
-    ) -> Result<u64> {
-        let mut repeats = 0;
+    ) -> Result<Rendered> {
+        let mut out = Rendered::default();
         let m = self.manifest;
         let last = m.segments - 1;
         let mut decoder: Option<(Decoder, usize)> = None; // decoder and the segment it is at
@@ -678,7 +706,16 @@ impl Renderer<'_> {
                 .collect();
             // The last segment runs to the end of the video, whatever the container said.
             let limit = (seg != last).then_some(m.segment_frames);
-            let partial = partial_path(self.work, seg);
+            let (partial, target) = match self.direct {
+                Some(container) => (
+                    direct_path(self.work),
+                    Target::Output {
+                        info: self.info,
+                        container,
+                    },
+                ),
+                None => (partial_path(self.work, seg), Target::Segment),
+            };
             // Started before the first frame: ffmpeg's start-up overlaps the decoder's.
             let mut encoder = Encoder::create(
                 &partial,
@@ -686,6 +723,8 @@ impl Renderer<'_> {
                 m.out_height,
                 self.info.fps,
                 self.encode,
+                target,
+                &mut |w| progress.warn(w),
             )?;
             // The segment's previous decoded frame and what the stages made of it: a frame
             // equal to it takes the same output (never across segments, so a resumed or split
@@ -698,7 +737,7 @@ impl Renderer<'_> {
                     // segment is complete and only draining: keep it.
                     drop(encoder);
                     if let Some(prev) = draining.take() {
-                        self.commit(prev)?;
+                        self.commit(prev, &mut out)?;
                     }
                     return Err(Error::Interrupted {
                         work_dir: self.work.to_path_buf(),
@@ -712,7 +751,7 @@ impl Renderer<'_> {
                     for s in stages.iter_mut() {
                         s.repeat(start + n)?;
                     }
-                    repeats += 1;
+                    out.repeats += 1;
                 } else {
                     // The stages take the frame; the input stays for the comparison. The
                     // previous pair's input buffer is reused: no allocation, no page faults.
@@ -734,14 +773,14 @@ impl Renderer<'_> {
                 }
                 encoder.write_frame(&last.as_ref().expect("rendered or repeated").1)?;
                 if draining.as_mut().is_some_and(|(e, _)| e.has_finished()) {
-                    self.commit(draining.take().expect("checked above"))?;
+                    self.commit(draining.take().expect("checked above"), &mut out)?;
                 }
                 n += 1;
                 done += 1;
                 progress.frame(done, self.range_frames.max(done));
             }
             if let Some(prev) = draining.take() {
-                self.commit(prev)?;
+                self.commit(prev, &mut out)?;
             }
             if n > 0 {
                 encoder.close_input()?;
@@ -754,7 +793,7 @@ impl Renderer<'_> {
             decoder = Some((decoder.take().expect("decoder is open").0, seg + 1));
         }
         if let Some(prev) = draining.take() {
-            self.commit(prev)?;
+            self.commit(prev, &mut out)?;
         }
         if let Some(frames) = ended_at {
             // The container's frame count, or what its duration promises (a cut Matroska file
@@ -773,7 +812,7 @@ impl Renderer<'_> {
                 return Err(Error::input(&self.info.path, "no frame could be decoded"));
             }
         }
-        Ok(repeats)
+        Ok(out)
     }
 
     fn source(&self) -> Source<'_> {
@@ -787,9 +826,13 @@ impl Renderer<'_> {
 
     /// Waits for a segment's encoder and gives the file its final name, its frame count
     /// written beside it first (the join needs it; probing every segment again costs a
-    /// process each).
-    fn commit(&self, (enc, seg): (Encoder, usize)) -> Result<()> {
+    /// process each). The direct output is left for [`place_output`].
+    fn commit(&self, (enc, seg): (Encoder, usize), out: &mut Rendered) -> Result<()> {
         let frames = enc.finish()?;
+        out.frames += frames;
+        if self.direct.is_some() {
+            return Ok(());
+        }
         std::fs::write(count_path(self.work, seg), frames.to_string())
             .map_err(|e| Error::io(format!("finishing segment {seg}"), e))?;
         std::fs::rename(partial_path(self.work, seg), segment_path(self.work, seg))
@@ -890,21 +933,26 @@ fn finish_join(
         let _ = std::fs::remove_file(&tmp);
         return Err(e);
     }
+    place_output(job, &tmp, work)?;
     // Stream copy keeps every frame of every segment: no need to probe the output again.
-    let frames = segments.iter().map(|(_, n)| n).sum();
+    Ok(segments.iter().map(|(_, n)| n).sum())
+}
+
+/// Gives the complete output `tmp` its name and, unless kept, removes the work folder.
+fn place_output(job: &Job, tmp: &Path, work: &Path) -> Result<()> {
     if job.output.exists() && !job.overwrite {
-        let _ = std::fs::remove_file(&tmp);
+        let _ = std::fs::remove_file(tmp);
         return Err(Error::output(
             &job.output,
             "appeared while rendering (use --overwrite to replace it)",
         ));
     }
-    std::fs::rename(&tmp, &job.output)
+    std::fs::rename(tmp, &job.output)
         .map_err(|e| Error::io(format!("moving the result to {}", job.output.display()), e))?;
     if !job.keep_work {
         let _ = std::fs::remove_dir_all(work);
     }
-    Ok(frames)
+    Ok(())
 }
 
 #[cfg(test)]

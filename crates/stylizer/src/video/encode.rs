@@ -3,7 +3,7 @@
 
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::process::ChildStdin;
+use std::process::{ChildStdin, Command};
 
 use serde::{Deserialize, Serialize};
 
@@ -161,7 +161,19 @@ fn timescale(fps: Rational) -> u64 {
     fps.num * k
 }
 
-/// An ffmpeg process encoding rgb24 frames from a pipe into one segment file.
+/// Where an [`Encoder`] writes.
+pub enum Target<'a> {
+    /// A segment: video only, MP4, for a later [`join`].
+    Segment,
+    /// The output itself, with the input's audio, subtitles and metadata as [`join`] would
+    /// add them. A job of one segment needs no join, so it skips that extra ffmpeg run.
+    Output {
+        info: &'a VideoInfo,
+        container: Container,
+    },
+}
+
+/// An ffmpeg process encoding rgb24 frames from a pipe into a segment or the output.
 pub struct Encoder {
     process: Process,
     stdin: Option<BufWriter<ChildStdin>>,
@@ -171,29 +183,40 @@ pub struct Encoder {
 }
 
 impl Encoder {
-    /// Starts encoding `width`×`height` frames at `fps` into `path` (an MP4 segment).
+    /// Starts encoding `width`×`height` frames at `fps` into `path`.
     pub fn create(
         path: &Path,
         width: u32,
         height: u32,
         fps: Rational,
         settings: &EncodeSettings,
+        target: Target,
+        warn: &mut dyn FnMut(&str),
     ) -> Result<Self> {
         let mut cmd = Tool::Ffmpeg.command();
+        if let Target::Output { info, .. } = &target {
+            offset_video(&mut cmd, info);
+        }
         cmd.args(["-f", "rawvideo", "-pix_fmt", "rgb24"])
             .args(["-s", &format!("{width}x{height}")])
             .args(["-framerate", &fps.to_string()])
-            .args(["-i", "-"])
-            // RGB → BT.709 limited-range 4:2:0, tagged, so players show the colours we made.
-            // Area-averaged chroma keeps 0.3-0.8 dB more of the picture than bicubic.
-            .args([
-                "-vf",
-                "scale=out_color_matrix=bt709:out_range=tv:flags=area+accurate_rnd+full_chroma_int,format=yuv420p",
-            ])
-            .args(["-colorspace", "bt709", "-color_primaries", "bt709"])
-            .args(["-color_trc", "bt709", "-color_range", "tv"])
-            .args(["-c:v", settings.codec.encoder()])
-            .args(["-crf", &settings.crf.to_string()]);
+            .args(["-i", "-"]);
+        if let Target::Output { info, .. } = &target {
+            cmd.arg("-i").arg(&info.path).args(["-map", "0:v:0"]);
+        }
+        // One output frame per frame sent: an offset video start must not be filled with
+        // copies of the first frame, as MP4's default constant-rate mode would.
+        cmd.args(["-fps_mode", "passthrough"]);
+        // RGB → BT.709 limited-range 4:2:0, tagged, so players show the colours we made.
+        // Area-averaged chroma keeps 0.3-0.8 dB more of the picture than bicubic.
+        cmd.args([
+            "-vf",
+            "scale=out_color_matrix=bt709:out_range=tv:flags=area+accurate_rnd+full_chroma_int,format=yuv420p",
+        ])
+        .args(["-colorspace", "bt709", "-color_primaries", "bt709"])
+        .args(["-color_trc", "bt709", "-color_range", "tv"])
+        .args(["-c:v", settings.codec.encoder()])
+        .args(["-crf", &settings.crf.to_string()]);
         if let Some(preset) = &settings.preset {
             cmd.args(["-preset", preset]);
         }
@@ -206,9 +229,16 @@ impl Encoder {
             }
             Codec::H264 => {}
         }
-        cmd.args(["-video_track_timescale", &timescale(fps).to_string()])
-            .args(["-f", "mp4", "-y"])
-            .arg(path);
+        match target {
+            Target::Segment => {
+                cmd.args(["-video_track_timescale", &timescale(fps).to_string()])
+                    .args(["-f", "mp4", "-y"])
+                    .arg(path);
+            }
+            Target::Output { info, container } => {
+                mux_output(&mut cmd, info, fps, settings.codec, container, path, warn)
+            }
+        }
         let mut process = Process::spawn(Tool::Ffmpeg, cmd, true)?;
         let stdin = process.take_stdin().expect("stdin is piped");
         Ok(Self {
@@ -297,19 +327,49 @@ pub fn join(
     }
     std::fs::write(list_path, list)
         .map_err(|e| Error::io(format!("writing {}", list_path.display()), e))?;
-    // The concat demuxer offsets files in microseconds; snapping every timestamp back to
-    // the frame grid (in the segments' time base) keeps 30000/1001 exact over any length.
-    let tick = timescale(fps) * fps.den / fps.num;
-    let snap =
-        format!("setts=pts=round(PTS/{tick})*{tick}:dts=round(DTS/{tick})*{tick}:duration={tick}");
-
     let mut cmd = Tool::Ffmpeg.command();
     cmd.args(["-f", "concat", "-safe", "0"]);
+    offset_video(&mut cmd, info);
+    cmd.arg("-i").arg(list_path).arg("-i").arg(&info.path);
+    cmd.args(["-map", "0:v:0", "-c:v", "copy"]);
+    if matches!(container, Container::Mp4 | Container::Mov) {
+        // The concat demuxer offsets files in microseconds; snapping every timestamp back
+        // to the frame grid (in the segments' time base) keeps 30000/1001 exact over any
+        // length. Matroska counts in milliseconds anyway, and ffmpeg 5.1 hands its bitstream
+        // filters packets in that time base while saying it is the segments' one: the snap
+        // would collapse whole runs of frames onto one timestamp.
+        let tick = timescale(fps) * fps.den / fps.num;
+        cmd.args([
+            "-bsf:v",
+            &format!(
+                "setts=pts=round(PTS/{tick})*{tick}:dts=round(DTS/{tick})*{tick}:duration={tick}"
+            ),
+        ]);
+    }
+    mux_output(&mut cmd, info, fps, codec, container, output, warn);
+    Process::spawn(Tool::Ffmpeg, cmd, false)?.wait()
+}
+
+/// Starts the next input (the video) where the input's video starts: its audio may begin
+/// earlier.
+fn offset_video(cmd: &mut Command, info: &VideoInfo) {
     if info.video_start_offset > 0.0005 {
         cmd.args(["-itsoffset", &format!("{:.6}", info.video_start_offset)]);
     }
-    cmd.arg("-i").arg(list_path).arg("-i").arg(&info.path);
-    cmd.args(["-map", "0:v:0", "-c:v", "copy", "-bsf:v", &snap]);
+}
+
+/// The output's streams besides the video (input 1, the original file: its audio,
+/// subtitles, metadata and chapters, converted where the container needs it) and the
+/// container's settings, then the output file.
+fn mux_output(
+    cmd: &mut Command,
+    info: &VideoInfo,
+    fps: Rational,
+    codec: Codec,
+    container: Container,
+    output: &Path,
+    warn: &mut dyn FnMut(&str),
+) {
     cmd.args(["-map_metadata", "1", "-map_chapters", "1"]);
     if let Some(codec) = &info.audio_codec {
         cmd.args(["-map", "1:a"]);
@@ -348,7 +408,6 @@ pub fn join(
         cmd.args(["-movflags", "+faststart"]);
     }
     cmd.args(["-f", container.muxer(), "-y"]).arg(output);
-    Process::spawn(Tool::Ffmpeg, cmd, false)?.wait()
 }
 
 #[cfg(test)]
