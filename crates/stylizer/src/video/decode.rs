@@ -1,7 +1,7 @@
 //! Streaming decode: ffmpeg writes `rawvideo rgb24` frames to a pipe, we read one at a time.
 //! Frames never touch the disk.
 
-use std::io::{BufReader, Read};
+use std::io::Read;
 use std::process::ChildStdout;
 use std::sync::OnceLock;
 
@@ -113,7 +113,7 @@ pub fn filter_chain(
 pub struct Decoder {
     process: Process,
     path: std::path::PathBuf,
-    stdout: BufReader<ChildStdout>,
+    stdout: ChildStdout,
     width: u32,
     height: u32,
     decoded: u64,
@@ -144,8 +144,9 @@ impl Decoder {
         Ok(Self {
             process,
             path: info.path.clone(),
-            // A few frames of buffer; ffmpeg writes frame-sized chunks.
-            stdout: BufReader::with_capacity(1 << 20, stdout),
+            // Unbuffered: frames are read straight into their own memory (through a buffer,
+            // every frame would be copied once more; the pipe itself holds 1 MiB).
+            stdout,
             width,
             height,
             decoded: 0,
