@@ -783,7 +783,7 @@ impl Renderer<'_> {
                 self.commit(prev, &mut out)?;
             }
             if n > 0 {
-                encoder.close_input()?;
+                encoder.close_input();
                 draining = Some((encoder, seg));
             } else {
                 drop(encoder);

@@ -1,7 +1,7 @@
 //! Streaming encode (rgb24 frames → ffmpeg → a segment file) and the final join (segments +
 //! the input's audio and subtitles → the output file).
 
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{ChildStdin, Command};
 
@@ -176,7 +176,8 @@ pub enum Target<'a> {
 /// An ffmpeg process encoding rgb24 frames from a pipe into a segment or the output.
 pub struct Encoder {
     process: Process,
-    stdin: Option<BufWriter<ChildStdin>>,
+    /// Unbuffered: a frame goes from its own memory into the pipe (1 MiB) in one write.
+    stdin: Option<ChildStdin>,
     width: u32,
     height: u32,
     frames: u64,
@@ -243,7 +244,7 @@ impl Encoder {
         let stdin = process.take_stdin().expect("stdin is piped");
         Ok(Self {
             process,
-            stdin: Some(BufWriter::with_capacity(1 << 20, stdin)),
+            stdin: Some(stdin),
             width,
             height,
             frames: 0,
@@ -270,18 +271,10 @@ impl Encoder {
         Ok(())
     }
 
-    /// Sends the last frames and closes the pipe: ffmpeg goes on to drain its encoder (frame
-    /// threads, lookahead) in the background while the caller starts on the next segment.
-    pub fn close_input(&mut self) -> Result<()> {
-        if let Some(mut stdin) = self.stdin.take() {
-            if let Err(e) = stdin.flush() {
-                return Err(self
-                    .process
-                    .failure()
-                    .unwrap_or_else(|| Error::io("writing frames to ffmpeg", e)));
-            }
-        }
-        Ok(())
+    /// Closes the pipe: ffmpeg goes on to drain its encoder (frame threads, lookahead) in
+    /// the background while the caller starts on the next segment.
+    pub fn close_input(&mut self) {
+        self.stdin = None;
     }
 
     /// After [`Encoder::close_input`]: whether ffmpeg is done with the file (never blocks).
@@ -291,7 +284,7 @@ impl Encoder {
 
     /// Closes the pipe and waits for ffmpeg to finish the file.
     pub fn finish(mut self) -> Result<u64> {
-        self.close_input()?;
+        self.close_input();
         let frames = self.frames;
         self.process.wait()?;
         Ok(frames)
