@@ -151,6 +151,44 @@ fn ctrl_c_stops_cleanly_and_keeps_finished_segments() {
     );
 }
 
+/// A job of one segment writes the output's temporary file itself: Ctrl-C leaves neither it
+/// nor the work folder, and the message does not promise a resume.
+#[test]
+fn ctrl_c_in_a_job_of_one_segment_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = make_clip(dir.path(), "in.mp4", "320x240", "25", 2.0, Some("aac"), &[]);
+    let output = dir.path().join("out.mp4");
+    let mut child = spawn(bin().arg("stylize").arg(&input).args([
+        "--frame-stage",
+        "invert",
+        "--frame-stage-delay-ms",
+        "40",
+        "-o",
+        output.to_str().unwrap(),
+    ]));
+    let partial = dir.path().join("out.mp4.work/output.partial.tmp");
+    let t0 = Instant::now();
+    while std::fs::metadata(&partial).map_or(0, |m| m.len()) == 0 {
+        assert!(child.try_wait().unwrap().is_none(), "finished too soon");
+        assert!(t0.elapsed() < Duration::from_secs(60), "no output started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(err.contains("nothing was kept"), "{err}");
+    assert_eq!(
+        listing(dir.path()),
+        ["in.mp4"],
+        "nothing left beside the input"
+    );
+}
+
 #[test]
 fn shares_rendered_in_parallel_join_to_the_same_video() {
     let dir = tempfile::tempdir().unwrap();

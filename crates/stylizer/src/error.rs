@@ -49,9 +49,12 @@ pub enum Error {
     #[error("weights: {0}")]
     Weights(String),
 
-    /// The run was stopped by Ctrl-C / SIGTERM; finished work is kept for resuming.
-    #[error("interrupted; finished segments are kept in {work_dir}, run the same command again to resume")]
-    Interrupted { work_dir: PathBuf },
+    /// The run was stopped by Ctrl-C / SIGTERM; finished work, if any, is kept for resuming.
+    #[error("interrupted; {}", match .work_dir {
+        Some(dir) => format!("finished segments are kept in {}, run the same command again to resume", dir.display()),
+        None => "no segment was finished, so nothing was kept".into(),
+    })]
+    Interrupted { work_dir: Option<PathBuf> },
 
     /// A filesystem operation failed (disk full, permission denied, ...).
     #[error("{context}: {source}")]

@@ -378,7 +378,12 @@ pub fn run(
             Ok(r) => r,
             Err(e) => {
                 discard_unfinished(&work, &pending, job.share.is_none());
-                return Err(e);
+                return Err(match e {
+                    Error::Interrupted { .. } if !work.exists() => {
+                        Error::Interrupted { work_dir: None }
+                    }
+                    e => e,
+                });
             }
         };
     }
@@ -740,7 +745,7 @@ impl Renderer<'_> {
                         self.commit(prev, &mut out)?;
                     }
                     return Err(Error::Interrupted {
-                        work_dir: self.work.to_path_buf(),
+                        work_dir: Some(self.work.to_path_buf()),
                     });
                 }
                 let Some(input) = dec.next_frame()? else {
