@@ -7,11 +7,14 @@
 #   bash tools/gpu_check.sh        on the GPU machine (nothing is built there): the parity
 #                                  replays on CUDA (f32 on candle's ops, f16, bf16 text encoders),
 #                                  then a real clip stylized with the tiny model on --device cuda,
-#                                  with the peak GPU memory; prints a summary, exits non-zero if
-#                                  anything failed.
+#                                  then with an SD-2-base-sized random model (tools/gpu/
+#                                  random_model.py): seconds per 480p frame, and a run under
+#                                  --max-vram 8; each with the peak GPU memory; prints a summary,
+#                                  exits non-zero if anything failed.
 #
 # GPU_CHECK_DEVICE=cpu runs the second form on this machine with CPU binaries (PROFILE=dev
-# pack): a rehearsal of the script itself, since device time is minutes.
+# pack; PYTHON=tools/reference/.cache/venv/bin/python): a rehearsal of the script itself,
+# since device time is minutes.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PACK=target/gpu
@@ -41,6 +44,7 @@ if [ "${1:-}" = pack ]; then
 fi
 
 DEVICE=${GPU_CHECK_DEVICE:-cuda}
+PYTHON=${PYTHON:-python3}  # one with PyTorch (there: the one whose nvidia wheels serve CUDA)
 WORK=$(mktemp -d); trap 'rm -rf "$WORK"' EXIT
 failed=()
 step() { echo; echo "=== $*"; }
@@ -55,7 +59,7 @@ cp -n "$PACK"/realesr-animevideov3-x4.* tests/data/esrgan/ 2>/dev/null || true
 
 if [ "$DEVICE" != cpu ]; then
   # The CUDA 13 libraries come with PyTorch's wheels there; libcuda.so.1 with the driver.
-  libs=$(python3 -c 'import nvidia,glob,os;print(":".join(sorted({os.path.dirname(p) for d in nvidia.__path__ for p in glob.glob(os.path.join(d,"*","lib","lib*.so*"))})))' 2>/dev/null || true)
+  libs=$("$PYTHON" -c 'import nvidia,glob,os;print(":".join(sorted({os.path.dirname(p) for d in nvidia.__path__ for p in glob.glob(os.path.join(d,"*","lib","lib*.so*"))})))' 2>/dev/null || true)
   export LD_LIBRARY_PATH="$libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
   ldd "$WORK/video-stylizer" | grep -E "cuda|cublas|curand" || true
@@ -91,6 +95,33 @@ if command -v ffmpeg >/dev/null && command -v ffprobe >/dev/null; then
 else
   echo "no ffmpeg/ffprobe on this machine: the clip cannot be stylized"
   failed+=(no-ffmpeg)
+fi
+
+step "an SD-2-base-sized model (random weights of the real shapes) on --device $DEVICE"
+# Time and memory do not depend on the values; the model (2.6 GB in f16) is drawn there with
+# PyTorch, since it cannot travel.
+# At 480p: seconds per frame from --preview (model loading excluded), then 0.5 s of video in
+# full under --max-vram 8, the budget of the product's 8 GB target.
+if ! command -v ffmpeg >/dev/null; then
+  failed+=(sd2-no-ffmpeg)
+elif ! "$PYTHON" -c 'import torch' 2>/dev/null; then
+  echo "no PyTorch for $PYTHON: the random model cannot be drawn"
+  failed+=(sd2-no-torch)
+else
+  # A CPU rehearsal takes minutes per 480p frame (and f16 is slow there): a thumbnail-sized
+  # clip in f32.
+  # (--max-vram is refused on a CPU run.)
+  dtype=f16 clip=(-t 0.5) budget=(--max-vram 8)
+  [ "$DEVICE" = cpu ] && dtype=f32 clip=(-vf scale=128:72 -t 0.2) budget=()
+  ffmpeg -hide_banner -loglevel error -nostdin -i tests/data/bigbuckbunny.mp4 "${clip[@]}" \
+    -c:v libx264 -c:a copy "$WORK/sd2-in.mp4"
+  check sd2-draw "$PYTHON" tools/gpu/random_model.py build tools/gpu/sd2-base "$WORK/sd2" --dtype f16
+  sd2=("$WORK/video-stylizer" stylize "$WORK/sd2-in.mp4" --model-id "$WORK/sd2" \
+    --prompt "anime style" --max-res 480p --device "$DEVICE" --dtype "$dtype" --seed 1)
+  check sd2-preview peak "${sd2[@]}" --preview 4 -o "$WORK/sd2-preview.mp4"
+  check sd2-8gb peak "${sd2[@]}" "${budget[@]}" -o "$WORK/sd2.mp4"
+  check sd2-probe ffprobe -v error -show_entries stream=codec_name,width,height,nb_frames \
+    -of csv=p=0 "$WORK/sd2.mp4"
 fi
 
 step "summary"
