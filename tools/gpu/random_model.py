@@ -41,15 +41,19 @@ def header(path):
     return h
 
 
+def copy_configs(src, out):
+    for c in CONFIGS:
+        os.makedirs(os.path.join(out, os.path.dirname(c)), exist_ok=True)
+        shutil.copy(os.path.join(src, c), os.path.join(out, c))
+
+
 def shapes(src, out):
     os.makedirs(out, exist_ok=True)
     table = {c: {name: t["shape"] for name, t in sorted(header(os.path.join(src, c, f)).items())}
              for c, f in WEIGHTS.items()}
     with open(os.path.join(out, "shapes.json"), "w") as f:
         json.dump(table, f, separators=(",", ":"))
-    for c in CONFIGS:
-        os.makedirs(os.path.join(out, os.path.dirname(c)), exist_ok=True)
-        shutil.copy(os.path.join(src, c), os.path.join(out, c))
+    copy_configs(src, out)
     print("wrote", out, {c: len(t) for c, t in table.items()})
 
 
@@ -93,9 +97,7 @@ def build(src, out, dtype):
     with open(os.path.join(src, "shapes.json")) as f:
         table = json.load(f)
     gen = torch.Generator().manual_seed(0)
-    for c in CONFIGS:
-        os.makedirs(os.path.join(out, os.path.dirname(c)), exist_ok=True)
-        shutil.copy(os.path.join(src, c), os.path.join(out, c))
+    copy_configs(src, out)
     shutil.copytree(os.path.join(ROOT, "tests/fixtures/sd/tiny-sd2/tokenizer"),
                     os.path.join(out, "tokenizer"), dirs_exist_ok=True)
     for c, file in WEIGHTS.items():

@@ -27,16 +27,35 @@ fn segments_in(work: &Path) -> usize {
         .unwrap_or(0)
 }
 
-fn wait_for_segments(work: &Path, n: usize, child: &mut Child) {
+/// Polls until `ready`, failing if the child ends first or `limit` passes.
+fn wait_until(child: &mut Child, limit: Duration, mut ready: impl FnMut() -> bool) {
     let t0 = Instant::now();
-    while segments_in(work) < n {
+    while !ready() {
         assert!(
             child.try_wait().unwrap().is_none(),
             "finished before it could be interrupted"
         );
-        assert!(t0.elapsed() < Duration::from_secs(120), "no progress");
+        assert!(t0.elapsed() < limit, "no progress");
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+fn wait_for_segments(work: &Path, n: usize, child: &mut Child) {
+    wait_until(child, Duration::from_secs(120), || segments_in(work) >= n);
+}
+
+/// Ctrl-C: SIGINT to the child; its exit code and stderr.
+fn interrupt(child: Child) -> (Option<i32>, String) {
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 fn stylize_cmd(input: &Path, output: &Path, extra: &[&str]) -> Command {
@@ -120,14 +139,8 @@ fn ctrl_c_stops_cleanly_and_keeps_finished_segments() {
         &["--frame-stage-delay-ms", "40"],
     ));
     wait_for_segments(&work, 2, &mut child);
-    let status = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let out = child.wait_with_output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(130), "{err}");
+    let (code, err) = interrupt(child);
+    assert_eq!(code, Some(130), "{err}");
     assert!(err.contains("interrupted"), "{err}");
     assert!(!output.exists());
     assert!(segments_in(&work) >= 2);
@@ -167,20 +180,11 @@ fn ctrl_c_in_a_job_of_one_segment_leaves_nothing() {
         output.to_str().unwrap(),
     ]));
     let partial = dir.path().join("out.mp4.work/output.partial.tmp");
-    let t0 = Instant::now();
-    while std::fs::metadata(&partial).map_or(0, |m| m.len()) == 0 {
-        assert!(child.try_wait().unwrap().is_none(), "finished too soon");
-        assert!(t0.elapsed() < Duration::from_secs(60), "no output started");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let status = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let out = child.wait_with_output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(130), "{err}");
+    wait_until(&mut child, Duration::from_secs(60), || {
+        std::fs::metadata(&partial).is_ok_and(|m| m.len() > 0)
+    });
+    let (code, err) = interrupt(child);
+    assert_eq!(code, Some(130), "{err}");
     assert!(err.contains("nothing was kept"), "{err}");
     assert_eq!(
         listing(dir.path()),
