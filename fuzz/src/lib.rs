@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device};
 use candle_nn::var_builder::SimpleBackend;
-use stylizer::stylize::config::UNetConfig;
-use stylizer::stylize::model::{ControlNetFiles, LoadOptions, MotionAdapterFiles};
+use stylizer::nets::sd::config::UNetConfig;
+use stylizer::sd::model::{ControlNetFiles, LoadOptions, MotionAdapterFiles};
 use stylizer::weights::{ModelSource, TensorStore};
 
 /// Sections of one input, for targets that need several files: split on this line.
@@ -64,7 +64,7 @@ fn load(path: &Path) {
         let _ = MotionAdapterFiles::resolve(&ModelSource::File(path.clone()), &opts);
     }
     if let Ok(ts) = stylizer::upscale::load::load_weights(&path) {
-        let _ = stylizer::models::SrConfig::detect(&ts);
+        let _ = stylizer::nets::esrgan::SrConfig::detect(&ts);
     }
 }
 
@@ -109,24 +109,24 @@ pub fn ncnn(data: &[u8]) {
         parts.get(1).copied().unwrap_or_default(),
     );
     if let Ok(ts) = stylizer::upscale::load::load_ncnn(&param, &bin) {
-        let _ = stylizer::models::SrConfig::detect(&ts);
+        let _ = stylizer::nets::esrgan::SrConfig::detect(&ts);
     }
 }
 
 /// A diffusers `config.json` / `scheduler_config.json` into every config we build.
 pub fn configs(data: &[u8]) {
-    use stylizer::stylize::config::{ClipTextConfig, ControlNetConfig, VaeConfig};
+    use stylizer::nets::sd::config::{ClipTextConfig, ControlNetConfig, VaeConfig};
     let Ok(json) = serde_json::from_slice::<serde_json::Value>(data) else {
         return;
     };
     let _ = UNetConfig::from_json(&json);
     let _ = ControlNetConfig::from_json(&json);
-    let _ = stylizer::stylize::config::TinyVaeConfig::from_json(&json);
-    let _ = stylizer::stylize::config::MotionAdapterConfig::from_json(&json);
+    let _ = stylizer::nets::sd::config::TinyVaeConfig::from_json(&json);
+    let _ = stylizer::nets::sd::config::MotionAdapterConfig::from_json(&json);
     let _ = VaeConfig::from_json(&json);
     let _ = ClipTextConfig::from_json(&json);
-    if let Ok(s) = stylizer::stylize::schedulers::SchedulerConfig::from_value(&json) {
-        for kind in stylizer::stylize::schedulers::SchedulerKind::ALL {
+    if let Ok(s) = stylizer::sampling::schedulers::SchedulerConfig::from_value(&json) {
+        for kind in stylizer::sampling::schedulers::SchedulerKind::ALL {
             let _ = kind.build(&s, 10);
         }
     }
@@ -146,7 +146,7 @@ pub fn tokenizer(data: &[u8]) {
     for (name, part) in names.iter().zip(&parts) {
         write(dir.path(), name, part);
     }
-    if let Ok(t) = stylizer::stylize::tokenizer::ClipTokenizer::from_dir(dir.path(), 77) {
+    if let Ok(t) = stylizer::sd::tokenizer::ClipTokenizer::from_dir(dir.path(), 77) {
         let _ = t.encode("a watercolor painting of a cat, 8k");
     }
 }

@@ -4,7 +4,7 @@
 MotionAdapter() with v1-5-2's config: mid block, 8 heads, 32 positions), random weights) at
 512x288 (latent 36x64), per frame, next to one frame's CFG step through the plain UNet.
 diffusers runs the guidance pair as one batch of 2x16 frames; ours as two calls of 16 (as
-stylize/animate.rs does: the same values, half the activations).
+sampling/animate.rs does: the same values, half the activations).
 
 MODEL_DIR (made on first use, ~5.5 GB): unet/ (SD 1.5 UNet2DConditionModel config, random),
 motion/ (MotionAdapter, random, every tensor perturbed so no module is the identity), and the

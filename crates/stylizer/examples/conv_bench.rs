@@ -1,13 +1,13 @@
-//! GFLOP/s of our 3×3 convs against candle's conv2d: the NHWC conv (`stylizer::ops::conv`) on
-//! the shapes of the super-resolution nets, the NCHW conv (`stylizer::stylize::conv`) on the
+//! GFLOP/s of our 3×3 convs against candle's conv2d: the NHWC conv (`stylizer::ops::conv::nhwc`) on
+//! the shapes of the super-resolution nets, the NCHW conv (`stylizer::ops::conv::nchw`) on the
 //! shapes of the SD UNet and VAE at 848×480: `cargo run --release --example conv_bench`.
 
 use std::time::Instant;
 
 use candle_core::{Device, Module, Tensor};
 use candle_nn::Conv2dConfig;
-use stylizer::ops::conv::{Act, Conv3x3, Nhwc};
-use stylizer::stylize::conv::Conv2d;
+use stylizer::ops::conv::nchw::Conv2d;
+use stylizer::ops::conv::nhwc::{Act, Conv3x3, Nhwc};
 
 fn best<F: FnMut()>(reps: usize, mut f: F) -> f64 {
     (0..reps)

@@ -25,15 +25,13 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use serde_json::{json, Value};
-use stylizer::stylize::attention::AttentionSlicing;
-use stylizer::stylize::cross_frame::{AnchorBank, CrossFrameKeys, FrameAnchor, SelfAttention};
-use stylizer::stylize::img2img::{img2img, Control, Img2ImgParams};
-use stylizer::stylize::model::{
-    ControlNetFiles, LoadOptions, MotionAdapterFiles, SdFiles, SdModel,
-};
-use stylizer::stylize::noise::SeededNoise;
-use stylizer::stylize::schedulers::SchedulerConfig;
-use stylizer::stylize::vae::VaeTiling;
+use stylizer::nets::sd::attention::AttentionSlicing;
+use stylizer::nets::sd::cross_frame::{AnchorBank, CrossFrameKeys, FrameAnchor, SelfAttention};
+use stylizer::nets::sd::vae::VaeTiling;
+use stylizer::sampling::img2img::{img2img, Control, Img2ImgParams};
+use stylizer::sampling::noise::SeededNoise;
+use stylizer::sampling::schedulers::SchedulerConfig;
+use stylizer::sd::model::{ControlNetFiles, LoadOptions, MotionAdapterFiles, SdFiles, SdModel};
 use stylizer::weights::ModelSource;
 use stylizer::NoProgress;
 
@@ -272,7 +270,7 @@ fn main() -> Result<()> {
                         ..Default::default()
                     };
                     let theirs = candle_nn::Conv2d::new(wt.clone(), None, cfg);
-                    let ours = stylizer::stylize::conv::Conv2d::new(theirs.clone(), cfg)?;
+                    let ours = stylizer::ops::conv::nchw::Conv2d::new(theirs.clone(), cfg)?;
                     let flop = 2.0 * (b * cin * cout * 9 * h * w) as f64 * 1e-9;
                     let (a, ta) = timed(|| Ok(candle_core::Module::forward(&ours, &x)?))?;
                     let (c, tc) = timed(|| Ok(candle_core::Module::forward(&theirs, &x)?))?;

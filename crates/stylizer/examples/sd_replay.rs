@@ -33,17 +33,16 @@ use std::collections::HashMap;
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
-use stylizer::stylize::animate::{decode_video, denoise_video, ContextOptions};
-use stylizer::stylize::cross_frame::{img2img_frames, CrossFrameKeys, FrameAnchor, SelfAttention};
-use stylizer::stylize::img2img::{
+use stylizer::nets::sd::cross_frame::{CrossFrameKeys, FrameAnchor, SelfAttention};
+use stylizer::nets::sd::vae::VaeTiling;
+use stylizer::sampling::animate::{decode_video, denoise_video, ContextOptions};
+use stylizer::sampling::frames::img2img_frames;
+use stylizer::sampling::img2img::{
     img2img as run_img2img, Control, ControlInput, ControlWeight, Img2ImgParams,
 };
-use stylizer::stylize::model::{
-    ControlNetFiles, LoadOptions, MotionAdapterFiles, SdFiles, SdModel,
-};
-use stylizer::stylize::noise::ReplayNoise;
-use stylizer::stylize::schedulers::SchedulerConfig;
-use stylizer::stylize::vae::VaeTiling;
+use stylizer::sampling::noise::ReplayNoise;
+use stylizer::sampling::schedulers::SchedulerConfig;
+use stylizer::sd::model::{ControlNetFiles, LoadOptions, MotionAdapterFiles, SdFiles, SdModel};
 use stylizer::weights::ModelSource;
 use stylizer::NoProgress;
 

@@ -1,6 +1,6 @@
 //! The GPU memory plan of a model at real frame sizes (docs/gpu.md's budget table): loads
 //! the model in f16 on the CPU, counting each component's weights as they load, and prints
-//! the estimate of [`stylizer::stylize::vram`] per frame size, with and without `--offload`,
+//! the estimate of [`stylizer::sd::vram`] per frame size, with and without `--offload`,
 //! for candle's ops (the GPU path).
 //!
 //! ```text
@@ -10,10 +10,8 @@
 
 use anyhow::{Context, Result};
 use candle_core::{DType, Device};
-use stylizer::stylize::model::{
-    ControlNetFiles, LoadOptions, MotionAdapterFiles, SdFiles, SdModel,
-};
-use stylizer::stylize::vram;
+use stylizer::sd::model::{ControlNetFiles, LoadOptions, MotionAdapterFiles, SdFiles, SdModel};
+use stylizer::sd::vram;
 use stylizer::weights::ModelSource;
 use stylizer::NoProgress;
 

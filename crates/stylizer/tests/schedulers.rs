@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use candle_core::{Device, Tensor};
-use stylizer::stylize::schedulers::{SchedulerConfig, SchedulerKind};
+use stylizer::sampling::schedulers::{SchedulerConfig, SchedulerKind};
 
 const STEPS_RUN: usize = 10;
 const T_START: usize = 3;

@@ -7,10 +7,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use candle_core::Device;
-use stylizer::stylize::cross_frame::CrossFrameKeys;
-use stylizer::stylize::img2img::Img2ImgParams;
-use stylizer::stylize::model::LoadOptions;
-use stylizer::stylize::schedulers::SchedulerKind;
+use stylizer::nets::sd::cross_frame::CrossFrameKeys;
+use stylizer::sampling::img2img::Img2ImgParams;
+use stylizer::sampling::schedulers::SchedulerKind;
+use stylizer::sd::model::LoadOptions;
 use stylizer::stylize::stage::{StylizeSettings, StylizeStage};
 use stylizer::temporal::flicker::FlickerMeter;
 use stylizer::temporal::flow::DisParams;

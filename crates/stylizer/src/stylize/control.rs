@@ -6,8 +6,8 @@ use std::path::PathBuf;
 
 use candle_core::{Device, Tensor};
 
-use super::canny::canny;
-use super::img2img::ControlWeight;
+use crate::sampling::img2img::ControlWeight;
+use crate::stylize::canny::canny;
 use crate::video::decode::{can_tonemap, Decoder};
 use crate::video::probe::{probe, VideoInfo};
 use crate::weights::ModelSource;

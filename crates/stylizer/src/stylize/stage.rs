@@ -7,19 +7,18 @@ use std::collections::BTreeMap;
 
 use candle_core::Tensor;
 
-use super::animate::{denoise_video, ChunkGrid, Chunks, ContextOptions};
-use super::config::ClipActivation;
-use super::control::{control_image, ControlNetSpec, ControlSource, ControlVideo};
-use super::controlnet::ControlResiduals;
-use super::cross_frame::{AnchorBank, CrossFrameKeys, FrameAnchor, SelfAttention};
-use super::fast::FastPlan;
-use super::img2img::{decode, denoise, Control, ControlInput, Img2ImgModel, Img2ImgParams};
-use super::model::{ControlNetFiles, LoadOptions, MotionAdapterFiles, SdFiles, SdModel};
-use super::noise::{NoiseSource, SeededNoise};
-use super::schedulers::SchedulerConfig;
 use crate::frame::interleaved;
+use crate::nets::sd::config::ClipActivation;
+use crate::nets::sd::cross_frame::{AnchorBank, CrossFrameKeys, FrameAnchor};
+use crate::sampling::animate::{denoise_video, ChunkGrid, Chunks, ContextOptions};
+use crate::sampling::fast::FastPlan;
+use crate::sampling::img2img::{decode, denoise, Control, ControlInput, Img2ImgParams};
+use crate::sampling::noise::{NoiseSource, SeededNoise};
+use crate::sampling::schedulers::SchedulerConfig;
+use crate::sd::model::{ControlNetFiles, LoadOptions, MotionAdapterFiles, SdFiles, SdModel};
+use crate::stylize::control::{control_image, ControlNetSpec, ControlSource, ControlVideo};
 use crate::temporal::flow::{DisParams, Gray};
-use crate::temporal::fusion::{interpolate, FusionWeights, Motion, FUSION_FLOW};
+use crate::temporal::fusion::{interpolate, FrameMotion, FusionWeights, FUSION_FLOW};
 use crate::video::probe::VideoInfo;
 use crate::weights::ModelSource;
 use crate::{Error, Frame, FrameStage, NoProgress, Progress, Result};
@@ -57,7 +56,7 @@ pub struct StylizeSettings {
     pub guess_mode: bool,
     /// AnimateDiff (`--animatediff`): frames denoised together through motion modules.
     pub animatediff: Option<AnimateDiffSettings>,
-    /// `--max-vram GB`: the device memory the run may plan for ([`super::vram`]), checked
+    /// `--max-vram GB`: the device memory the run may plan for ([`crate::sd::vram`]), checked
     /// when the frame size is known, before the first frame.
     pub max_vram_gb: Option<f64>,
 }
@@ -103,6 +102,19 @@ struct Loaded {
     guess_mode: bool,
     /// AnimateDiff's frames and chunk results.
     chunks: Option<Chunks>,
+}
+
+/// The loaded state, or the error of a stage used before [`FrameStage::prepare`].
+fn prepared(loaded: &mut Option<Loaded>) -> Result<&mut Loaded> {
+    loaded.as_mut().ok_or_else(not_prepared)
+}
+
+fn prepared_ref(loaded: &Option<Loaded>) -> Result<&Loaded> {
+    loaded.as_ref().ok_or_else(not_prepared)
+}
+
+fn not_prepared() -> Error {
+    Error::Model("stylize: process() before prepare()".into())
 }
 
 /// A restyled keyframe and the original's luminance, to measure motion from.
@@ -325,9 +337,9 @@ impl FrameStage for StylizeStage {
                 None => 2,
             };
             let size = (width as usize, height as usize);
-            let estimate = super::vram::estimate(&loaded.model, size, batch);
+            let estimate = crate::sd::vram::estimate(&loaded.model, size, batch);
             tracing::info!("GPU memory plan: {}", estimate.describe());
-            super::vram::check(&estimate, max, self.settings.load.offload_vae)?;
+            crate::sd::vram::check(&estimate, max, self.settings.load.offload_vae)?;
         }
         Ok(())
     }
@@ -436,10 +448,7 @@ impl StylizeStage {
         if before == index {
             return Ok(self.keyframe(frame, index)?.clone());
         }
-        let loaded = self
-            .loaded
-            .as_mut()
-            .ok_or_else(|| Error::Model("stylize: process() before prepare()".into()))?;
+        let loaded = prepared(&mut self.loaded)?;
         // Keyframes behind the one before this frame are no longer needed.
         loaded.keys = loaded.keys.split_off(&before);
         let Some(a) = loaded.keys.get(&before) else {
@@ -453,15 +462,16 @@ impl StylizeStage {
         let gray = Gray::from_rgb(w, h, &frame.data);
         let params = DisParams::preset(FUSION_FLOW);
         let near_b = (index - before) as f32 / k as f32;
-        let keys: Vec<(Motion, Vec<f32>, f32)> = [Some((a, 1.0 - near_b)), b.map(|b| (b, near_b))]
-            .into_iter()
-            .flatten()
-            .map(|(key, weight)| {
-                let motion = Motion::between(&key.gray, &gray, &params);
-                (motion, key.frame.to_unit_rgb(), weight)
-            })
-            .collect();
-        let refs: Vec<(&Motion, &[f32], f32)> =
+        let keys: Vec<(FrameMotion, Vec<f32>, f32)> =
+            [Some((a, 1.0 - near_b)), b.map(|b| (b, near_b))]
+                .into_iter()
+                .flatten()
+                .map(|(key, weight)| {
+                    let motion = FrameMotion::between(&key.gray, &gray, &params);
+                    (motion, key.frame.to_unit_rgb(), weight)
+                })
+                .collect();
+        let refs: Vec<(&FrameMotion, &[f32], f32)> =
             keys.iter().map(|(m, i, w)| (m, i.as_slice(), *w)).collect();
         Ok(Frame::from_unit_rgb(
             frame.width,
@@ -485,7 +495,7 @@ impl StylizeStage {
             )],
             (true, None) => vec!["--max-vram GB (your card's memory) to check the plan".into()],
         };
-        let remedies = super::vram::remedies(
+        let remedies = crate::sd::vram::remedies(
             gpu && !s.load.offload_vae,
             s.animatediff.is_some(),
             !s.controlnets.is_empty(),
@@ -527,11 +537,7 @@ impl StylizeStage {
     /// The model's input for `frame`: `[1, 3, H, W]` in [−1, 1], refused when its size is not
     /// on the latent grid.
     fn model_input(&self, frame: &Frame) -> Result<Tensor> {
-        let model = &self
-            .loaded
-            .as_ref()
-            .ok_or_else(|| Error::Model("stylize: process() before prepare()".into()))?
-            .model;
+        let model = &prepared_ref(&self.loaded)?.model;
         let f = model.vae_scale_factor() as u32;
         if frame.width % f != 0 || frame.height % f != 0 {
             return Err(Error::Config(format!(
@@ -559,17 +565,15 @@ impl StylizeStage {
             progress,
             loaded,
         } = self;
-        let Some(Loaded {
+        let Loaded {
             model,
             scheduler,
             params,
             text,
-            chunks: Some(chunks),
+            chunks,
             ..
-        }) = loaded.as_mut()
-        else {
-            return Err(Error::Model("stylize: process() before prepare()".into()));
-        };
+        } = prepared(loaded)?;
+        let chunks = chunks.as_mut().expect("AnimateDiff loads its chunks");
         let context = settings.animatediff.as_ref().expect("animate").context;
         let (seed, per_frame) = (settings.seed, settings.noise_per_frame);
         let latents = chunks.latents(index, &mut |first, stack| {
@@ -619,7 +623,7 @@ impl StylizeStage {
             .filter(|p| p.index + 1 == index);
         let motion = previous
             .as_ref()
-            .map(|p| Motion::between(&p.gray, &gray, &DisParams::preset(FUSION_FLOW)));
+            .map(|p| FrameMotion::between(&p.gray, &gray, &DisParams::preset(FUSION_FLOW)));
         let factor = self
             .loaded
             .as_ref()
@@ -664,9 +668,7 @@ impl StylizeStage {
             progress,
             loaded,
         } = self;
-        let loaded = loaded
-            .as_mut()
-            .ok_or_else(|| Error::Model("stylize: process() before prepare()".into()))?;
+        let loaded = prepared(loaded)?;
         let mut noise = frame_noise(settings.seed, settings.noise_per_frame, index);
         let anchor = match settings.cross_frame {
             None => FrameAnchor::Independent,
@@ -728,7 +730,7 @@ impl StylizeStage {
 /// Blends the previous frame's latents after the same step into the current ones.
 struct LatentFusion<'a> {
     /// The motion on the latent grid.
-    motion: &'a Motion,
+    motion: &'a FrameMotion,
     steps: &'a [Tensor],
     weight: f32,
 }
@@ -747,60 +749,5 @@ impl LatentFusion<'_> {
             .permute((2, 0, 1))?
             .unsqueeze(0)?
             .contiguous()?)
-    }
-}
-
-impl Img2ImgModel for SdModel {
-    fn vae_encode(&self, image: &Tensor) -> Result<(Tensor, Tensor)> {
-        SdModel::vae_encode(self, image)
-    }
-
-    fn unet(
-        &self,
-        latents: &Tensor,
-        timestep: f64,
-        text: &Tensor,
-        frames: &mut SelfAttention,
-        control: Option<&ControlResiduals>,
-    ) -> Result<Tensor> {
-        SdModel::unet(self, latents, &[timestep], text, frames, control)
-    }
-
-    fn controlnet(
-        &self,
-        net: usize,
-        latents: &Tensor,
-        timestep: f64,
-        text: &Tensor,
-        image: &Tensor,
-        scale: f64,
-        guess_mode: bool,
-    ) -> Result<ControlResiduals> {
-        SdModel::controlnet(
-            self,
-            net,
-            latents,
-            &[timestep],
-            text,
-            image,
-            scale,
-            guess_mode,
-        )
-    }
-
-    fn vae_decode(&self, latents: &Tensor) -> Result<Tensor> {
-        SdModel::vae_decode(self, latents)
-    }
-
-    fn scaling_factor(&self) -> f64 {
-        SdModel::scaling_factor(self)
-    }
-
-    fn samples_posterior(&self) -> bool {
-        SdModel::samples_posterior(self)
-    }
-
-    fn embeds_guidance(&self) -> bool {
-        SdModel::embeds_guidance(self)
     }
 }

@@ -16,7 +16,7 @@
 
 use rayon::prelude::*;
 
-use super::warp::Taps;
+use super::bilinear::Taps;
 
 /// A single-channel image, values in [0, 255] (8-bit luminance as f32), row-major.
 #[derive(Clone, Debug)]

@@ -46,7 +46,7 @@ pub const FUSION_FLOW: DisPreset = DisPreset::Medium;
 
 /// Where every pixel of the current frame was in the previous one, and whether it was seen.
 #[derive(Debug, Clone)]
-pub struct Motion {
+pub struct FrameMotion {
     /// Current → previous: pixel (x, y) of the current frame shows what (x + dx, y + dy) of
     /// the previous one showed.
     pub back: Flow,
@@ -55,7 +55,7 @@ pub struct Motion {
     pub visible: Vec<f32>,
 }
 
-impl Motion {
+impl FrameMotion {
     /// The motion from `previous` to `current` (two original frames, same size).
     pub fn between(previous: &Gray, current: &Gray, params: &DisParams) -> Self {
         let (back, forth) = rayon::join(
@@ -128,11 +128,11 @@ impl Motion {
 
 /// A frame between keyframes, from their restyled images (EbSynth's and Rerender-A-Video's
 /// propagation, with flow warps in place of patch synthesis): each keyframe `(motion, image,
-/// weight)` is warped into the frame along `motion` (from [`Motion::between`]`(key, frame)`),
+/// weight)` is warped into the frame along `motion` (from [`FrameMotion::between`]`(key, frame)`),
 /// and every pixel blends the keyframes that saw it, by `weight` (temporal closeness) ×
 /// visibility. A pixel no keyframe saw blends them by `weight` alone. Images are interleaved
 /// with `channels` channels.
-pub fn interpolate(keys: &[(&Motion, &[f32], f32)], channels: usize) -> Vec<f32> {
+pub fn interpolate(keys: &[(&FrameMotion, &[f32], f32)], channels: usize) -> Vec<f32> {
     let warped: Vec<Vec<f32>> = keys
         .par_iter()
         .map(|(m, image, _)| warp(image, channels, &m.back))
@@ -183,7 +183,7 @@ mod tests {
     fn fusion_carries_the_previous_frame_along_the_motion() {
         let (w, h) = (96, 64);
         let (prev, cur) = (shifted(w, h, 0), shifted(w, h, 2));
-        let motion = Motion::between(&prev, &cur, &DisParams::default());
+        let motion = FrameMotion::between(&prev, &cur, &DisParams::default());
         // Away from the borders the current frame's (x, y) was at (x − 2, y).
         let mean_dx: f32 = (16..h - 16)
             .flat_map(|y| (16..w - 16).map(move |x| (x, y)))
@@ -223,8 +223,8 @@ mod tests {
         let (a, t, b) = (shifted(w, h, 0), shifted(w, h, 2), shifted(w, h, 4));
         let params = DisParams::default();
         let (ma, mb) = (
-            Motion::between(&a, &t, &params),
-            Motion::between(&b, &t, &params),
+            FrameMotion::between(&a, &t, &params),
+            FrameMotion::between(&b, &t, &params),
         );
         // Restyled keyframes that are the originals: the frame between comes back.
         let out = interpolate(&[(&ma, &a.data, 0.5), (&mb, &b.data, 0.5)], 1);

@@ -62,7 +62,7 @@ fn ncnn_pair(path: &Path) -> (PathBuf, PathBuf) {
 fn load_pth(path: &Path) -> Result<HashMap<String, Tensor>> {
     // Official Real-ESRGAN checkpoints keep the generator under one of these keys.
     let keys = [Some("params_ema"), Some("params"), None];
-    let pth = crate::pickle_guard::open_pth(path, &keys)?;
+    let pth = crate::weights::pickle_guard::open_pth(path, &keys)?;
     if pth.tensor_infos().is_empty() {
         return Err(Error::Weights(format!(
             "{}: no tensors in this checkpoint",
@@ -71,7 +71,7 @@ fn load_pth(path: &Path) -> Result<HashMap<String, Tensor>> {
     }
     let mut ts = HashMap::new();
     for name in pth.tensor_infos().keys() {
-        let read = crate::pickle_guard::read_tensor(&pth, name)
+        let read = crate::weights::pickle_guard::read_tensor(&pth, name)
             .map_err(|e| Error::Weights(format!("{}: {e}", path.display())))?;
         if let Some(t) = read {
             ts.insert(name.clone(), t);

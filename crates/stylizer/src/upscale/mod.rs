@@ -24,7 +24,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use image::DynamicImage;
 
-use crate::models::{SrConfig, SrNet};
+use crate::nets::esrgan::{SrConfig, SrNet};
 use crate::{Error, Frame, Result};
 
 pub use resize::Target;

@@ -9,12 +9,12 @@ use std::collections::HashMap;
 
 use crate::common;
 use candle_core::Tensor;
-use stylizer::stylize::cross_frame::FrameAnchor;
-use stylizer::stylize::img2img::{img2img, Control, Img2ImgParams};
-use stylizer::stylize::model::{LoadOptions, SdFiles, SdModel};
-use stylizer::stylize::noise::ReplayNoise;
-use stylizer::stylize::schedulers::SchedulerConfig;
-use stylizer::stylize::vae::VaeTiling;
+use stylizer::nets::sd::cross_frame::FrameAnchor;
+use stylizer::nets::sd::vae::VaeTiling;
+use stylizer::sampling::img2img::{img2img, Control, Img2ImgParams};
+use stylizer::sampling::noise::ReplayNoise;
+use stylizer::sampling::schedulers::SchedulerConfig;
+use stylizer::sd::model::{LoadOptions, SdFiles, SdModel};
 use stylizer::weights::ModelSource;
 use stylizer::NoProgress;
 

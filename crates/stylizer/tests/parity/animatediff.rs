@@ -8,11 +8,11 @@
 //! recorded noise replayed.
 
 use candle_core::{DType, Tensor};
-use stylizer::stylize::animate::{decode_video, denoise_video, ContextOptions, Fuse};
-use stylizer::stylize::img2img::Img2ImgParams;
-use stylizer::stylize::model::{LoadOptions, MotionAdapterFiles, SdModel};
-use stylizer::stylize::noise::ReplayNoise;
-use stylizer::stylize::schedulers::SchedulerKind;
+use stylizer::sampling::animate::{decode_video, denoise_video, ContextOptions, Fuse};
+use stylizer::sampling::img2img::Img2ImgParams;
+use stylizer::sampling::noise::ReplayNoise;
+use stylizer::sampling::schedulers::SchedulerKind;
+use stylizer::sd::model::{LoadOptions, MotionAdapterFiles, SdModel};
 use stylizer::weights::ModelSource;
 use stylizer::NoProgress;
 

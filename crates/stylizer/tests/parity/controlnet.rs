@@ -6,10 +6,10 @@
 //! on real photos, and the refusal of a net that does not fit the model.
 
 use candle_core::{DType, Tensor};
+use stylizer::sampling::img2img::{Control, ControlInput, ControlWeight, Img2ImgParams};
+use stylizer::sampling::schedulers::SchedulerKind;
+use stylizer::sd::model::{ControlNetFiles, LoadOptions, SdModel};
 use stylizer::stylize::canny::canny;
-use stylizer::stylize::img2img::{Control, ControlInput, ControlWeight, Img2ImgParams};
-use stylizer::stylize::model::{ControlNetFiles, LoadOptions, SdModel};
-use stylizer::stylize::schedulers::SchedulerKind;
 use stylizer::weights::ModelSource;
 
 use crate::common;

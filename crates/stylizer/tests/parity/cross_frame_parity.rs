@@ -11,10 +11,11 @@
 use std::collections::HashMap;
 
 use candle_core::Tensor;
-use stylizer::stylize::cross_frame::{img2img_frames, CrossFrameKeys};
-use stylizer::stylize::img2img::Img2ImgParams;
-use stylizer::stylize::noise::{NoiseSource, ReplayNoise};
-use stylizer::stylize::schedulers::SchedulerKind;
+use stylizer::nets::sd::cross_frame::CrossFrameKeys;
+use stylizer::sampling::frames::img2img_frames;
+use stylizer::sampling::img2img::Img2ImgParams;
+use stylizer::sampling::noise::{NoiseSource, ReplayNoise};
+use stylizer::sampling::schedulers::SchedulerKind;
 
 use crate::common;
 use crate::common::max_abs;

@@ -7,7 +7,7 @@
 
 use std::path::PathBuf;
 
-use stylizer::models::SrConfig;
+use stylizer::nets::esrgan::SrConfig;
 use stylizer::upscale::{load::load_weights, Model};
 
 use crate::common;

@@ -12,16 +12,14 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Tensor};
 use candle_nn::VarBuilder;
-use stylizer::models::{SrConfig, SrNet};
-use stylizer::stylize::attention::AttentionSlicing;
-use stylizer::stylize::config::TinyVaeConfig;
-use stylizer::stylize::cross_frame::SelfAttention;
-use stylizer::stylize::model::{
-    ControlNetFiles, LoadOptions, MotionAdapterFiles, SdFiles, SdModel,
-};
-use stylizer::stylize::taesd::AutoencoderTiny;
-use stylizer::stylize::unet::UNet2DConditionModel;
-use stylizer::stylize::vae::{AutoencoderKL, VaeTiling};
+use stylizer::nets::esrgan::{SrConfig, SrNet};
+use stylizer::nets::sd::attention::AttentionSlicing;
+use stylizer::nets::sd::config::TinyVaeConfig;
+use stylizer::nets::sd::cross_frame::SelfAttention;
+use stylizer::nets::sd::taesd::AutoencoderTiny;
+use stylizer::nets::sd::unet::UNet2DConditionModel;
+use stylizer::nets::sd::vae::{AutoencoderKL, VaeTiling};
+use stylizer::sd::model::{ControlNetFiles, LoadOptions, MotionAdapterFiles, SdFiles, SdModel};
 use stylizer::weights::ModelSource;
 use stylizer::NoProgress;
 
@@ -310,7 +308,7 @@ fn offload_keeps_the_vae_in_f32_off_the_device_and_out_of_the_plan() {
         .map(|(n, _)| n.as_str())
         .collect();
     assert_eq!(names, ["UNet"], "the offloaded VAE holds no device memory");
-    let estimate = stylizer::stylize::vram::estimate(&model, (64, 48), 2);
+    let estimate = stylizer::sd::vram::estimate(&model, (64, 48), 2);
     assert_eq!(estimate.vae, 0);
     // f16 UNet weights: 2 bytes a parameter, as counted while loading.
     let unet = tiny_sd_f16().weight_bytes()[0].1;

@@ -11,11 +11,11 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use candle_core::{DType, Tensor};
-use stylizer::stylize::controlnet::ControlResiduals;
-use stylizer::stylize::cross_frame::{FrameAnchor, SelfAttention};
-use stylizer::stylize::img2img::{img2img, Control, Img2ImgModel, Img2ImgParams};
-use stylizer::stylize::noise::ReplayNoise;
-use stylizer::stylize::schedulers::{SchedulerConfig, SchedulerKind};
+use stylizer::nets::sd::cross_frame::{FrameAnchor, SelfAttention};
+use stylizer::nets::sd::unet::ControlResiduals;
+use stylizer::sampling::img2img::{img2img, Control, Img2ImgModel, Img2ImgParams};
+use stylizer::sampling::noise::ReplayNoise;
+use stylizer::sampling::schedulers::{SchedulerConfig, SchedulerKind};
 use stylizer::{NoProgress, Result};
 
 use crate::common;
@@ -205,7 +205,7 @@ fn guidance_at_most_one_runs_the_prompt_alone() {
         guidance: 1.0,
         ..Img2ImgParams::default()
     };
-    let mut noise = stylizer::stylize::noise::SeededNoise::new(1);
+    let mut noise = stylizer::sampling::noise::SeededNoise::new(1);
     let (_, image) = img2img(
         &model,
         &scheduler_config("tiny-sd"),

@@ -6,10 +6,10 @@
 //! tests/fixtures/sd/golden/<variant>/img2img_<scheduler>.safetensors
 //! (tools/reference/golden_sd.py: prompt below, negative "", strength 0.6, 10 steps, guidance 7.5).
 
-use stylizer::stylize::cross_frame::FrameAnchor;
-use stylizer::stylize::img2img::{img2img, Control, Img2ImgParams};
-use stylizer::stylize::noise::ReplayNoise;
-use stylizer::stylize::schedulers::SchedulerKind;
+use stylizer::nets::sd::cross_frame::FrameAnchor;
+use stylizer::sampling::img2img::{img2img, Control, Img2ImgParams};
+use stylizer::sampling::noise::ReplayNoise;
+use stylizer::sampling::schedulers::SchedulerKind;
 use stylizer::NoProgress;
 
 use crate::common;
@@ -103,7 +103,7 @@ fn few_step_turbo_schedule_matches_diffusers() {
     )
     .unwrap();
     let scheduler =
-        stylizer::stylize::schedulers::SchedulerConfig::from_value(&meta["scheduler_config"])
+        stylizer::sampling::schedulers::SchedulerConfig::from_value(&meta["scheduler_config"])
             .unwrap();
     let g = candle_core::safetensors::load(
         fixtures().join("golden/tiny-sd2/img2img_turbo.safetensors"),
@@ -147,12 +147,11 @@ fn lcm_unet_embeds_the_guidance_scale_as_diffusers() {
         );
     }
     copy(&fixtures().join("tiny-lcm-unet"), &dir.path().join("unet"));
-    let opts = stylizer::stylize::model::LoadOptions::new(common::device());
+    let opts = stylizer::sd::model::LoadOptions::new(common::device());
     let source = stylizer::weights::ModelSource::Folder(dir.path().to_path_buf());
-    let files =
-        stylizer::stylize::model::SdFiles::resolve(&source, &opts, &mut NoProgress).unwrap();
+    let files = stylizer::sd::model::SdFiles::resolve(&source, &opts, &mut NoProgress).unwrap();
     let text = files.encode_prompts(PROMPT, Some("")).unwrap();
-    let mut model = stylizer::stylize::model::SdModel::load(&files, &mut NoProgress).unwrap();
+    let mut model = stylizer::sd::model::SdModel::load(&files, &mut NoProgress).unwrap();
     model.set_guidance(8.0).unwrap();
     assert!(model.embeds_guidance());
     let g = candle_core::safetensors::load(
@@ -165,13 +164,13 @@ fn lcm_unet_embeds_the_guidance_scale_as_diffusers() {
             &g["sample"],
             &[501.0],
             &g["encoder_hidden_states"],
-            &mut stylizer::stylize::cross_frame::SelfAttention::Own,
+            &mut stylizer::nets::sd::cross_frame::SelfAttention::Own,
             None,
         )
         .unwrap();
     let e_unet = max_abs(&out, &g["out"]);
     let scheduler =
-        stylizer::stylize::schedulers::SchedulerConfig::from_value(&files.scheduler_config)
+        stylizer::sampling::schedulers::SchedulerConfig::from_value(&files.scheduler_config)
             .unwrap();
     let params = Img2ImgParams {
         strength: 0.6,

@@ -4,8 +4,8 @@
 //! outputs at 1e-4. A LoRA for another model, or a file with no LoRA in it, is refused.
 
 use candle_core::DType;
-use stylizer::stylize::cross_frame::SelfAttention;
-use stylizer::stylize::model::{LoadOptions, SdFiles, SdModel};
+use stylizer::nets::sd::cross_frame::SelfAttention;
+use stylizer::sd::model::{LoadOptions, SdFiles, SdModel};
 use stylizer::weights::ModelSource;
 use stylizer::NoProgress;
 

@@ -6,10 +6,10 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Tensor};
-use stylizer::stylize::cross_frame::SelfAttention;
-use stylizer::stylize::model::{LoadOptions, SdFiles, SdModel};
-use stylizer::stylize::tokenizer::ClipTokenizer;
-use stylizer::stylize::vae::VaeTiling;
+use stylizer::nets::sd::cross_frame::SelfAttention;
+use stylizer::nets::sd::vae::VaeTiling;
+use stylizer::sd::model::{LoadOptions, SdFiles, SdModel};
+use stylizer::sd::tokenizer::ClipTokenizer;
 use stylizer::weights::{HubOptions, ModelSource};
 use stylizer::NoProgress;
 

@@ -4,10 +4,10 @@
 //! replayed is the start noise: TAESD has no posterior).
 
 use candle_core::{DType, Tensor};
-use stylizer::stylize::img2img::{Control, Img2ImgParams};
-use stylizer::stylize::model::{LoadOptions, SdFiles, SdModel};
-use stylizer::stylize::schedulers::{SchedulerConfig, SchedulerKind};
-use stylizer::stylize::vae::VaeTiling;
+use stylizer::nets::sd::vae::VaeTiling;
+use stylizer::sampling::img2img::{Control, Img2ImgParams};
+use stylizer::sampling::schedulers::{SchedulerConfig, SchedulerKind};
+use stylizer::sd::model::{LoadOptions, SdFiles, SdModel};
 use stylizer::weights::ModelSource;
 use stylizer::NoProgress;
 

@@ -1,0 +1,275 @@
+//! `stylize` flags turned into library settings: the frame stages a run builds.
+
+use crate::args::Consistency;
+use crate::args::StylizeArgs;
+use crate::progress::CliProgress;
+use anyhow::bail;
+use stylizer::sampling::img2img::ControlWeight;
+use stylizer::sampling::img2img::Img2ImgParams;
+use stylizer::sampling::schedulers::SchedulerKind;
+use stylizer::sd::model::LoadOptions;
+use stylizer::sd::model::TINY_VAE;
+use stylizer::stage::Identity;
+use stylizer::stage::Invert;
+use stylizer::stylize::control::ControlNetSpec;
+use stylizer::stylize::control::ControlSource;
+use stylizer::stylize::stage::AnimateDiffSettings;
+use stylizer::stylize::stage::StylizeSettings;
+use stylizer::stylize::stage::StylizeStage;
+use stylizer::weights::ModelSource;
+use stylizer::FrameStage;
+
+/// A test stage that can be slowed down.
+pub(crate) struct Delayed {
+    pub(crate) inner: Box<dyn FrameStage>,
+    pub(crate) delay: std::time::Duration,
+}
+
+impl FrameStage for Delayed {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+    fn output_size(&self, w: u32, h: u32) -> (u32, u32) {
+        self.inner.output_size(w, h)
+    }
+    fn fingerprint(&self) -> String {
+        self.inner.fingerprint()
+    }
+    fn process(&mut self, frame: stylizer::Frame, index: u64) -> stylizer::Result<stylizer::Frame> {
+        std::thread::sleep(self.delay);
+        self.inner.process(frame, index)
+    }
+}
+
+/// The model stages the flags ask for. Features that have not landed stop here, before any
+/// work, instead of being silently ignored.
+pub(crate) fn build_stages(
+    a: &StylizeArgs,
+    seed: u64,
+    progress: &CliProgress,
+) -> anyhow::Result<Vec<Box<dyn FrameStage>>> {
+    let mut stages: Vec<Box<dyn FrameStage>> = Vec::new();
+    match &a.frame_stage {
+        Some(name) => {
+            let inner: Box<dyn FrameStage> = match name.as_str() {
+                "identity" => Box::new(Identity),
+                "invert" => Box::new(Invert),
+                _ => bail!("unknown --frame-stage `{name}` (identity or invert)"),
+            };
+            stages.push(if a.frame_stage_delay_ms > 0 {
+                Box::new(Delayed {
+                    inner,
+                    delay: std::time::Duration::from_millis(a.frame_stage_delay_ms),
+                })
+            } else {
+                inner
+            });
+        }
+        None => stages.push(Box::new(
+            sd_stage(a, seed)?.with_progress(Box::new(progress.for_stage())),
+        )),
+    }
+    if a.upscale {
+        stages.push(Box::new(a.upscale_flags.stage(&a.out.device)?));
+    }
+    Ok(stages)
+}
+
+/// The Stable Diffusion stage from the flags; nothing is loaded until the first frame is due.
+pub(crate) fn sd_stage(a: &StylizeArgs, seed: u64) -> anyhow::Result<StylizeStage> {
+    let Some(prompt) = a.prompt.clone() else {
+        bail!("--prompt is required (what the frames should look like, e.g. --prompt \"anime style\")");
+    };
+    let mut load = LoadOptions::new(stylizer::device::select(&a.out.device)?);
+    load.dtype = a.dtype;
+    load.hub.revision = a.revision.clone();
+    load.hub.variant = a.variant.clone();
+    load.hub.offline |= a.offline;
+    load.vae_tiling = a.vae_tiling;
+    if a.offload || a.max_vram.is_some() {
+        if load.device.is_cpu() {
+            bail!(
+                "--offload and --max-vram plan GPU memory; this run is on the CPU (use --device cuda)"
+            );
+        }
+        if a.max_vram.is_some_and(|gb| !(gb.is_finite() && gb > 0.0)) {
+            bail!("--max-vram must be a positive number of GB");
+        }
+    }
+    load.offload_vae = a.offload;
+    load.loras = a
+        .lora
+        .iter()
+        .map(|(source, scale)| Ok((ModelSource::parse(source)?, *scale)))
+        .collect::<stylizer::Result<Vec<_>>>()?;
+    load.tiny_vae = match a.vae_choice() {
+        "full" => None,
+        "tiny" => Some(ModelSource::Hub(TINY_VAE.into())),
+        other => Some(ModelSource::parse(other)?),
+    };
+    // Keyframes are diffused apart, with the frames between carried by flow already;
+    // AnimateDiff's motion modules do the work of the other modes.
+    let consistency = a
+        .consistency
+        .unwrap_or(match (a.animatediff, a.keyframe_every) {
+            (true, _) => Consistency::None,
+            (false, 1) => Consistency::CrossFrameFlow,
+            (false, _) => Consistency::CrossFrame,
+        });
+    Ok(StylizeStage::new(StylizeSettings {
+        model: ModelSource::parse(a.model())?,
+        load,
+        prompt,
+        negative_prompt: a.negative_prompt.clone(),
+        params: Img2ImgParams {
+            strength: a.strength,
+            steps: a.steps as usize,
+            guidance: a.guidance,
+            scheduler: a.scheduler.parse::<SchedulerKind>()?,
+        },
+        fast: a.fast,
+        seed,
+        noise_per_frame: a.noise_per_frame,
+        cross_frame: matches!(
+            consistency,
+            Consistency::CrossFrame | Consistency::CrossFrameFlow
+        )
+        .then_some(a.cross_frame_keys),
+        flow: matches!(consistency, Consistency::Flow | Consistency::CrossFrameFlow)
+            .then(|| a.flow_blend.unwrap_or_default()),
+        keyframe_every: a.keyframe_every,
+        controlnets: controlnets(a)?,
+        guess_mode: a.guess_mode,
+        animatediff: a
+            .animatediff
+            .then(|| -> stylizer::Result<_> {
+                Ok(AnimateDiffSettings {
+                    adapter: ModelSource::parse(&a.motion_adapter)?,
+                    context: a.context(),
+                })
+            })
+            .transpose()?,
+        max_vram_gb: a.max_vram,
+    })?)
+}
+
+/// The ControlNets of `-c` with their `--control*` settings, matched up per net.
+pub(crate) fn controlnets(a: &StylizeArgs) -> anyhow::Result<Vec<ControlNetSpec>> {
+    let n = a.controlnet_id.len();
+    let given = [
+        ("--control", a.control.len()),
+        ("--control-video", a.control_video.len()),
+        ("--controlnet-scale", a.controlnet_scale.len()),
+        ("--control-guidance-start", a.control_guidance_start.len()),
+        ("--control-guidance-end", a.control_guidance_end.len()),
+        ("--guess-mode", usize::from(a.guess_mode)),
+    ];
+    if n == 0 {
+        if let Some((flag, _)) = given.iter().find(|(_, k)| *k > 0) {
+            bail!("{flag} needs a ControlNet: add --controlnet-id (e.g. -c thibaud/controlnet-sd21-canny-diffusers)");
+        }
+        return Ok(Vec::new());
+    }
+    for (flag, k) in &given[..5] {
+        if *k > 1 && *k != n && *flag != "--control-video" {
+            bail!("{flag} is given {k} times for {n} ControlNets: give it once (for every net) or once per net");
+        }
+    }
+    // `--control-video` alone: every net reads one.
+    let kinds: Vec<String> = match (a.control.len(), a.control_video.len()) {
+        (0, 0) => vec!["canny".into(); n],
+        (0, _) => vec!["video".into(); n],
+        (1, _) => vec![a.control[0].clone(); n],
+        _ => a.control.clone(),
+    };
+    let wants_video = kinds.iter().filter(|k| *k == "video").count();
+    if wants_video != a.control_video.len() {
+        bail!(
+            "{wants_video} ControlNet(s) read a control video but {} --control-video given: give one per net whose --control is video",
+            a.control_video.len()
+        );
+    }
+    let pick = |v: &[f64], i: usize, default: f64| match v.len() {
+        0 => default,
+        1 => v[0],
+        _ => v[i],
+    };
+    let mut videos = a.control_video.iter();
+    let mut specs = Vec::with_capacity(n);
+    for (i, (id, kind)) in a.controlnet_id.iter().zip(&kinds).enumerate() {
+        let control = match kind.as_str() {
+            "canny" => ControlSource::Canny {
+                low: a.canny.0,
+                high: a.canny.1,
+            },
+            "frame" => ControlSource::Frame,
+            "video" => ControlSource::Video(videos.next().expect("counted above").clone()),
+            other => bail!("unknown --control `{other}` (canny, frame or video)"),
+        };
+        let weight = ControlWeight {
+            scale: pick(&a.controlnet_scale, i, 1.0),
+            start: pick(&a.control_guidance_start, i, 0.0),
+            end: pick(&a.control_guidance_end, i, 1.0),
+        };
+        if weight.start >= weight.end {
+            bail!(
+                "ControlNet {id}: --control-guidance-start {} must be below --control-guidance-end {}",
+                weight.start,
+                weight.end
+            );
+        }
+        specs.push(ControlNetSpec {
+            model: ModelSource::parse(id)?,
+            control,
+            weight,
+        });
+    }
+    Ok(specs)
+}
+
+/// The settings a preview sheet shows under its frames.
+pub(crate) fn preview_settings(a: &StylizeArgs, seed: u64) -> Vec<String> {
+    let mut lines = vec![
+        format!("prompt: {}", a.prompt.as_deref().unwrap_or("")),
+        format!("model: {}  vae: {}", a.model(), a.vae_choice()),
+        match a.fast {
+            true => format!(
+                "strength {}  --fast  seed {}  max-res {:?}",
+                a.strength, seed, a.max_res
+            ),
+            false => format!(
+                "strength {}  steps {}  guidance {}  {}  seed {}  max-res {:?}",
+                a.strength, a.steps, a.guidance, a.scheduler, seed, a.max_res
+            ),
+        },
+    ];
+    if !a.negative_prompt.is_empty() {
+        lines.insert(1, format!("negative: {}", a.negative_prompt));
+    }
+    for (lora, scale) in &a.lora {
+        lines.push(format!("lora: {lora} x{scale}"));
+    }
+    for (i, c) in a.controlnet_id.iter().enumerate() {
+        let control = a.control.get(i).or(a.control.first());
+        lines.push(format!(
+            "controlnet: {c} ({})",
+            control.map_or("canny", |c| c.as_str())
+        ));
+    }
+    if let Some(c) = a.consistency {
+        lines.push(format!("consistency: {c:?}"));
+    }
+    if a.keyframe_every > 1 {
+        lines.push(format!("keyframe every {}", a.keyframe_every));
+    }
+    if a.animatediff {
+        lines.push(format!(
+            "animatediff: {} (context {}, overlap {}, {})",
+            a.motion_adapter, a.context_length, a.context_overlap, a.context_fuse
+        ));
+    }
+    if a.upscale {
+        lines.push("upscale: on".into());
+    }
+    lines
+}
