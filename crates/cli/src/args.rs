@@ -1,31 +1,24 @@
 //! The flags: clap declarations of every command, and the value parsers that turn one flag
 //! into a value.
 
+use std::path::{Path, PathBuf};
+
 use anyhow::bail;
-use candle_core::DType;
-use clap::Args;
-use clap::Parser;
-use clap::Subcommand;
-use std::path::Path;
-use std::path::PathBuf;
+use clap::{Args, Parser, Subcommand};
+use stylizer::device::Precision;
 use stylizer::nets::sd::cross_frame::CrossFrameKeys;
 use stylizer::nets::sd::vae::VaeTiling;
-use stylizer::pipeline;
-use stylizer::pipeline::Job;
-use stylizer::sampling::animate::ContextOptions;
-use stylizer::sampling::animate::Fuse;
+use stylizer::pipeline::{self, Job, Share};
+use stylizer::sampling::animate::{ContextOptions, Fuse};
 use stylizer::sampling::fast::FAST_MODEL;
+use stylizer::sd::lora::LoraArg;
 use stylizer::sd::model::DEFAULT_MODEL;
-use stylizer::stylize::stage::MOTION_ADAPTER;
+use stylizer::stylize::canny::Thresholds;
+use stylizer::stylize::temporal::{Consistency, MOTION_ADAPTER};
 use stylizer::temporal::flow::DisPreset;
 use stylizer::temporal::fusion::FusionWeights;
-use stylizer::upscale::resize::Target;
-use stylizer::upscale::AlphaUpscale;
-use stylizer::upscale::UpscaleOptions;
-use stylizer::upscale::UpscaleStage;
-use stylizer::video::Codec;
-use stylizer::video::EncodeSettings;
-use stylizer::video::MaxRes;
+use stylizer::upscale::{resize::Target, AlphaUpscale, UpscaleOptions, UpscaleStage};
+use stylizer::video::{Codec, EncodeSettings, MaxRes};
 use stylizer::Error;
 
 #[derive(Parser)]
@@ -74,7 +67,7 @@ pub(crate) enum Command {
         #[arg(long)]
         json: bool,
         /// Optical flow quality: ultrafast, fast or medium (DIS presets).
-        #[arg(long, default_value = "medium", value_parser = parse_flow_preset)]
+        #[arg(long, default_value = "medium", value_parser = parse_lib::<DisPreset>)]
         flow: DisPreset,
         /// Compare only the first N frames.
         #[arg(long)]
@@ -158,8 +151,8 @@ pub(crate) struct VideoOut {
     #[arg(long)]
     pub(crate) keep_work: bool,
     /// Render only share K of N into the work folder (for job arrays); a run without it joins.
-    #[arg(long, value_name = "K/N", value_parser = parse_share)]
-    pub(crate) segment: Option<(u32, u32)>,
+    #[arg(long, value_name = "K/N", value_parser = parse_lib::<Share>)]
+    pub(crate) segment: Option<Share>,
     /// Seconds of video per resumable segment (each costs an encoder start: not much shorter);
     /// default 5, or 30 when no model runs.
     #[arg(long, hide = true)]
@@ -182,7 +175,7 @@ impl VideoOut {
         job.overwrite = self.overwrite;
         job.keep_work = self.keep_work;
         job.segment_seconds = self.segment_seconds;
-        job.share = self.segment;
+        job.share = self.segment.map(|s| (s.k, s.n));
         Ok(job)
     }
 }
@@ -238,8 +231,8 @@ pub(crate) struct StylizeArgs {
     pub(crate) control_video: Vec<PathBuf>,
     /// Canny thresholds LOW,HIGH on the gradient (the ControlNet annotators' 100,200); lower
     /// finds more edges.
-    #[arg(long, default_value = "100,200", value_parser = parse_canny, value_name = "LOW,HIGH")]
-    pub(crate) canny: (f64, f64),
+    #[arg(long, default_value = "100,200", value_parser = parse_lib::<Thresholds>, value_name = "LOW,HIGH")]
+    pub(crate) canny: Thresholds,
     /// How strongly each ControlNet steers (default 1.0, as diffusers' video ControlNet
     /// pipelines and the nets' training; its image-to-image pipeline uses 0.8). Once for
     /// every net, or once per net.
@@ -311,21 +304,21 @@ pub(crate) struct StylizeArgs {
     #[arg(long)]
     pub(crate) offline: bool,
     /// Model precision: f32, f16 or bf16 (default: f32 on CPU, f16 on GPU).
-    #[arg(long, value_parser = parse_dtype)]
-    pub(crate) dtype: Option<DType>,
+    #[arg(long, value_parser = parse_lib::<Precision>)]
+    pub(crate) dtype: Option<Precision>,
     /// A LoRA fused into the model: a .safetensors file (kohya/A1111 or diffusers/PEFT keys), or
     /// a folder or Hugging Face id holding pytorch_lora_weights.safetensors
     /// (latent-consistency/lcm-lora-sdv1-5 with --scheduler lcm --steps 4 --guidance 1), with
     /// an optional :SCALE (default 1). Repeat for several; their effects add up.
-    #[arg(long, value_name = "FILE|DIR|ID[:SCALE]", value_parser = parse_lora)]
-    pub(crate) lora: Vec<(String, f64)>,
+    #[arg(long, value_name = "FILE|DIR|ID[:SCALE]", value_parser = parse_lib::<LoraArg>)]
+    pub(crate) lora: Vec<LoraArg>,
     /// The auto-encoder between pixels and latents: full (the model's own), tiny (TAESD,
     /// madebyollin/taesd: encode + decode in a fraction of the time, a little less detail), or
     /// another tiny VAE's Hugging Face id or diffusers folder [default: full; with --fast tiny].
     #[arg(long, value_name = "full|tiny|ID|DIR")]
     pub(crate) vae: Option<String>,
     /// Tile the VAE: auto (when untiled would need over 2 GiB of activations), on, off.
-    #[arg(long, default_value = "auto", value_parser = parse_vae_tiling)]
+    #[arg(long, default_value = "auto", value_parser = parse_lib::<VaeTiling>)]
     pub(crate) vae_tiling: VaeTiling,
     /// GPU: keep the VAE on the CPU (f32), so its weights and its decoder's full-resolution
     /// activations (the peak of a 720p frame) never take GPU memory; encode and decode then
@@ -344,17 +337,17 @@ pub(crate) struct StylizeArgs {
     /// cross-frame with --keyframe-every), cross-frame (every frame's self-attention also
     /// looks at the first frame), flow (the previous restyled frame is carried along the
     /// motion into the next), none (every frame on its own).
-    #[arg(long, value_parser = parse_consistency)]
+    #[arg(long, value_parser = parse_lib::<Consistency>)]
     pub(crate) consistency: Option<Consistency>,
     /// Testing: the keys cross-frame attention uses: anchor, or anchor+self.
-    #[arg(long, hide = true, default_value = "anchor", value_parser = parse_cross_frame_keys)]
+    #[arg(long, hide = true, default_value = "anchor", value_parser = parse_lib::<CrossFrameKeys>)]
     pub(crate) cross_frame_keys: CrossFrameKeys,
     /// Restyle only every K-th frame with Stable Diffusion and carry the style to the frames
     /// between along the optical flow from both neighbouring keyframes (about K× faster).
     #[arg(long, default_value_t = 1, value_name = "K")]
     pub(crate) keyframe_every: u64,
     /// Testing: flow-fusion weights LATENT,PIXEL (0..1 each).
-    #[arg(long, hide = true, value_parser = parse_fusion_weights)]
+    #[arg(long, hide = true, value_parser = parse_lib::<FusionWeights>)]
     pub(crate) flow_blend: Option<FusionWeights>,
     /// Upscale the stylized frames ×4 with Real-ESRGAN, to full HD (see --upscale-to).
     #[arg(long)]
@@ -419,120 +412,7 @@ pub(crate) fn unit_interval(s: &str) -> Result<f64, String> {
     }
 }
 
-pub(crate) fn parse_dtype(s: &str) -> Result<DType, String> {
-    match s {
-        "f32" => Ok(DType::F32),
-        "f16" => Ok(DType::F16),
-        "bf16" => Ok(DType::BF16),
-        _ => Err(format!("unknown dtype `{s}` (f32, f16 or bf16)")),
-    }
-}
-
-pub(crate) fn parse_vae_tiling(s: &str) -> Result<VaeTiling, String> {
-    match s {
-        "auto" => Ok(VaeTiling::Auto),
-        "on" => Ok(VaeTiling::On),
-        "off" => Ok(VaeTiling::Off),
-        _ => Err(format!("unknown VAE tiling `{s}` (auto, on or off)")),
-    }
-}
-
 /// For clap: a library type parsed by its `FromStr`, whose errors name the flag.
 pub(crate) fn parse_lib<T: std::str::FromStr<Err = Error>>(s: &str) -> Result<T, String> {
     s.parse().map_err(|e: Error| e.to_string())
-}
-
-pub(crate) fn parse_flow_preset(s: &str) -> Result<DisPreset, String> {
-    match s {
-        "ultrafast" => Ok(DisPreset::UltraFast),
-        "fast" => Ok(DisPreset::Fast),
-        "medium" => Ok(DisPreset::Medium),
-        _ => Err(format!(
-            "unknown flow preset `{s}` (ultrafast, fast or medium)"
-        )),
-    }
-}
-
-/// `--consistency`: the temporal techniques a stylize run uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Consistency {
-    None,
-    CrossFrame,
-    Flow,
-    CrossFrameFlow,
-}
-
-pub(crate) fn parse_consistency(s: &str) -> Result<Consistency, String> {
-    match s {
-        "none" => Ok(Consistency::None),
-        "cross-frame" => Ok(Consistency::CrossFrame),
-        "flow" => Ok(Consistency::Flow),
-        "cross-frame+flow" => Ok(Consistency::CrossFrameFlow),
-        _ => Err(format!(
-            "unknown consistency `{s}` (none, cross-frame, flow or cross-frame+flow)"
-        )),
-    }
-}
-
-pub(crate) fn parse_fusion_weights(s: &str) -> Result<FusionWeights, String> {
-    let weight = |v: &str| match v.trim().parse::<f32>() {
-        Ok(w) if (0.0..=1.0).contains(&w) => Ok(w),
-        _ => Err(format!("`{v}` is not a weight between 0 and 1")),
-    };
-    match s.split_once(',') {
-        Some((latent, pixel)) => Ok(FusionWeights {
-            latent: weight(latent)?,
-            pixel: weight(pixel)?,
-        }),
-        None => Err("expected LATENT,PIXEL, e.g. 0.5,0.5".into()),
-    }
-}
-
-pub(crate) fn parse_cross_frame_keys(s: &str) -> Result<CrossFrameKeys, String> {
-    match s {
-        "anchor" => Ok(CrossFrameKeys::Anchor),
-        "anchor+self" => Ok(CrossFrameKeys::AnchorAndSelf),
-        _ => Err(format!(
-            "unknown cross-frame keys `{s}` (anchor or anchor+self)"
-        )),
-    }
-}
-
-pub(crate) fn parse_share(s: &str) -> Result<(u32, u32), String> {
-    let bad = || format!("`{s}` is not K/N with 1 <= K <= N (e.g. 3/8)");
-    let (k, n) = s.split_once('/').ok_or_else(bad)?;
-    let (k, n) = (
-        k.trim().parse::<u32>().map_err(|_| bad())?,
-        n.trim().parse::<u32>().map_err(|_| bad())?,
-    );
-    if k == 0 || n == 0 || k > n {
-        return Err(bad());
-    }
-    Ok((k, n))
-}
-
-/// `FILE|DIR|ID[:SCALE]`: a trailing `:number` is the scale.
-pub(crate) fn parse_lora(s: &str) -> Result<(String, f64), String> {
-    match s.rsplit_once(':') {
-        Some((source, scale)) if !source.is_empty() => match scale.parse::<f64>() {
-            Ok(v) if v.is_finite() => Ok((source.to_string(), v)),
-            Ok(_) => Err(format!("LoRA scale `{scale}` is not a finite number")),
-            // Not a number: part of the name (a Windows drive, say).
-            Err(_) => Ok((s.to_string(), 1.0)),
-        },
-        _ => Ok((s.to_string(), 1.0)),
-    }
-}
-
-pub(crate) fn parse_canny(s: &str) -> Result<(f64, f64), String> {
-    let bad = || format!("`{s}` is not LOW,HIGH (two numbers, e.g. 100,200)");
-    let (low, high) = s.split_once(',').ok_or_else(bad)?;
-    let (low, high): (f64, f64) = (
-        low.trim().parse().map_err(|_| bad())?,
-        high.trim().parse().map_err(|_| bad())?,
-    );
-    if !(low >= 0.0 && high >= low && high.is_finite()) {
-        return Err(format!("Canny thresholds need 0 <= LOW <= HIGH, got {s}"));
-    }
-    Ok((low, high))
 }

@@ -1,18 +1,15 @@
 //! Many inputs in one command: each job run and reported in turn, a failed input reported
 //! while the rest go on, and the summary line of a finished job.
 
-use crate::progress::CliProgress;
-use anyhow::bail;
-use std::path::Path;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use stylizer::pipeline;
-use stylizer::pipeline::Job;
-use stylizer::pipeline::Outcome;
+
+use anyhow::bail;
+use stylizer::pipeline::{Job, Outcome};
 use stylizer::video::probe;
-use stylizer::Error;
-use stylizer::FrameStage;
-use stylizer::{Progress, Stage};
+use stylizer::{pipeline, Error, FrameStage, Progress, Stage};
+
+use crate::progress::CliProgress;
 
 /// Probes the input, runs the job, reports the outcome.
 pub(crate) fn render(

@@ -22,21 +22,20 @@ mod preview;
 mod progress;
 mod settings;
 
-use crate::args::Cli;
-use crate::args::Command;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use stylizer::{pipeline, Error};
+
+use crate::args::{Cli, Command};
 use crate::batch::report;
 use crate::commands::flicker::flicker;
 use crate::commands::models::models;
 use crate::commands::probe::print_probe;
 use crate::commands::stylize::stylize;
 use crate::commands::upscale::upscale;
-use crate::progress::CliProgress;
-use crate::progress::Mode;
-use anyhow::Context;
-use clap::Parser;
-use std::process::ExitCode;
-use stylizer::pipeline;
-use stylizer::Error;
+use crate::progress::{CliProgress, Mode};
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let mut progress = CliProgress::new(Mode::detect(cli.quiet));

@@ -1,45 +1,18 @@
 //! `stylize` flags turned into library settings: the frame stages a run builds.
 
-use crate::args::Consistency;
-use crate::args::StylizeArgs;
-use crate::progress::CliProgress;
 use anyhow::bail;
-use stylizer::sampling::img2img::ControlWeight;
-use stylizer::sampling::img2img::Img2ImgParams;
+use stylizer::sampling::img2img::{ControlWeight, Img2ImgParams};
 use stylizer::sampling::schedulers::SchedulerKind;
-use stylizer::sd::model::LoadOptions;
-use stylizer::sd::model::TINY_VAE;
-use stylizer::stage::Identity;
-use stylizer::stage::Invert;
-use stylizer::stylize::control::ControlNetSpec;
-use stylizer::stylize::control::ControlSource;
-use stylizer::stylize::stage::AnimateDiffSettings;
-use stylizer::stylize::stage::StylizeSettings;
-use stylizer::stylize::stage::StylizeStage;
+use stylizer::sd::model::{LoadOptions, TINY_VAE};
+use stylizer::stage::PixelStage;
+use stylizer::stylize::control::{ControlNetSpec, ControlSource};
+use stylizer::stylize::stage::{StylizeSettings, StylizeStage};
+use stylizer::stylize::temporal::{AnimateDiffSettings, Temporal, TemporalFlags};
 use stylizer::weights::ModelSource;
 use stylizer::FrameStage;
 
-/// A test stage that can be slowed down.
-pub(crate) struct Delayed {
-    pub(crate) inner: Box<dyn FrameStage>,
-    pub(crate) delay: std::time::Duration,
-}
-
-impl FrameStage for Delayed {
-    fn name(&self) -> &str {
-        self.inner.name()
-    }
-    fn output_size(&self, w: u32, h: u32) -> (u32, u32) {
-        self.inner.output_size(w, h)
-    }
-    fn fingerprint(&self) -> String {
-        self.inner.fingerprint()
-    }
-    fn process(&mut self, frame: stylizer::Frame, index: u64) -> stylizer::Result<stylizer::Frame> {
-        std::thread::sleep(self.delay);
-        self.inner.process(frame, index)
-    }
-}
+use crate::args::StylizeArgs;
+use crate::progress::CliProgress;
 
 /// The model stages the flags ask for. Features that have not landed stop here, before any
 /// work, instead of being silently ignored.
@@ -50,21 +23,10 @@ pub(crate) fn build_stages(
 ) -> anyhow::Result<Vec<Box<dyn FrameStage>>> {
     let mut stages: Vec<Box<dyn FrameStage>> = Vec::new();
     match &a.frame_stage {
-        Some(name) => {
-            let inner: Box<dyn FrameStage> = match name.as_str() {
-                "identity" => Box::new(Identity),
-                "invert" => Box::new(Invert),
-                _ => bail!("unknown --frame-stage `{name}` (identity or invert)"),
-            };
-            stages.push(if a.frame_stage_delay_ms > 0 {
-                Box::new(Delayed {
-                    inner,
-                    delay: std::time::Duration::from_millis(a.frame_stage_delay_ms),
-                })
-            } else {
-                inner
-            });
-        }
+        Some(op) => stages.push(Box::new(PixelStage {
+            op: op.parse()?,
+            delay: std::time::Duration::from_millis(a.frame_stage_delay_ms),
+        })),
         None => stages.push(Box::new(
             sd_stage(a, seed)?.with_progress(Box::new(progress.for_stage())),
         )),
@@ -81,7 +43,7 @@ pub(crate) fn sd_stage(a: &StylizeArgs, seed: u64) -> anyhow::Result<StylizeStag
         bail!("--prompt is required (what the frames should look like, e.g. --prompt \"anime style\")");
     };
     let mut load = LoadOptions::new(stylizer::device::select(&a.out.device)?);
-    load.dtype = a.dtype;
+    load.dtype = a.dtype.map(|p| p.0);
     load.hub.revision = a.revision.clone();
     load.hub.variant = a.variant.clone();
     load.hub.offline |= a.offline;
@@ -100,22 +62,31 @@ pub(crate) fn sd_stage(a: &StylizeArgs, seed: u64) -> anyhow::Result<StylizeStag
     load.loras = a
         .lora
         .iter()
-        .map(|(source, scale)| Ok((ModelSource::parse(source)?, *scale)))
+        .map(|l| Ok((ModelSource::parse(&l.source)?, l.scale)))
         .collect::<stylizer::Result<Vec<_>>>()?;
     load.tiny_vae = match a.vae_choice() {
         "full" => None,
         "tiny" => Some(ModelSource::Hub(TINY_VAE.into())),
         other => Some(ModelSource::parse(other)?),
     };
-    // Keyframes are diffused apart, with the frames between carried by flow already;
-    // AnimateDiff's motion modules do the work of the other modes.
-    let consistency = a
-        .consistency
-        .unwrap_or(match (a.animatediff, a.keyframe_every) {
-            (true, _) => Consistency::None,
-            (false, 1) => Consistency::CrossFrameFlow,
-            (false, _) => Consistency::CrossFrame,
-        });
+    let controlnets = controlnets(a)?;
+    let animatediff = a
+        .animatediff
+        .then(|| -> stylizer::Result<_> {
+            Ok(AnimateDiffSettings {
+                adapter: ModelSource::parse(&a.motion_adapter)?,
+                context: a.context(),
+            })
+        })
+        .transpose()?;
+    let temporal = Temporal::new(TemporalFlags {
+        consistency: a.consistency,
+        cross_frame_keys: a.cross_frame_keys,
+        flow_blend: a.flow_blend,
+        keyframe_every: a.keyframe_every,
+        noise_per_frame: a.noise_per_frame,
+        animatediff,
+    })?;
     Ok(StylizeStage::new(StylizeSettings {
         model: ModelSource::parse(a.model())?,
         load,
@@ -129,26 +100,9 @@ pub(crate) fn sd_stage(a: &StylizeArgs, seed: u64) -> anyhow::Result<StylizeStag
         },
         fast: a.fast,
         seed,
-        noise_per_frame: a.noise_per_frame,
-        cross_frame: matches!(
-            consistency,
-            Consistency::CrossFrame | Consistency::CrossFrameFlow
-        )
-        .then_some(a.cross_frame_keys),
-        flow: matches!(consistency, Consistency::Flow | Consistency::CrossFrameFlow)
-            .then(|| a.flow_blend.unwrap_or_default()),
-        keyframe_every: a.keyframe_every,
-        controlnets: controlnets(a)?,
+        temporal,
+        controlnets,
         guess_mode: a.guess_mode,
-        animatediff: a
-            .animatediff
-            .then(|| -> stylizer::Result<_> {
-                Ok(AnimateDiffSettings {
-                    adapter: ModelSource::parse(&a.motion_adapter)?,
-                    context: a.context(),
-                })
-            })
-            .transpose()?,
         max_vram_gb: a.max_vram,
     })?)
 }
@@ -199,8 +153,8 @@ pub(crate) fn controlnets(a: &StylizeArgs) -> anyhow::Result<Vec<ControlNetSpec>
     for (i, (id, kind)) in a.controlnet_id.iter().zip(&kinds).enumerate() {
         let control = match kind.as_str() {
             "canny" => ControlSource::Canny {
-                low: a.canny.0,
-                high: a.canny.1,
+                low: a.canny.low,
+                high: a.canny.high,
             },
             "frame" => ControlSource::Frame,
             "video" => ControlSource::Video(videos.next().expect("counted above").clone()),
@@ -246,8 +200,8 @@ pub(crate) fn preview_settings(a: &StylizeArgs, seed: u64) -> Vec<String> {
     if !a.negative_prompt.is_empty() {
         lines.insert(1, format!("negative: {}", a.negative_prompt));
     }
-    for (lora, scale) in &a.lora {
-        lines.push(format!("lora: {lora} x{scale}"));
+    for l in &a.lora {
+        lines.push(format!("lora: {} x{}", l.source, l.scale));
     }
     for (i, c) in a.controlnet_id.iter().enumerate() {
         let control = a.control.get(i).or(a.control.first());

@@ -1,8 +1,26 @@
-//! `--device auto|cpu|cuda[:N]|metal` → a candle device.
+//! `--device auto|cpu|cuda[:N]|metal` → a candle device; `--dtype` → its precision.
 
-use candle_core::Device;
+use candle_core::{DType, Device};
 
 use crate::{Error, Result};
+
+/// `--dtype f32|f16|bf16`: the precision the models run in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Precision(pub DType);
+
+impl std::str::FromStr for Precision {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "f32" => Ok(Precision(DType::F32)),
+            "f16" => Ok(Precision(DType::F16)),
+            "bf16" => Ok(Precision(DType::BF16)),
+            _ => Err(Error::Value(format!(
+                "unknown dtype `{s}` (f32, f16 or bf16)"
+            ))),
+        }
+    }
+}
 
 /// Parses and opens a device. `auto` takes the first GPU this build supports, else the CPU.
 pub fn select(spec: &str) -> Result<Device> {

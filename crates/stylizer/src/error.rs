@@ -13,6 +13,10 @@ pub enum Error {
     #[error("invalid setting: {0}")]
     Config(String),
 
+    /// A flag's value that does not parse; the text says what the flag takes.
+    #[error("{0}")]
+    Value(String),
+
     /// Where the output should go is unusable (exists, not writable, same as input, ...).
     #[error("{path}: {reason}")]
     Output { path: PathBuf, reason: String },

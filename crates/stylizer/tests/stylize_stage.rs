@@ -11,7 +11,9 @@ use stylizer::nets::sd::cross_frame::CrossFrameKeys;
 use stylizer::sampling::img2img::Img2ImgParams;
 use stylizer::sampling::schedulers::SchedulerKind;
 use stylizer::sd::model::LoadOptions;
+use stylizer::stage::TemporalStage;
 use stylizer::stylize::stage::{StylizeSettings, StylizeStage};
+use stylizer::stylize::temporal::{Attention, Frames, Fusion, Noise, Temporal};
 use stylizer::temporal::flicker::FlickerMeter;
 use stylizer::temporal::flow::DisParams;
 use stylizer::temporal::fusion::FusionWeights;
@@ -40,13 +42,9 @@ fn settings(variant: &str) -> StylizeSettings {
         },
         fast: false,
         seed: 42,
-        noise_per_frame: false,
-        cross_frame: None,
-        flow: None,
-        keyframe_every: 1,
+        temporal: Temporal::default(),
         controlnets: Vec::new(),
         guess_mode: false,
-        animatediff: None,
         max_vram_gb: None,
     }
 }
@@ -102,7 +100,10 @@ fn stylizes_frames_deterministically_with_the_same_noise_for_every_frame() {
 
     // Per-frame noise: index matters; another seed changes the picture.
     let mut per_frame = StylizeStage::new(StylizeSettings {
-        noise_per_frame: true,
+        temporal: Temporal {
+            noise: Noise::PerFrame,
+            ..Temporal::default()
+        },
         ..settings("tiny-sd")
     })
     .unwrap();
@@ -180,45 +181,63 @@ fn fingerprint_covers_every_pixel_changing_setting() {
         (
             "noise",
             StylizeSettings {
-                noise_per_frame: true,
+                temporal: Temporal {
+                    noise: Noise::PerFrame,
+                    ..Temporal::default()
+                },
                 ..settings("tiny-sd")
             },
         ),
         (
             "cross-frame",
             StylizeSettings {
-                cross_frame: Some(CrossFrameKeys::Anchor),
+                temporal: Temporal {
+                    attention: Attention::Anchor(CrossFrameKeys::Anchor),
+                    ..Temporal::default()
+                },
                 ..settings("tiny-sd")
             },
         ),
         (
             "cross-frame keys",
             StylizeSettings {
-                cross_frame: Some(CrossFrameKeys::AnchorAndSelf),
+                temporal: Temporal {
+                    attention: Attention::Anchor(CrossFrameKeys::AnchorAndSelf),
+                    ..Temporal::default()
+                },
                 ..settings("tiny-sd")
             },
         ),
         (
             "flow",
             StylizeSettings {
-                flow: Some(FusionWeights::default()),
+                temporal: Temporal {
+                    fusion: Fusion::Flow(FusionWeights::default()),
+                    ..Temporal::default()
+                },
                 ..settings("tiny-sd")
             },
         ),
         (
             "flow weights",
             StylizeSettings {
-                flow: Some(FusionWeights {
-                    latent: 0.2,
-                    pixel: 0.5,
-                }),
+                temporal: Temporal {
+                    fusion: Fusion::Flow(FusionWeights {
+                        latent: 0.2,
+                        pixel: 0.5,
+                    }),
+                    ..Temporal::default()
+                },
                 ..settings("tiny-sd")
             },
         ),
         (
             "keyframes",
             StylizeSettings {
-                keyframe_every: 4,
+                temporal: Temporal {
+                    frames: Frames::Keyframes(4),
+                    ..Temporal::default()
+                },
                 ..settings("tiny-sd")
             },
         ),
@@ -292,7 +311,10 @@ fn user_errors_are_clear() {
 fn cross_frame_attention_renders_the_same_frames_whole_or_resumed() {
     for keys in [CrossFrameKeys::Anchor, CrossFrameKeys::AnchorAndSelf] {
         let cross = StylizeSettings {
-            cross_frame: Some(keys),
+            temporal: Temporal {
+                attention: Attention::Anchor(keys),
+                ..Temporal::default()
+            },
             ..settings("tiny-sd2")
         };
         let frames: Vec<Frame> = (0..3).map(|t| frame(112, 96, t)).collect();
@@ -340,7 +362,10 @@ fn cross_frame_attention_renders_the_same_frames_whole_or_resumed() {
 
         // Without the anchor a later frame cannot be rendered: an error, not another picture.
         let mut missing = StylizeStage::new(StylizeSettings {
-            cross_frame: Some(keys),
+            temporal: Temporal {
+                attention: Attention::Anchor(keys),
+                ..Temporal::default()
+            },
             ..settings("tiny-sd2")
         })
         .unwrap();
@@ -353,11 +378,17 @@ fn cross_frame_attention_renders_the_same_frames_whole_or_resumed() {
 #[test]
 fn flow_fusion_is_steadier_and_renders_the_same_frames_whole_or_resumed() {
     let base = StylizeSettings {
-        cross_frame: Some(CrossFrameKeys::Anchor),
+        temporal: Temporal {
+            attention: Attention::Anchor(CrossFrameKeys::Anchor),
+            ..Temporal::default()
+        },
         ..settings("tiny-sd2")
     };
     let fused = StylizeSettings {
-        flow: Some(FusionWeights::default()),
+        temporal: Temporal {
+            fusion: Fusion::Flow(FusionWeights::default()),
+            ..base.temporal.clone()
+        },
         ..base.clone()
     };
     let frames: Vec<Frame> = (0..4).map(|t| panning(112, 96, t)).collect();
@@ -467,11 +498,17 @@ fn render_segments(settings: &StylizeSettings, frames: &[Frame], starts: &[u64])
 #[test]
 fn keyframes_are_diffused_and_the_frames_between_propagated_the_same_whole_or_resumed() {
     let every_frame = StylizeSettings {
-        cross_frame: Some(CrossFrameKeys::Anchor),
+        temporal: Temporal {
+            attention: Attention::Anchor(CrossFrameKeys::Anchor),
+            ..Temporal::default()
+        },
         ..settings("tiny-sd2")
     };
     let keyed = StylizeSettings {
-        keyframe_every: 3,
+        temporal: Temporal {
+            frames: Frames::Keyframes(3),
+            ..every_frame.temporal.clone()
+        },
         ..every_frame.clone()
     };
     // 8 frames: keyframes 0, 3, 6; frame 7 has no keyframe after it.
@@ -505,7 +542,10 @@ fn keyframes_are_diffused_and_the_frames_between_propagated_the_same_whole_or_re
     // About K× fewer diffusion passes: 3 keyframes for 8 frames.
     let per_frame = {
         let mut one = StylizeStage::new(StylizeSettings {
-            keyframe_every: 1,
+            temporal: Temporal {
+                frames: Frames::All,
+                ..Temporal::default()
+            },
             ..settings("tiny-sd2")
         })
         .unwrap()
@@ -527,7 +567,10 @@ fn keyframes_are_diffused_and_the_frames_between_propagated_the_same_whole_or_re
 
     // Keyframes with flow fusion are not there yet: a clear error.
     let err = StylizeStage::new(StylizeSettings {
-        flow: Some(FusionWeights::default()),
+        temporal: Temporal {
+            fusion: Fusion::Flow(FusionWeights::default()),
+            ..keyed.temporal
+        },
         ..keyed
     })
     .err()

@@ -1,11 +1,12 @@
 //! `flicker`: the warp-error flicker metric of a stylized video against its source.
 
-use crate::progress::CliProgress;
 use std::path::Path;
 use std::process::ExitCode;
+
 use stylizer::temporal::flicker::measure_files;
-use stylizer::temporal::flow::DisParams;
-use stylizer::temporal::flow::DisPreset;
+use stylizer::temporal::flow::{DisParams, DisPreset};
+
+use crate::progress::CliProgress;
 
 pub(crate) fn flicker(
     original: &Path,

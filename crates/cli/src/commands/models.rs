@@ -1,10 +1,12 @@
 //! `models`: what the hub cache holds, and fetching models ahead of a run.
 
+use std::process::ExitCode;
+
+use anyhow::Context;
+use stylizer::Progress;
+
 use crate::args::ModelsCommand;
 use crate::progress::CliProgress;
-use anyhow::Context;
-use std::process::ExitCode;
-use stylizer::Progress;
 
 pub(crate) fn models(
     command: ModelsCommand,

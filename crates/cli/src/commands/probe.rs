@@ -2,9 +2,8 @@
 
 use std::path::Path;
 use std::process::ExitCode;
-use stylizer::video::probe;
-use stylizer::video::Timing;
-use stylizer::video::VideoInfo;
+
+use stylizer::video::{probe, Timing, VideoInfo};
 
 pub(crate) fn print_probe(input: &Path, json: bool) -> anyhow::Result<ExitCode> {
     let i: VideoInfo = probe(input)?;

@@ -1,18 +1,16 @@
 //! `stylize`: restyle videos with a text prompt.
 
+use std::process::ExitCode;
+
+use anyhow::bail;
+use stylizer::pipeline::{self, Job};
+use stylizer::sampling::animate::ChunkGrid;
+
 use crate::args::StylizeArgs;
-use crate::batch::check_distinct_outputs;
-use crate::batch::check_output_folder;
-use crate::batch::Batch;
+use crate::batch::{check_distinct_outputs, check_output_folder, Batch};
 use crate::preview;
 use crate::progress::CliProgress;
-use crate::settings::build_stages;
-use crate::settings::preview_settings;
-use anyhow::bail;
-use std::process::ExitCode;
-use stylizer::pipeline;
-use stylizer::pipeline::Job;
-use stylizer::sampling::animate::ChunkGrid;
+use crate::settings::{build_stages, preview_settings};
 
 pub(crate) fn stylize(a: StylizeArgs, progress: &mut CliProgress) -> anyhow::Result<ExitCode> {
     // Everything that can be checked without the input is checked first.

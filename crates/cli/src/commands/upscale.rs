@@ -1,19 +1,17 @@
 //! `upscale`: Real-ESRGAN on videos and images.
 
-use crate::args::UpscaleArgs;
-use crate::batch::check_distinct_outputs;
-use crate::batch::check_output_folder;
-use crate::batch::Batch;
-use crate::progress::CliProgress;
-use anyhow::bail;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use stylizer::pipeline;
+
+use anyhow::bail;
 use stylizer::pipeline::Job;
 use stylizer::upscale::images;
 use stylizer::video::MaxRes;
-use stylizer::FrameStage;
-use stylizer::{Progress, Stage};
+use stylizer::{pipeline, FrameStage, Progress, Stage};
+
+use crate::args::UpscaleArgs;
+use crate::batch::{check_distinct_outputs, check_output_folder, Batch};
+use crate::progress::CliProgress;
 
 pub(crate) fn upscale(a: UpscaleArgs, progress: &mut CliProgress) -> anyhow::Result<ExitCode> {
     let mut stage = a.upscale.stage(&a.out.device)?;

@@ -32,6 +32,29 @@ use join::{finish_join, place_output};
 use render::{start_stages, Rendered, Renderer};
 use workdir::{direct_path, discard_unfinished, is_done, open_work_dir, InputIdentity, Manifest};
 
+/// `--segment K/N`: share `k` of `n` (1-based) of a job rendered on several machines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Share {
+    pub k: u32,
+    pub n: u32,
+}
+
+impl std::str::FromStr for Share {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let bad = || Error::Value(format!("`{s}` is not K/N with 1 <= K <= N (e.g. 3/8)"));
+        let (k, n) = s.split_once('/').ok_or_else(bad)?;
+        let (k, n) = (
+            k.trim().parse::<u32>().map_err(|_| bad())?,
+            n.trim().parse::<u32>().map_err(|_| bad())?,
+        );
+        if k == 0 || n == 0 || k > n {
+            return Err(bad());
+        }
+        Ok(Self { k, n })
+    }
+}
+
 /// One rendering job: where from, where to, and the settings that do not belong to a stage.
 #[derive(Debug, Clone)]
 pub struct Job {
@@ -359,7 +382,9 @@ mod tests {
             "out.mp4".into(),
             EncodeSettings::new(crate::video::Codec::H265, None, None).unwrap(),
         );
-        let light: Vec<Box<dyn FrameStage>> = vec![Box::new(crate::stage::Identity)];
+        let light: Vec<Box<dyn FrameStage>> = vec![Box::new(crate::stage::PixelStage::new(
+            crate::stage::PixelOp::Identity,
+        ))];
         assert_eq!(segment_seconds(&job, &light), 30.0);
         assert_eq!(segment_seconds(&job, &[]), 30.0);
         struct Model;
@@ -377,8 +402,12 @@ mod tests {
                 Ok(frame)
             }
         }
-        let mixed: Vec<Box<dyn FrameStage>> =
-            vec![Box::new(crate::stage::Identity), Box::new(Model)];
+        let mixed: Vec<Box<dyn FrameStage>> = vec![
+            Box::new(crate::stage::PixelStage::new(
+                crate::stage::PixelOp::Identity,
+            )),
+            Box::new(Model),
+        ];
         assert_eq!(segment_seconds(&job, &mixed), 5.0);
         job.segment_seconds = Some(0.5);
         assert_eq!(segment_seconds(&job, &light), 0.5);

@@ -1,6 +1,6 @@
 //! `--preview`: chosen frames rendered as a full run would render them, written nowhere.
 
-use super::render::{peek, start_stages, warm_up, Ahead, Source};
+use super::render::{start_stages, Chain, Source};
 use super::Job;
 use crate::stage::FrameStage;
 use crate::video::{render_size, VideoInfo};
@@ -41,28 +41,18 @@ pub fn preview(
     start_stages(info, stages, (width, height))?;
     progress.stage(Stage::Render);
     let mut out = Vec::with_capacity(indices.len());
+    let mut chain = Chain::new(src, stages);
     for (n, &index) in indices.iter().enumerate() {
         progress.frame(n as u64, indices.len() as u64);
-        for s in stages.iter_mut() {
-            s.reset()?;
-        }
-        warm_up(src, stages, index, progress)?;
-        for k in 0..stages.len() {
-            let ahead = stages[k].look_ahead();
-            if ahead > 0 {
-                peek(src, stages, k, &mut Ahead::new(index), index + ahead)?;
-            }
-        }
+        chain.start(index, progress)?;
+        chain.peek_until(index)?;
         let original = src.frame(index)?;
         let started = std::time::Instant::now();
-        let mut frame = original.clone();
-        for s in stages.iter_mut() {
-            frame = s.process(frame, index)?;
-        }
+        let rendered = chain.process(original.clone(), index)?;
         out.push(PreviewFrame {
             index,
             original,
-            rendered: frame,
+            rendered,
             seconds: started.elapsed().as_secs_f64(),
         });
     }

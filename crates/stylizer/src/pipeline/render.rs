@@ -69,57 +69,124 @@ pub(super) fn start_stages(
     Ok(())
 }
 
-/// Shows every stage the earlier frames it needs before frame `start`, made by the stages
-/// before it.
-pub(super) fn warm_up(
-    src: Source,
-    stages: &mut [Box<dyn FrameStage>],
-    start: u64,
-    progress: &mut dyn Progress,
-) -> Result<()> {
-    for k in 0..stages.len() {
-        let wanted = stages[k].warm_up_frames(start);
-        if wanted.is_empty() {
-            continue;
-        }
-        progress.stage(Stage::WarmUp);
-        for index in wanted {
-            let mut frame = src.frame(index)?;
-            for s in stages[..k].iter_mut() {
-                frame = s.process(frame, index)?;
-            }
-            stages[k].warm_up(frame, index)?;
-        }
-        progress.stage(Stage::Render);
-    }
-    Ok(())
+/// The stages as the frames of a segment go through them: reset and warmed up at the
+/// segment's start, look-ahead stages shown the frames ahead from decoders of their own, then
+/// every frame through every stage in turn. The one driver of the render loop and the preview.
+pub(super) struct Chain<'a> {
+    src: Source<'a>,
+    stages: &'a mut [Box<dyn FrameStage>],
+    /// Per stage, its own decoder ahead of the render position (look-ahead stages).
+    ahead: Vec<Option<Ahead>>,
 }
 
-/// Shows stage `k` the frames after its render position up to `until` (inclusive), made by
-/// the stages before it, from a decoder of its own.
-pub(super) fn peek(
-    src: Source,
-    stages: &mut [Box<dyn FrameStage>],
-    k: usize,
-    ahead: &mut Ahead,
-    until: u64,
-) -> Result<()> {
-    while !ahead.ended && ahead.next <= until {
-        let decoder = match ahead.decoder.as_mut() {
-            Some(d) => d,
-            None => ahead.decoder.insert(src.open(ahead.next)?),
-        };
-        let Some(mut frame) = decoder.next_frame()? else {
-            ahead.ended = true;
-            break;
-        };
-        for s in stages[..k].iter_mut() {
-            frame = s.process(frame, ahead.next)?;
+impl<'a> Chain<'a> {
+    pub(super) fn new(src: Source<'a>, stages: &'a mut [Box<dyn FrameStage>]) -> Self {
+        Self {
+            src,
+            stages,
+            ahead: Vec::new(),
         }
-        stages[k].peek(frame, ahead.next)?;
-        ahead.next += 1;
     }
-    Ok(())
+
+    /// Puts every stage in the state an uninterrupted run is in before frame `start`.
+    pub(super) fn start(&mut self, start: u64, progress: &mut dyn Progress) -> Result<()> {
+        for s in self.stages.iter_mut() {
+            if let Some(t) = s.temporal() {
+                t.reset()?;
+            }
+        }
+        self.warm_up(start, progress)?;
+        self.ahead = self
+            .stages
+            .iter_mut()
+            .map(|s| (look_ahead(s) > 0).then(|| Ahead::new(start + 1)))
+            .collect();
+        Ok(())
+    }
+
+    /// Shows every stage the earlier frames it needs before frame `start`, made by the
+    /// stages before it.
+    fn warm_up(&mut self, start: u64, progress: &mut dyn Progress) -> Result<()> {
+        for k in 0..self.stages.len() {
+            let wanted = match self.stages[k].temporal() {
+                Some(t) => t.warm_up_frames(start),
+                None => continue,
+            };
+            if wanted.is_empty() {
+                continue;
+            }
+            progress.stage(Stage::WarmUp);
+            for index in wanted {
+                let mut frame = self.src.frame(index)?;
+                for s in self.stages[..k].iter_mut() {
+                    frame = s.process(frame, index)?;
+                }
+                if let Some(t) = self.stages[k].temporal() {
+                    t.warm_up(frame, index)?;
+                }
+            }
+            progress.stage(Stage::Render);
+        }
+        Ok(())
+    }
+
+    /// Shows every look-ahead stage the frames up to `index` + its look-ahead.
+    pub(super) fn peek_until(&mut self, index: u64) -> Result<()> {
+        for k in 0..self.stages.len() {
+            self.peek(k, index)?;
+        }
+        Ok(())
+    }
+
+    /// Shows stage `k` the frames after its render position up to `index` + its look-ahead
+    /// (inclusive), made by the stages before it, from a decoder of its own.
+    fn peek(&mut self, k: usize, index: u64) -> Result<()> {
+        let Some(ahead) = self.ahead.get_mut(k).and_then(Option::as_mut) else {
+            return Ok(());
+        };
+        let until = index + look_ahead(&mut self.stages[k]);
+        while !ahead.ended && ahead.next <= until {
+            let decoder = match ahead.decoder.as_mut() {
+                Some(d) => d,
+                None => ahead.decoder.insert(self.src.open(ahead.next)?),
+            };
+            let Some(mut frame) = decoder.next_frame()? else {
+                ahead.ended = true;
+                break;
+            };
+            for s in self.stages[..k].iter_mut() {
+                frame = s.process(frame, ahead.next)?;
+            }
+            if let Some(t) = self.stages[k].temporal() {
+                t.peek(frame, ahead.next)?;
+            }
+            ahead.next += 1;
+        }
+        Ok(())
+    }
+
+    /// Frame `index` through every stage, each shown what it looks ahead at first.
+    pub(super) fn process(&mut self, mut frame: Frame, index: u64) -> Result<Frame> {
+        for k in 0..self.stages.len() {
+            self.peek(k, index)?;
+            frame = self.stages[k].process(frame, index)?;
+        }
+        Ok(frame)
+    }
+
+    /// Frame `index` repeats the frame before: the stages that follow the frames move on.
+    pub(super) fn repeat(&mut self, index: u64) -> Result<()> {
+        for s in self.stages.iter_mut() {
+            if let Some(t) = s.temporal() {
+                t.repeat(index)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn look_ahead(stage: &mut Box<dyn FrameStage>) -> u64 {
+    stage.temporal().map_or(0, |t| t.look_ahead())
 }
 
 pub(super) struct Renderer<'a> {
@@ -161,6 +228,7 @@ impl Renderer<'_> {
         // segment is done; an error before that drops it, which stops its ffmpeg, and the
         // segment is redone on resume.
         let mut draining: Option<(Encoder, usize)> = None;
+        let mut chain = Chain::new(self.source(), stages);
         for &seg in pending {
             if ended_at.is_some() {
                 self.mark_empty(seg)?;
@@ -174,14 +242,7 @@ impl Renderer<'_> {
                     seg,
                 )),
             };
-            for s in stages.iter_mut() {
-                s.reset()?;
-            }
-            warm_up(self.source(), stages, start, progress)?;
-            let mut ahead: Vec<Option<Ahead>> = stages
-                .iter()
-                .map(|s| (s.look_ahead() > 0).then(|| Ahead::new(start + 1)))
-                .collect();
+            chain.start(start, progress)?;
             // The last segment runs to the end of the video, whatever the container said.
             let limit = (seg != last).then_some(m.segment_frames);
             let (partial, target) = match self.direct {
@@ -226,27 +287,19 @@ impl Renderer<'_> {
                     break;
                 };
                 if last.as_ref().is_some_and(|(before, _)| *before == input) {
-                    for s in stages.iter_mut() {
-                        s.repeat(start + n)?;
-                    }
+                    chain.repeat(start + n)?;
                     out.repeats += 1;
                 } else {
                     // The stages take the frame; the input stays for the comparison. The
                     // previous pair's input buffer is reused: no allocation, no page faults.
-                    let mut frame = match last.take() {
+                    let frame = match last.take() {
                         Some((mut spare, _)) => {
                             spare.clone_from(&input);
                             spare
                         }
                         None => input.clone(),
                     };
-                    for k in 0..stages.len() {
-                        if let Some(a) = ahead[k].as_mut() {
-                            let until = start + n + stages[k].look_ahead();
-                            peek(self.source(), stages, k, a, until)?;
-                        }
-                        frame = stages[k].process(frame, start + n)?;
-                    }
+                    let frame = chain.process(frame, start + n)?;
                     last = Some((input, frame));
                 }
                 encoder.write_frame(&last.as_ref().expect("rendered or repeated").1)?;

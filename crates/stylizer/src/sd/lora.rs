@@ -223,6 +223,37 @@ pub fn updates(
     Ok(out)
 }
 
+/// `--lora FILE|DIR|ID[:SCALE]`: a LoRA and its scale (1 when not given).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoraArg {
+    pub source: String,
+    pub scale: f64,
+}
+
+impl std::str::FromStr for LoraArg {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let whole = || LoraArg {
+            source: s.to_string(),
+            scale: 1.0,
+        };
+        match s.rsplit_once(':') {
+            Some((source, scale)) if !source.is_empty() => match scale.parse::<f64>() {
+                Ok(v) if v.is_finite() => Ok(LoraArg {
+                    source: source.to_string(),
+                    scale: v,
+                }),
+                Ok(_) => Err(Error::Value(format!(
+                    "LoRA scale `{scale}` is not a finite number"
+                ))),
+                // Not a number: part of the name (a Windows drive, say).
+                Err(_) => Ok(whole()),
+            },
+            _ => Ok(whole()),
+        }
+    }
+}
+
 /// The weight store's transform that fuses `updates` into the weights they name as they are
 /// read ([`TensorStore::with_transform`]).
 pub fn fused(updates: HashMap<String, Vec<LowRank>>) -> Transform {

@@ -9,6 +9,32 @@
 //! gradient's direction quantised with OpenCV's fixed-point tan(22.5°) test; hysteresis:
 //! pixels above `high` start edges, which grow through 8-connected pixels above `low`.
 
+/// `--canny LOW,HIGH`: the thresholds on the L1 gradient magnitude.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Thresholds {
+    pub low: f64,
+    pub high: f64,
+}
+
+impl std::str::FromStr for Thresholds {
+    type Err = crate::Error;
+    fn from_str(s: &str) -> crate::Result<Self> {
+        let bad =
+            || crate::Error::Value(format!("`{s}` is not LOW,HIGH (two numbers, e.g. 100,200)"));
+        let (low, high) = s.split_once(',').ok_or_else(bad)?;
+        let (low, high): (f64, f64) = (
+            low.trim().parse().map_err(|_| bad())?,
+            high.trim().parse().map_err(|_| bad())?,
+        );
+        if !(low >= 0.0 && high >= low && high.is_finite()) {
+            return Err(crate::Error::Value(format!(
+                "Canny thresholds need 0 <= LOW <= HIGH, got {s}"
+            )));
+        }
+        Ok(Self { low, high })
+    }
+}
+
 /// `tan(22.5°)` in OpenCV's 15-bit fixed point.
 const TG22: i64 = 13573;
 const SHIFT: u32 = 15;

@@ -86,6 +86,20 @@ pub enum DisPreset {
     Medium,
 }
 
+impl std::str::FromStr for DisPreset {
+    type Err = crate::Error;
+    fn from_str(s: &str) -> crate::Result<Self> {
+        match s {
+            "ultrafast" => Ok(DisPreset::UltraFast),
+            "fast" => Ok(DisPreset::Fast),
+            "medium" => Ok(DisPreset::Medium),
+            _ => Err(crate::Error::Value(format!(
+                "unknown flow preset `{s}` (ultrafast, fast or medium)"
+            ))),
+        }
+    }
+}
+
 /// The parameters of `cv::DISOpticalFlow` (same names, same meaning).
 #[derive(Clone, Debug)]
 pub struct DisParams {

@@ -40,6 +40,28 @@ impl std::fmt::Display for FusionWeights {
     }
 }
 
+impl std::str::FromStr for FusionWeights {
+    type Err = crate::Error;
+    /// `LATENT,PIXEL` (`--flow-blend`), each between 0 and 1.
+    fn from_str(s: &str) -> crate::Result<Self> {
+        let weight = |v: &str| match v.trim().parse::<f32>() {
+            Ok(w) if (0.0..=1.0).contains(&w) => Ok(w),
+            _ => Err(crate::Error::Value(format!(
+                "`{v}` is not a weight between 0 and 1"
+            ))),
+        };
+        match s.split_once(',') {
+            Some((latent, pixel)) => Ok(FusionWeights {
+                latent: weight(latent)?,
+                pixel: weight(pixel)?,
+            }),
+            None => Err(crate::Error::Value(
+                "expected LATENT,PIXEL, e.g. 0.5,0.5".into(),
+            )),
+        }
+    }
+}
+
 /// The DIS preset fusion measures motion with: MEDIUM's variational refinement keeps edges
 /// in place, and at 0.15 s for a 480p pair on 2 cores it is small beside a diffusion pass.
 pub const FUSION_FLOW: DisPreset = DisPreset::Medium;

@@ -34,6 +34,19 @@ impl std::fmt::Display for CrossFrameKeys {
     }
 }
 
+impl std::str::FromStr for CrossFrameKeys {
+    type Err = crate::Error;
+    fn from_str(s: &str) -> crate::Result<Self> {
+        match s {
+            "anchor" => Ok(CrossFrameKeys::Anchor),
+            "anchor+self" => Ok(CrossFrameKeys::AnchorAndSelf),
+            _ => Err(crate::Error::Value(format!(
+                "unknown cross-frame keys `{s}` (anchor or anchor+self)"
+            ))),
+        }
+    }
+}
+
 /// The anchor frame's self-attention input tokens `[batch, h·w, channels]`, per denoising step
 /// and per self-attention layer in the order the UNet runs them.
 #[derive(Default)]

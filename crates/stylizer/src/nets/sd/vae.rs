@@ -35,6 +35,20 @@ pub enum VaeTiling {
     Off,
 }
 
+impl std::str::FromStr for VaeTiling {
+    type Err = crate::Error;
+    fn from_str(s: &str) -> crate::Result<Self> {
+        match s {
+            "auto" => Ok(VaeTiling::Auto),
+            "on" => Ok(VaeTiling::On),
+            "off" => Ok(VaeTiling::Off),
+            _ => Err(crate::Error::Value(format!(
+                "unknown VAE tiling `{s}` (auto, on or off)"
+            ))),
+        }
+    }
+}
+
 fn conv(vb: VarBuilder, cin: usize, cout: usize, k: usize) -> Result<Conv2d> {
     let cfg = Conv2dConfig {
         padding: k / 2,

@@ -1,0 +1,267 @@
+//! The temporal choices of a stylize run as independent axes, each in its own file with the
+//! state it keeps: where self-attention takes its keys and values from ([`attention`]), how
+//! the previous result is carried into the frame ([`fusion`]), which frames are diffused
+//! ([`keyframes`]), where the noise comes from ([`noise`]), and whether frames are denoised
+//! one by one or in windows ([`windows`]). [`Temporal::new`] applies the defaults and refuses
+//! what cannot run together; the stage asks the axes for their warm-up frames, look-ahead and
+//! per-step hooks. A new method is a new variant of one axis, in that axis's file.
+pub mod attention;
+pub mod fusion;
+pub mod keyframes;
+pub mod noise;
+pub mod windows;
+
+use std::str::FromStr;
+
+use candle_core::Tensor;
+
+pub use attention::Attention;
+pub use fusion::Fusion;
+pub use keyframes::Frames;
+pub use noise::Noise;
+pub use windows::{AnimateDiffSettings, Denoising, MOTION_ADAPTER};
+
+use crate::nets::sd::cross_frame::CrossFrameKeys;
+use crate::temporal::fusion::FusionWeights;
+use crate::{Error, Frame, Result};
+
+/// `--consistency`: the named pairs of attention and fusion a user picks from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Consistency {
+    None,
+    CrossFrame,
+    Flow,
+    CrossFrameFlow,
+}
+
+impl FromStr for Consistency {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "none" => Ok(Consistency::None),
+            "cross-frame" => Ok(Consistency::CrossFrame),
+            "flow" => Ok(Consistency::Flow),
+            "cross-frame+flow" => Ok(Consistency::CrossFrameFlow),
+            _ => Err(Error::Value(format!(
+                "unknown consistency `{s}` (none, cross-frame, flow or cross-frame+flow)"
+            ))),
+        }
+    }
+}
+
+/// The temporal flags as a user gives them, before defaults.
+#[derive(Debug, Clone)]
+pub struct TemporalFlags {
+    /// `--consistency`; `None`: the default for the other choices.
+    pub consistency: Option<Consistency>,
+    /// `--cross-frame-keys` (hidden).
+    pub cross_frame_keys: CrossFrameKeys,
+    /// `--flow-blend LATENT,PIXEL` (hidden); `None`: the default weights.
+    pub flow_blend: Option<FusionWeights>,
+    /// `--keyframe-every K`.
+    pub keyframe_every: u64,
+    /// `--noise-per-frame`.
+    pub noise_per_frame: bool,
+    /// `--animatediff` with its adapter and windows.
+    pub animatediff: Option<AnimateDiffSettings>,
+}
+
+impl Default for TemporalFlags {
+    fn default() -> Self {
+        Self {
+            consistency: None,
+            cross_frame_keys: CrossFrameKeys::Anchor,
+            flow_blend: None,
+            keyframe_every: 1,
+            noise_per_frame: false,
+            animatediff: None,
+        }
+    }
+}
+
+/// What a run does across frames: one choice per axis.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Temporal {
+    pub attention: Attention,
+    pub fusion: Fusion,
+    pub frames: Frames,
+    pub noise: Noise,
+    pub denoising: Denoising,
+}
+
+impl Default for Temporal {
+    /// Every frame on its own, with the same noise.
+    fn default() -> Self {
+        Self {
+            attention: Attention::Own,
+            fusion: Fusion::None,
+            frames: Frames::All,
+            noise: Noise::Fixed,
+            denoising: Denoising::OneByOne,
+        }
+    }
+}
+
+impl Temporal {
+    /// The axes the flags ask for. Without `--consistency`: keyframes are diffused apart
+    /// with the frames between carried by flow already, so cross-frame attention alone;
+    /// AnimateDiff's motion modules do the work of the other modes, so none; else
+    /// cross-frame attention and flow fusion.
+    pub fn new(flags: TemporalFlags) -> Result<Self> {
+        let consistency = flags.consistency.unwrap_or(
+            match (flags.animatediff.is_some(), flags.keyframe_every) {
+                (true, _) => Consistency::None,
+                (false, 1) => Consistency::CrossFrameFlow,
+                (false, _) => Consistency::CrossFrame,
+            },
+        );
+        let cross_frame = matches!(
+            consistency,
+            Consistency::CrossFrame | Consistency::CrossFrameFlow
+        );
+        let flow = matches!(consistency, Consistency::Flow | Consistency::CrossFrameFlow);
+        let temporal = Self {
+            attention: match cross_frame {
+                true => Attention::Anchor(flags.cross_frame_keys),
+                false => Attention::Own,
+            },
+            fusion: match flow {
+                true => Fusion::Flow(flags.flow_blend.unwrap_or_default()),
+                false => Fusion::None,
+            },
+            frames: Frames::every(flags.keyframe_every)?,
+            noise: match flags.noise_per_frame {
+                true => Noise::PerFrame,
+                false => Noise::Fixed,
+            },
+            denoising: match flags.animatediff {
+                Some(a) => Denoising::Windows(a),
+                None => Denoising::OneByOne,
+            },
+        };
+        temporal.check()?;
+        Ok(temporal)
+    }
+
+    /// Refuses the combinations that cannot run, with one clear error each.
+    pub fn check(&self) -> Result<()> {
+        if let Denoising::Windows(a) = &self.denoising {
+            a.context.check(usize::MAX)?;
+            let other = [
+                (self.attention != Attention::Own, "cross-frame attention"),
+                (self.fusion != Fusion::None, "flow fusion"),
+                (self.frames != Frames::All, "--keyframe-every"),
+            ];
+            if let Some((_, what)) = other.iter().find(|(on, _)| *on) {
+                return Err(Error::NotImplemented(format!(
+                    "--animatediff together with {what} (AnimateDiff runs with --consistency none)"
+                )));
+            }
+        }
+        if self.frames != Frames::All && self.fusion != Fusion::None {
+            return Err(Error::NotImplemented(
+                "keyframes with flow-guided fusion (--keyframe-every with --consistency flow or cross-frame+flow)".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// What the temporal axes ask of the model side of the stage.
+pub(crate) trait Diffuse {
+    /// Frame `index` encoded, noised and denoised; `on_step(i, latents)` gets the latents
+    /// after each step and returns those the loop goes on from. Returns the final latents.
+    fn denoise(
+        &mut self,
+        frame: &Frame,
+        index: u64,
+        on_step: &mut dyn FnMut(usize, Tensor) -> Result<Tensor>,
+    ) -> Result<Tensor>;
+
+    /// Final latents as an image `[1, 3, H, W]` in [0, 1].
+    fn decode(&self, latents: &Tensor) -> Result<Tensor>;
+
+    /// Pixels per latent along a side.
+    fn latent_scale(&self) -> Result<usize>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sampling::animate::{ContextOptions, Fuse};
+    use crate::weights::ModelSource;
+
+    fn animatediff() -> AnimateDiffSettings {
+        AnimateDiffSettings {
+            adapter: ModelSource::Hub(MOTION_ADAPTER.into()),
+            context: ContextOptions {
+                length: 16,
+                overlap: 4,
+                fuse: Fuse::Pyramid,
+            },
+        }
+    }
+
+    #[test]
+    fn defaults_follow_the_other_choices() {
+        let t = Temporal::new(TemporalFlags::default()).unwrap();
+        assert_eq!(t.attention, Attention::Anchor(CrossFrameKeys::Anchor));
+        assert_eq!(t.fusion, Fusion::Flow(FusionWeights::default()));
+        assert_eq!((t.frames, t.noise), (Frames::All, Noise::Fixed));
+        let keyframes = Temporal::new(TemporalFlags {
+            keyframe_every: 4,
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(keyframes.frames, Frames::Keyframes(4));
+        assert_eq!(keyframes.fusion, Fusion::None);
+        assert_ne!(keyframes.attention, Attention::Own);
+        let windows = Temporal::new(TemporalFlags {
+            animatediff: Some(animatediff()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(
+            (windows.attention, windows.fusion),
+            (Attention::Own, Fusion::None)
+        );
+        assert_eq!(windows.denoising, Denoising::Windows(animatediff()));
+    }
+
+    #[test]
+    fn combinations_that_cannot_run_are_refused_one_way_each() {
+        let refused = |flags: TemporalFlags, says: &str| {
+            let e = Temporal::new(flags).unwrap_err().to_string();
+            assert!(e.contains(says), "{e}");
+        };
+        let flow = Some(Consistency::Flow);
+        refused(
+            TemporalFlags {
+                consistency: flow,
+                animatediff: Some(animatediff()),
+                ..Default::default()
+            },
+            "--animatediff together with flow fusion",
+        );
+        refused(
+            TemporalFlags {
+                consistency: flow,
+                keyframe_every: 3,
+                ..Default::default()
+            },
+            "keyframes with flow-guided fusion",
+        );
+        refused(
+            TemporalFlags {
+                keyframe_every: 0,
+                ..Default::default()
+            },
+            "at least 1",
+        );
+        let e = "wobbly".parse::<Consistency>().unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "unknown consistency `wobbly` (none, cross-frame, flow or cross-frame+flow)"
+        );
+    }
+}
