@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # The temporal-consistency table: for every mode (none, cross-frame, flow, cross-frame+flow,
-# keyframes every K), stylize the first FRAMES frames of each clip and report seconds per frame
-# and the warp-error ratio of `video-stylizer flicker` (1 = as steady as the source).
+# keyframes every K), stylize the first FRAMES frames of each clip and report seconds per frame,
+# the warp-error ratio of `video-stylizer flicker` (1 = as steady as the source) and the detail
+# relative to mode `none` at the same seed (flicker's `detail` over none's: below 1 the mode
+# blurred, which also lowers the warp error; relative to the original it would reward the
+# noise a random model makes).
 #
 #   bash tools/bench_temporal.sh [MODEL] [CLIP...]
 #
@@ -29,7 +32,7 @@ modes=${MODES:-"none cross-frame flow cross-frame+flow keyframes"}
 
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-printf '%-22s %-18s %8s %10s %8s\n' clip mode s/frame warp_err ratio
+printf '%-22s %-18s %8s %10s %8s %8s\n' clip mode s/frame warp_err ratio detail
 for clip in "${clips[@]}"; do
   name=$(basename "$clip" .mp4)
   # The first FRAMES frames, losslessly, so every mode sees the same short input.
@@ -49,14 +52,17 @@ for clip in "${clips[@]}"; do
     end=$(date +%s.%N)
     n=$(ffprobe -v error -count_frames -select_streams v:0 -show_entries stream=nb_read_frames -of csv=p=0 "$out")
     json=$("$bin" flicker "$cut" "$out" --json)
-    python3 - "$name" "$mode" "$start" "$end" "$n" "$json" <<'EOF'
-import json, sys
-name, mode, start, end, n, j = sys.argv[1:]
+    python3 - "$name" "$mode" "$start" "$end" "$n" "$json" "$tmp/$name.none.detail" <<'EOF'
+import json, os, sys
+name, mode, start, end, n, j, none_file = sys.argv[1:]
 r = json.loads(j)
-import os
+if mode == "none":
+    open(none_file, "w").write(str(r["detail"]))
+none = float(open(none_file).read()) if os.path.exists(none_file) else None
+detail = f"{r['detail'] / none:8.2f}" if none and r["detail"] is not None else f"{'-':>8}"
 label = mode if mode != "keyframes" else f"keyframes K={os.environ.get('KEYS', '4')}"
 label += "+" if os.environ.get("EXTRA") else ""
-print(f"{name:<22} {label:<18} {(float(end) - float(start)) / int(n):8.2f} {r['warp_error']:10.5f} {r['ratio']:8.2f}")
+print(f"{name:<22} {label:<18} {(float(end) - float(start)) / int(n):8.2f} {r['warp_error']:10.5f} {r['ratio']:8.2f} {detail}")
 EOF
   done
 done

@@ -232,12 +232,38 @@ fn flicker_compares_a_stylized_video_with_its_original() {
         "ratio",
         "frames",
         "occluded_fraction",
+        "detail",
     ] {
         assert!(v.get(key).is_some(), "{key} missing: {v}");
     }
     assert_eq!(v["frames"], 10);
     assert_eq!(v["ratio"], 1.0);
     assert_eq!(v["warp_error"], v["warp_error_original"]);
+    assert_eq!(v["detail"], 1.0);
+    // Blur cannot pass as steadiness: a blurred copy flickers no more, but has less detail;
+    // a sharpened one has more.
+    let detail = |name: &str, filter: &str| {
+        let copy = dir.path().join(name);
+        ffmpeg(&[
+            "-i",
+            input.to_str().unwrap(),
+            "-vf",
+            filter,
+            "-c:v",
+            "libx264",
+            "-qp",
+            "0",
+            copy.to_str().unwrap(),
+        ]);
+        let out = run(bin().arg("flicker").arg(&input).arg(&copy).arg("--json"));
+        assert!(out.status.success(), "{}", stderr(&out));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["detail"].as_f64().unwrap()
+    };
+    let blurred = detail("blurred.mkv", "boxblur=2");
+    let sharpened = detail("sharpened.mkv", "unsharp=5:5:1.5");
+    assert!(blurred < 0.8, "blurred: {blurred}");
+    assert!(sharpened > 1.2, "sharpened: {sharpened}");
 
     let text = run(bin().arg("flicker").arg(&input).arg(&input).args([
         "--flow",
@@ -249,6 +275,7 @@ fn flicker_compares_a_stylized_video_with_its_original() {
     let stdout = String::from_utf8_lossy(&text.stdout);
     assert!(stdout.contains("frames compared:     3"), "{stdout}");
     assert!(stdout.contains("ratio:"), "{stdout}");
+    assert!(stdout.contains("detail:"), "{stdout}");
 
     let missing = run(bin()
         .arg("flicker")

@@ -37,6 +37,12 @@ pub(crate) fn flicker(
             None => out!("ratio:               n/a (the original does not change)"),
         }
         out!("occluded pixels:     {:.1} %", 100.0 * r.occluded_fraction);
+        match r.detail {
+            Some(detail) => out!(
+                "detail:              {detail:.3} (Laplacian energy over the original's; compare modes at one seed)"
+            ),
+            None => out!("detail:              n/a (the original has no detail)"),
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -13,6 +13,10 @@
 //! and the score of a video is the mean of E_t. Absolute values depend on the flow method, so
 //! the same number is computed for the original itself (the floor a restyle could reach) and
 //! reported beside it, with their ratio.
+//!
+//! The warp error rewards blur (a video averaged toward grey flickers less), so the detail of
+//! the frames is measured beside it: the mean squared Laplacian of the luminance, the stylized
+//! video's over the original's.
 
 use std::path::Path;
 
@@ -38,6 +42,34 @@ pub struct WarpError {
     pub frames: u64,
     /// Share of pixels left out as occluded, over all pairs.
     pub occluded_fraction: f64,
+    /// Detail of the stylized frames over the original's ([`laplacian_energy`], summed over
+    /// the frames): below 1 the restyle lost detail (blur), above 1 it added some (texture,
+    /// or the noise a random model makes: compare modes with each other at the same seed, not
+    /// with 1). `None` when the original has no detail (flat frames).
+    pub detail: Option<f64>,
+}
+
+/// Detail of a frame: the mean squared Laplacian (4-neighbour) of its luminance in 0..255 over
+/// the interior pixels; blur removes it first, sharpening adds to it.
+pub fn laplacian_energy(g: &Gray) -> f64 {
+    let (w, h) = (g.width, g.height);
+    if w < 3 || h < 3 {
+        return 0.0;
+    }
+    let sum: f64 = (1..h - 1)
+        .into_par_iter()
+        .map(|y| {
+            let d = &g.data;
+            (1..w - 1)
+                .map(|x| {
+                    let i = y * w + x;
+                    let l = 4.0 * d[i] - d[i - 1] - d[i + 1] - d[i - w] - d[i + w];
+                    (l as f64) * (l as f64)
+                })
+                .sum::<f64>()
+        })
+        .sum();
+    sum / ((w - 2) * (h - 2)) as f64
 }
 
 /// Occlusion mask of frame t (true = occluded) from the flow t→t+1 (`fw`) and t+1→t (`bw`),
@@ -116,6 +148,8 @@ pub struct FlickerMeter {
     sum_original: f64,
     occluded: u64,
     pixels: u64,
+    detail_stylized: f64,
+    detail_original: f64,
 }
 
 impl FlickerMeter {
@@ -129,6 +163,8 @@ impl FlickerMeter {
             sum_original: 0.0,
             occluded: 0,
             pixels: 0,
+            detail_stylized: 0.0,
+            detail_original: 0.0,
         }
     }
 
@@ -149,6 +185,9 @@ impl FlickerMeter {
             original: original.to_unit_rgb(),
             stylized: stylized.to_unit_rgb(),
         };
+        let (w, h) = (stylized.width as usize, stylized.height as usize);
+        self.detail_stylized += laplacian_energy(&Gray::from_rgb(w, h, &stylized.data));
+        self.detail_original += laplacian_energy(&next.gray);
         if let Some(prev) = &self.previous {
             let (fw, bw) = rayon::join(
                 || dis_flow(&prev.gray, &next.gray, &self.params),
@@ -184,6 +223,8 @@ impl FlickerMeter {
             ratio: (warp_error_original > 0.0).then(|| warp_error / warp_error_original),
             frames: self.frames,
             occluded_fraction: self.occluded as f64 / self.pixels as f64,
+            detail: (self.detail_original > 0.0)
+                .then(|| self.detail_stylized / self.detail_original),
         })
     }
 }
@@ -290,5 +331,47 @@ mod tests {
         let occ = [false, false, false, true];
         assert!((pair_error(&a, &b, &occ) - 0.25 / 3.0).abs() < 1e-9);
         assert_eq!(pair_error(&a, &b, &[true; 4]), 0.0);
+    }
+
+    #[test]
+    fn detail_falls_with_blur_and_rises_with_sharpening() {
+        let (w, h) = (48, 32);
+        // A textured frame: a sum of two gratings.
+        let base: Vec<f32> = (0..w * h)
+            .map(|i| {
+                let (x, y) = ((i % w) as f32, (i / w) as f32);
+                128.0 + 50.0 * (x * 0.9).sin() + 40.0 * (y * 0.7 + x * 0.3).cos()
+            })
+            .collect();
+        let gray = |data: Vec<f32>| Gray {
+            width: w,
+            height: h,
+            data,
+        };
+        // A 3×3 box blur, and the unsharp mask that adds back twice what it removed.
+        let blurred: Vec<f32> = (0..w * h)
+            .map(|i| {
+                let (x, y) = (i % w, i / w);
+                let mut s = 0.0;
+                for dy in [-1i64, 0, 1] {
+                    for dx in [-1i64, 0, 1] {
+                        let xx = (x as i64 + dx).clamp(0, w as i64 - 1) as usize;
+                        let yy = (y as i64 + dy).clamp(0, h as i64 - 1) as usize;
+                        s += base[yy * w + xx];
+                    }
+                }
+                s / 9.0
+            })
+            .collect();
+        let sharpened: Vec<f32> = base
+            .iter()
+            .zip(&blurred)
+            .map(|(b, l)| b + 2.0 * (b - l))
+            .collect();
+        let original = laplacian_energy(&gray(base.clone()));
+        assert!(original > 0.0);
+        assert!(laplacian_energy(&gray(blurred)) < 0.8 * original);
+        assert!(laplacian_energy(&gray(sharpened)) > 1.5 * original);
+        assert_eq!(laplacian_energy(&gray(vec![7.0; w * h])), 0.0);
     }
 }
