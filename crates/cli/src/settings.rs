@@ -181,19 +181,19 @@ pub(crate) fn controlnets(a: &StylizeArgs) -> anyhow::Result<Vec<ControlNetSpec>
     Ok(specs)
 }
 
-/// The settings a preview sheet shows under its frames.
+/// The settings a preview sheet shows under its frames, as the flags that give them.
 pub(crate) fn preview_settings(a: &StylizeArgs, seed: u64) -> Vec<String> {
     let mut lines = vec![
         format!("prompt: {}", a.prompt.as_deref().unwrap_or("")),
-        format!("model: {}  vae: {}", a.model(), a.vae_choice()),
+        format!("-m {}  --vae {}", a.model(), a.vae_choice()),
         match a.fast {
             true => format!(
-                "strength {}  --fast  seed {}  max-res {:?}",
-                a.strength, seed, a.max_res
+                "--strength {}  --fast  --seed {seed}  --max-res {}",
+                a.strength, a.max_res
             ),
             false => format!(
-                "strength {}  steps {}  guidance {}  {}  seed {}  max-res {:?}",
-                a.strength, a.steps, a.guidance, a.scheduler, seed, a.max_res
+                "--strength {}  --steps {}  --guidance {}  --scheduler {}  --seed {seed}  --max-res {}",
+                a.strength, a.steps, a.guidance, a.scheduler, a.max_res
             ),
         },
     ];
@@ -201,29 +201,29 @@ pub(crate) fn preview_settings(a: &StylizeArgs, seed: u64) -> Vec<String> {
         lines.insert(1, format!("negative: {}", a.negative_prompt));
     }
     for l in &a.lora {
-        lines.push(format!("lora: {} x{}", l.source, l.scale));
+        lines.push(format!("--lora {}:{}", l.source, l.scale));
     }
     for (i, c) in a.controlnet_id.iter().enumerate() {
         let control = a.control.get(i).or(a.control.first());
         lines.push(format!(
-            "controlnet: {c} ({})",
+            "-c {c}  --control {}",
             control.map_or("canny", |c| c.as_str())
         ));
     }
     if let Some(c) = a.consistency {
-        lines.push(format!("consistency: {c:?}"));
+        lines.push(format!("--consistency {c}"));
     }
     if a.keyframe_every > 1 {
-        lines.push(format!("keyframe every {}", a.keyframe_every));
+        lines.push(format!("--keyframe-every {}", a.keyframe_every));
     }
     if a.animatediff {
         lines.push(format!(
-            "animatediff: {} (context {}, overlap {}, {})",
+            "--animatediff  --motion-adapter {}  --context-length {}  --context-overlap {}  --context-fuse {}",
             a.motion_adapter, a.context_length, a.context_overlap, a.context_fuse
         ));
     }
     if a.upscale {
-        lines.push("upscale: on".into());
+        lines.push("--upscale".into());
     }
     lines
 }

@@ -91,6 +91,15 @@ fn stylize_errors_before_any_work() {
         "{}",
         stderr(&out)
     );
+    // A run that cannot start has no seed to repeat: none is printed.
+    assert!(!stderr(&out).contains("seed "), "{}", stderr(&out));
+    let out = run(bin()
+        .arg("stylize")
+        .arg(dir.path().join("missing.mp4"))
+        .args(["-p", "x", "-m"])
+        .arg(tiny_sd2()));
+    assert!(stderr(&out).contains("missing.mp4"), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("seed "), "{}", stderr(&out));
     let out = stylize(&input, &output, &["--segment", "1/2"]);
     assert!(
         stderr(&out).contains("--segment needs --seed"),

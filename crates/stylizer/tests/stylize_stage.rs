@@ -602,3 +602,73 @@ fn a_run_over_its_memory_budget_stops_before_the_first_frame_with_the_flags_that
     stage.prepare().unwrap();
     stage.start_input(&info, (176, 144)).unwrap();
 }
+
+#[test]
+fn a_model_assembled_from_two_models_is_refused_before_loading() {
+    let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/sd");
+    fn copy(from: &std::path::Path, to: &std::path::Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            match entry.path().is_dir() {
+                true => copy(&entry.path(), &to.join(entry.file_name())),
+                false => drop(std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap()),
+            }
+        }
+    }
+    let sd2 = fixtures.join("tiny-sd2");
+    let edit = |path: std::path::PathBuf, key: &str, value: u64| {
+        let mut v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        v[key] = value.into();
+        std::fs::write(&path, v.to_string()).unwrap();
+    };
+    let refused = |dir: &std::path::Path, says: &str| {
+        let source = ModelSource::Folder(dir.to_path_buf());
+        let opts = LoadOptions::new(Device::Cpu);
+        let e = stylizer::sd::model::SdFiles::resolve(&source, &opts, &mut stylizer::NoProgress)
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(
+            e.contains(says) && e.contains("parts of two different models"),
+            "{e}"
+        );
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    // SD-2's UNet with SD-1's text encoder (32 wide; the UNet reads 64).
+    let text = tmp.path().join("text");
+    copy(&sd2, &text);
+    std::fs::remove_dir_all(text.join("text_encoder")).unwrap();
+    copy(
+        &fixtures.join("tiny-sd/text_encoder"),
+        &text.join("text_encoder"),
+    );
+    refused(
+        &text,
+        "text_encoder gives 32-wide embeddings, unet reads 64",
+    );
+    // A VAE of 8-channel latents.
+    let vae = tmp.path().join("vae");
+    copy(&sd2, &vae);
+    edit(vae.join("vae/config.json"), "latent_channels", 8);
+    refused(
+        &vae,
+        "vae makes 8-channel latents, unet takes 4 and gives 4",
+    );
+    // A text encoder whose embedding table is smaller than the tokenizer's vocabulary.
+    let vocab = tmp.path().join("vocab");
+    copy(&sd2, &vocab);
+    edit(vocab.join("text_encoder/config.json"), "vocab_size", 500);
+    refused(&vocab, "text_encoder embeds 500");
+    // The model itself fits.
+    let whole = tmp.path().join("whole");
+    copy(&sd2, &whole);
+    let source = ModelSource::Folder(whole);
+    assert!(stylizer::sd::model::SdFiles::resolve(
+        &source,
+        &LoadOptions::new(Device::Cpu),
+        &mut stylizer::NoProgress
+    )
+    .is_ok());
+}

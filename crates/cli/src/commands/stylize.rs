@@ -33,24 +33,23 @@ pub(crate) fn stylize(a: StylizeArgs, progress: &mut CliProgress) -> anyhow::Res
     let unfinished = jobs
         .iter()
         .find_map(|j| pipeline::resume_seed(j).map(|seed| (seed, j.work_dir())));
-    let seed = match (a.seed, unfinished) {
-        (Some(seed), _) => seed,
-        (None, Some((seed, work))) => {
-            eprintln!(
+    // Said once the run has passed its checks: a run that cannot start has no seed to repeat.
+    let (seed, seed_line) = match (a.seed, unfinished) {
+        (Some(seed), _) => (seed, None),
+        (None, Some((seed, work))) => (
+            seed,
+            Some(format!(
                 "seed {seed} (from the unfinished run in {})",
                 work.display()
-            );
-            seed
-        }
+            )),
+        ),
         (None, None) if a.out.segment.is_some() && a.frame_stage.is_none() => {
             bail!("--segment needs --seed, so that every share draws the same noise")
         }
         (None, None) => {
             let seed = random_seed();
-            if a.frame_stage.is_none() {
-                eprintln!("seed {seed} (pass --seed {seed} to render the same video again)");
-            }
-            seed
+            let line = format!("seed {seed} (pass --seed {seed} to render the same video again)");
+            (seed, a.frame_stage.is_none().then_some(line))
         }
     };
     if a.frame_stage.is_none() {
@@ -59,6 +58,12 @@ pub(crate) fn stylize(a: StylizeArgs, progress: &mut CliProgress) -> anyhow::Res
         }
     }
     let mut stages = build_stages(&a, seed, progress)?;
+    if let Some(line) = seed_line {
+        // Not when no input can be read either (a batch goes on past a bad input).
+        if jobs.iter().any(|j| j.input.is_file()) {
+            eprintln!("{line}");
+        }
+    }
     if let Some(n) = a.preview {
         let settings = preview_settings(&a, seed);
         let frames_per_render = match a.animatediff {

@@ -134,6 +134,43 @@ pub struct SdFiles {
     description: String,
 }
 
+/// Refuses a model whose parts cannot work together (a folder assembled from two models),
+/// before any weight loads: one line naming both parts and what each says.
+fn parts_fit(
+    name: &str,
+    unet: &UNetConfig,
+    vae: &VaeConfig,
+    text: &ClipTextConfig,
+    tokenizer: &ClipTokenizer,
+) -> Result<()> {
+    let misfit = |what: String| {
+        Err(Error::Config(format!(
+            "{name}: {what} (parts of two different models?)"
+        )))
+    };
+    if text.hidden_size != unet.cross_attention_dim() {
+        return misfit(format!(
+            "text_encoder gives {}-wide embeddings, unet reads {}",
+            text.hidden_size,
+            unet.cross_attention_dim()
+        ));
+    }
+    if (unet.in_channels, unet.out_channels) != (vae.latent_channels, vae.latent_channels) {
+        return misfit(format!(
+            "vae makes {}-channel latents, unet takes {} and gives {}",
+            vae.latent_channels, unet.in_channels, unet.out_channels
+        ));
+    }
+    if tokenizer.vocab_size() > text.vocab_size {
+        return misfit(format!(
+            "tokenizer has {} tokens, text_encoder embeds {}",
+            tokenizer.vocab_size(),
+            text.vocab_size
+        ));
+    }
+    Ok(())
+}
+
 /// The weight file `{stem}{.variant}` in `repo`: safetensors, else the older PyTorch `.bin`.
 fn weight_file(repo: &RepoFiles, stem: &str, hub: &HubOptions) -> String {
     let variant = hub
@@ -248,6 +285,13 @@ impl SdFiles {
             .to_path_buf();
         let tokenizer =
             ClipTokenizer::from_dir(&tokenizer_dir, text_config.max_position_embeddings)?;
+        parts_fit(
+            repo.name(),
+            &unet_config,
+            &vae_config,
+            &text_config,
+            &tokenizer,
+        )?;
         let diffusers = |i: usize| {
             Weights::Diffusers(found.get(&weight_files[i]).cloned().into_iter().collect())
         };

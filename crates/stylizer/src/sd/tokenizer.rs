@@ -170,4 +170,10 @@ impl ClipTokenizer {
     pub fn pad_id(&self) -> u32 {
         self.pad
     }
+
+    /// Tokens it can produce, added tokens included: the text encoder's embedding table must
+    /// hold them all.
+    pub fn vocab_size(&self) -> usize {
+        self.tokenizer.get_vocab_size(true)
+    }
 }

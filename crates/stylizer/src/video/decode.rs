@@ -45,6 +45,18 @@ impl std::str::FromStr for MaxRes {
     }
 }
 
+impl std::fmt::Display for MaxRes {
+    /// As `--max-res` takes it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            MaxRes::P480 => "480p",
+            MaxRes::P720 => "720p",
+            MaxRes::P1080 => "1080p",
+            MaxRes::Original => "original",
+        })
+    }
+}
+
 /// Size frames are decoded at: the short side brought down to `max_res` (never up), the
 /// aspect ratio kept, both sides rounded down to multiples of `multiple` (8 for the diffusion
 /// model's latent grid; 2 is what 4:2:0 video needs).

@@ -49,6 +49,18 @@ impl FromStr for Consistency {
     }
 }
 
+impl std::fmt::Display for Consistency {
+    /// As `--consistency` takes it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Consistency::None => "none",
+            Consistency::CrossFrame => "cross-frame",
+            Consistency::Flow => "flow",
+            Consistency::CrossFrameFlow => "cross-frame+flow",
+        })
+    }
+}
+
 /// The temporal flags as a user gives them, before defaults.
 #[derive(Debug, Clone)]
 pub struct TemporalFlags {
