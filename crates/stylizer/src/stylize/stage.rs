@@ -53,7 +53,6 @@ pub struct StylizeSettings {
 
 /// Stylizes frames with Stable Diffusion img2img.
 pub struct StylizeStage {
-    settings: StylizeSettings,
     diffuser: Diffuser,
     fusion: FusionState,
     keyframes: KeyframeState,
@@ -64,12 +63,10 @@ pub struct StylizeStage {
 /// The model side of the stage: one frame encoded, denoised (with its noise, its
 /// self-attention's anchor and its control images) and decoded.
 struct Diffuser {
-    seed: u64,
-    controlnets: Vec<ControlNetSpec>,
+    settings: StylizeSettings,
     progress: Box<dyn Progress>,
     loaded: Option<Loaded>,
     attention: AttentionState,
-    noise: super::temporal::Noise,
     /// The opened control video of every net that reads one (by net).
     control_videos: Vec<Option<ControlVideo>>,
 }
@@ -120,19 +117,16 @@ impl StylizeStage {
             ));
         }
         Ok(Self {
-            diffuser: Diffuser {
-                seed: settings.seed,
-                controlnets: settings.controlnets.clone(),
-                progress: Box::new(NoProgress),
-                loaded: None,
-                attention: AttentionState::new(temporal.attention),
-                noise: temporal.noise,
-                control_videos: Vec::new(),
-            },
             fusion: FusionState::new(temporal.fusion),
             keyframes: KeyframeState::new(temporal.frames),
             windows: WindowState::new(&temporal.denoising),
-            settings,
+            diffuser: Diffuser {
+                attention: AttentionState::new(temporal.attention),
+                settings,
+                progress: Box::new(NoProgress),
+                loaded: None,
+                control_videos: Vec::new(),
+            },
         })
     }
 
@@ -143,7 +137,7 @@ impl StylizeStage {
     }
 
     pub fn settings(&self) -> &StylizeSettings {
-        &self.settings
+        &self.diffuser.settings
     }
 }
 
@@ -157,7 +151,7 @@ impl FrameStage for StylizeStage {
     }
 
     fn fingerprint(&self) -> String {
-        let s = &self.settings;
+        let s = &self.diffuser.settings;
         let p = &s.params;
         let t = &s.temporal;
         // Debug formatting quotes and escapes the free text, so fields cannot run together.
@@ -194,7 +188,7 @@ impl FrameStage for StylizeStage {
         if self.diffuser.loaded.is_some() {
             return Ok(());
         }
-        let s = &self.settings;
+        let s = &self.diffuser.settings;
         let progress = self.diffuser.progress.as_mut();
         let mut files = SdFiles::resolve(&s.model, &s.load, progress)?;
         let params = match s.fast {
@@ -260,6 +254,7 @@ impl FrameStage for StylizeStage {
 
     fn start_input(&mut self, input: &VideoInfo, (width, height): (u32, u32)) -> Result<()> {
         self.diffuser.control_videos = self
+            .diffuser
             .settings
             .controlnets
             .iter()
@@ -276,16 +271,18 @@ impl FrameStage for StylizeStage {
         if let Some(windows) = self.windows.as_mut() {
             windows.restart();
         }
-        if let (Some(max), Some(loaded)) = (self.settings.max_vram_gb, &self.diffuser.loaded) {
+        if let (Some(max), Some(loaded)) =
+            (self.diffuser.settings.max_vram_gb, &self.diffuser.loaded)
+        {
             // A guidance pair per UNet call, or a context window of frames.
-            let batch = match self.settings.temporal.denoising.animatediff() {
+            let batch = match self.diffuser.settings.temporal.denoising.animatediff() {
                 Some(a) => a.context.length,
                 None => 2,
             };
             let size = (width as usize, height as usize);
             let estimate = crate::sd::vram::estimate(&loaded.model, size, batch);
             tracing::info!("GPU memory plan: {}", estimate.describe());
-            crate::sd::vram::check(&estimate, max, self.settings.load.offload_vae)?;
+            crate::sd::vram::check(&estimate, max, self.diffuser.settings.load.offload_vae)?;
         }
         Ok(())
     }
@@ -381,7 +378,7 @@ impl StylizeStage {
         let Error::OutOfMemory(what) = e else {
             return e;
         };
-        let s = &self.settings;
+        let s = &self.diffuser.settings;
         let gpu = !s.load.device.is_cpu();
         let mut tries: Vec<String> = match (gpu, s.max_vram_gb) {
             (false, _) => Vec::new(),
@@ -439,12 +436,12 @@ impl Diffuser {
     fn animate(&mut self, windows: &mut WindowState, frame: Frame, index: u64) -> Result<Frame> {
         windows.add(index, self.model_input(&frame)?);
         let Self {
-            seed,
-            noise,
+            settings,
             progress,
             loaded,
             ..
         } = self;
+        let (seed, noise) = (settings.seed, settings.temporal.noise);
         let Loaded {
             model,
             scheduler,
@@ -460,7 +457,7 @@ impl Diffuser {
                 text,
                 stack,
                 context,
-                &mut |i| Ok(noise.source(*seed, first + i as u64)),
+                &mut |i| Ok(noise.source(seed, first + i as u64)),
                 progress.as_mut(),
             )
         })?;
@@ -477,10 +474,11 @@ impl Diffuse for Diffuser {
     ) -> Result<Tensor> {
         let image = self.model_input(frame)?;
         let loaded = prepared(&mut self.loaded)?;
-        let mut noise = self.noise.source(self.seed, index);
+        let s = &self.settings;
+        let mut noise = s.temporal.noise.source(s.seed, index);
         let anchor = self.attention.frame(index)?;
-        let mut inputs = Vec::with_capacity(self.controlnets.len());
-        for (net, spec) in self.controlnets.iter().enumerate() {
+        let mut inputs = Vec::with_capacity(s.controlnets.len());
+        for (net, spec) in s.controlnets.iter().enumerate() {
             let video = self.control_videos.get_mut(net).and_then(|v| v.as_mut());
             let device = loaded.model.device();
             inputs.push(ControlInput {
