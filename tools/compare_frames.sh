@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.."
 root=$PWD
 base=${1:-6a5f389}
 seeds=${SEEDS:-"1 2"}
-modes=${MODES:-"none cross-frame flow cross-frame+flow keyframes keyframes-alone anchor+self flow-blend noise-per-frame controlnet animatediff lora tiny-vae fast-lcm fast-turbo upscale"}
+modes=${MODES:-"none cross-frame flow cross-frame+flow keyframes keyframes-alone anchor+self flow-fusion noise-per-frame controlnet animatediff lora tiny-vae fast-lcm fast-turbo upscale"}
 cache=${XDG_CACHE_HOME:-$HOME/.cache}/video-stylizer/compare-frames
 mkdir -p "$cache/bin"
 bash tools/setup.sh >/dev/null
@@ -73,7 +73,7 @@ mode_args() {
     keyframes) echo "-m $fx/tiny-sd2 --steps 4 --keyframe-every 3" ;;
     keyframes-alone) echo "-m $fx/tiny-sd2 --steps 4 --keyframe-every 3 --consistency none" ;;
     anchor+self) echo "-m $fx/tiny-sd2 --steps 4 --consistency cross-frame --cross-frame-keys anchor+self" ;;
-    flow-blend) echo "-m $fx/tiny-sd2 --steps 4 --consistency flow --flow-blend 0.3,0.7" ;;
+    flow-fusion) echo "-m $fx/tiny-sd2 --steps 4 --consistency flow --flow-fusion 0.3,0.7" ;;
     noise-per-frame) echo "-m $fx/tiny-sd2 --steps 4 --noise-per-frame" ;;
     controlnet) echo "-m $fx/tiny-sd2 --steps 4 -c $fx/controlnet/tiny-sd2-a" ;;
     animatediff) echo "-m $fx/tiny-sd --steps 4 --animatediff --motion-adapter $fx/motion/tiny-v2 --context-length 4 --context-overlap 2" ;;

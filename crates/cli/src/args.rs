@@ -14,9 +14,9 @@ use stylizer::sampling::fast::FAST_MODEL;
 use stylizer::sd::lora::LoraArg;
 use stylizer::sd::model::DEFAULT_MODEL;
 use stylizer::stylize::canny::Thresholds;
-use stylizer::stylize::temporal::{Consistency, MOTION_ADAPTER};
+use stylizer::stylize::temporal::{Consistency, Noise, MOTION_ADAPTER};
 use stylizer::temporal::flow::DisPreset;
-use stylizer::temporal::fusion::FusionWeights;
+use stylizer::temporal::fusion::FlowFusion;
 use stylizer::upscale::{resize::Target, AlphaUpscale, UpscaleOptions, UpscaleStage};
 use stylizer::video::{Codec, EncodeSettings, MaxRes};
 use stylizer::Error;
@@ -330,8 +330,14 @@ pub(crate) struct StylizeArgs {
     /// estimated and, over 85 % of this, refused with the flags that bring it down.
     #[arg(long, value_name = "GB")]
     pub(crate) max_vram: Option<f64>,
-    /// Draw new noise for every frame (default: the same noise for all frames, less flicker).
-    #[arg(long)]
+    /// Where every frame's noise comes from: fixed (the same for all frames: less flicker,
+    /// but its texture stays on the screen while the scene moves), per-frame (new noise every
+    /// frame), warp (carried along the video's optical flow from the first frame, so it moves
+    /// with the scene).
+    #[arg(long, default_value = "fixed", value_parser = parse_lib::<Noise>)]
+    pub(crate) noise: Noise,
+    /// The same as --noise per-frame (kept for scripts that use it).
+    #[arg(long, hide = true, conflicts_with = "noise")]
     pub(crate) noise_per_frame: bool,
     /// How frames are kept consistent: cross-frame+flow (both below; the default, or
     /// cross-frame with --keyframe-every), cross-frame (every frame's self-attention also
@@ -346,9 +352,10 @@ pub(crate) struct StylizeArgs {
     /// between along the optical flow from both neighbouring keyframes (about K× faster).
     #[arg(long, default_value_t = 1, value_name = "K")]
     pub(crate) keyframe_every: u64,
-    /// Testing: flow-fusion weights LATENT,PIXEL (0..1 each).
-    #[arg(long, hide = true, value_parser = parse_lib::<FusionWeights>)]
-    pub(crate) flow_blend: Option<FusionWeights>,
+    /// Testing: flow fusion STEPS,PIXEL: the share of the steps that run whose x0 is the
+    /// previous frame's, and the weight of its decoded pixels (0..1 each).
+    #[arg(long, hide = true, value_parser = parse_lib::<FlowFusion>)]
+    pub(crate) flow_fusion: Option<FlowFusion>,
     /// Upscale the stylized frames ×4 with Real-ESRGAN, to full HD (see --upscale-to).
     #[arg(long)]
     pub(crate) upscale: bool,

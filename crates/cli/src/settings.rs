@@ -7,7 +7,7 @@ use stylizer::sd::model::{LoadOptions, TINY_VAE};
 use stylizer::stage::PixelStage;
 use stylizer::stylize::control::{ControlNetSpec, ControlSource};
 use stylizer::stylize::stage::{StylizeSettings, StylizeStage};
-use stylizer::stylize::temporal::{AnimateDiffSettings, Temporal, TemporalFlags};
+use stylizer::stylize::temporal::{AnimateDiffSettings, Noise, Temporal, TemporalFlags};
 use stylizer::weights::ModelSource;
 use stylizer::FrameStage;
 
@@ -82,9 +82,12 @@ pub(crate) fn sd_stage(a: &StylizeArgs, seed: u64) -> anyhow::Result<StylizeStag
     let temporal = Temporal::new(TemporalFlags {
         consistency: a.consistency,
         cross_frame_keys: a.cross_frame_keys,
-        flow_blend: a.flow_blend,
+        flow_fusion: a.flow_fusion,
         keyframe_every: a.keyframe_every,
-        noise_per_frame: a.noise_per_frame,
+        noise: match a.noise_per_frame {
+            true => Noise::PerFrame,
+            false => a.noise,
+        },
         animatediff,
     })?;
     Ok(StylizeStage::new(StylizeSettings {

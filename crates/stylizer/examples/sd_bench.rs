@@ -360,7 +360,7 @@ fn main() -> Result<()> {
                         FrameAnchor::Independent,
                         &mut SeededNoise::new(0),
                         &mut NoProgress,
-                        &mut |_, latents| Ok(latents),
+                        &mut (),
                     )?)
                 })?;
                 let cpu = take_cpu();

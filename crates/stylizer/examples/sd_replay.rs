@@ -38,7 +38,7 @@ use stylizer::nets::sd::vae::VaeTiling;
 use stylizer::sampling::animate::{decode_video, denoise_video, ContextOptions};
 use stylizer::sampling::frames::img2img_frames;
 use stylizer::sampling::img2img::{
-    img2img as run_img2img, Control, ControlInput, ControlWeight, Img2ImgParams,
+    img2img as run_img2img, AfterStep, Control, ControlInput, ControlWeight, Img2ImgParams,
 };
 use stylizer::sampling::noise::ReplayNoise;
 use stylizer::sampling::schedulers::SchedulerConfig;
@@ -263,10 +263,9 @@ fn img2img(files: &SdFiles, golden: &Tensors, args: &HashMap<String, String>) ->
         FrameAnchor::Independent,
         &mut noise,
         &mut NoProgress,
-        &mut |i, l| {
+        &mut AfterStep(|i, l: &Tensor| {
             out.insert(format!("step{i}.latents_after"), l.clone());
-            Ok(l)
-        },
+        }),
     )?;
     if !noise.unused().is_empty() {
         eprintln!(

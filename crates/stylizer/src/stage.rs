@@ -72,7 +72,7 @@ pub trait TemporalStage {
     /// [`warm_up`](TemporalStage::warm_up) after [`reset`](TemporalStage::reset), before frame
     /// `start`, to be in the state an uninterrupted run would be in there. Asked at the start
     /// of every segment: a stage that still holds that state returns none.
-    fn warm_up_frames(&self, start: u64) -> Vec<u64>;
+    fn warm_up_frames(&mut self, start: u64) -> Vec<u64>;
 
     /// Rebuilds state from frame `index` (one of
     /// [`warm_up_frames`](TemporalStage::warm_up_frames), as the stages before this one made

@@ -41,7 +41,7 @@ pub fn img2img_frames(
             anchor,
             noise(f)?.as_mut(),
             &mut NoProgress,
-            &mut |_, l| Ok(l),
+            &mut (),
         )?;
         images.push(decode(model, &l)?);
         latents.push(l);

@@ -8,7 +8,7 @@ use candle_core::{DType, Tensor};
 use crate::nets::sd::cross_frame::{FrameAnchor, SelfAttention};
 use crate::nets::sd::unet::ControlResiduals;
 use crate::sampling::noise::{NoiseDraw, NoiseSource};
-use crate::sampling::schedulers::{Scheduler, SchedulerConfig, SchedulerKind};
+use crate::sampling::schedulers::{Prediction, Scheduler, SchedulerConfig, SchedulerKind};
 use crate::sd::model::SdModel;
 use crate::{Error, Progress, Result};
 
@@ -292,6 +292,34 @@ impl Schedule {
     }
 }
 
+/// What a caller of the denoising loop sees of it, and may change, step by step.
+pub trait StepHook {
+    /// Step `i` of the `total` that run predicted clean latents `x0` (after guidance, before
+    /// the scheduler steps): returns the x0 to step from instead, which the loop re-noises with
+    /// the same predicted noise (x0-space fusion), or `None` to go on unchanged.
+    fn predicted(&mut self, _i: usize, _total: usize, _x0: &Tensor) -> Result<Option<Tensor>> {
+        Ok(None)
+    }
+
+    /// The latents after step `i`.
+    fn stepped(&mut self, _i: usize, _latents: &Tensor) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// The loop as it is.
+impl StepHook for () {}
+
+/// A hook that only looks at the latents after every step.
+pub struct AfterStep<F>(pub F);
+
+impl<F: FnMut(usize, &Tensor)> StepHook for AfterStep<F> {
+    fn stepped(&mut self, i: usize, latents: &Tensor) -> Result<()> {
+        (self.0)(i, latents);
+        Ok(())
+    }
+}
+
 /// Restyles one image: [`denoise`], then [`decode`].
 ///
 /// Returns the final latents (scaled, as the UNet sees them) and the image [1,3,H,W] in [0, 1].
@@ -306,7 +334,7 @@ pub fn img2img(
     anchor: FrameAnchor,
     noise: &mut dyn NoiseSource,
     progress: &mut dyn Progress,
-    on_step: &mut dyn FnMut(usize, Tensor) -> Result<Tensor>,
+    hook: &mut dyn StepHook,
 ) -> Result<(Tensor, Tensor)> {
     let latents = denoise(
         model,
@@ -318,7 +346,7 @@ pub fn img2img(
         anchor,
         noise,
         progress,
-        on_step,
+        hook,
     )?;
     let image = decode(model, &latents)?;
     Ok((latents, image))
@@ -334,9 +362,9 @@ pub fn img2img(
 ///   `StableDiffusionControlNetImg2ImgPipeline`; empty for plain img2img).
 /// * `anchor`: what the UNet's self-attention attends to at each step (the frame alone, or a
 ///   recorded anchor frame: [`crate::nets::sd::cross_frame`]).
-/// * `on_step(i, latents)` gets the latents after each step that runs (i from 0) and returns
-///   the latents the loop goes on from: tests and replays look at them, flow-guided fusion
-///   ([`crate::temporal::fusion`]) blends the previous frame in; `progress.step` is told too.
+/// * `hook` sees every step that runs (i from 0): its predicted x0, which it may replace
+///   (flow fusion, [`crate::stylize::temporal::fusion`]), and the latents after it (tests and
+///   replays); `progress.step` is told too.
 #[allow(clippy::too_many_arguments)]
 pub fn denoise(
     model: &dyn Img2ImgModel,
@@ -348,7 +376,7 @@ pub fn denoise(
     mut anchor: FrameAnchor,
     noise: &mut dyn NoiseSource,
     progress: &mut dyn Progress,
-    on_step: &mut dyn FnMut(usize, Tensor) -> Result<Tensor>,
+    hook: &mut dyn StepHook,
 ) -> Result<Tensor> {
     // 1. Schedule: the full schedule for `steps`, entered at the step `strength` picks.
     let Schedule {
@@ -391,15 +419,24 @@ pub fn denoise(
         } else {
             out
         };
+        let predicted = scheduler.predict(&out, index, &latents)?;
+        let (latents_now, out) = match hook.predicted(i, total, &predicted.x0)? {
+            Some(x0) => scheduler.restate(
+                &Prediction {
+                    x0,
+                    eps: predicted.eps,
+                },
+                index,
+            )?,
+            None => (latents, out),
+        };
         let step_noise = if scheduler.needs_noise(index) {
-            Some(noise.noise(NoiseDraw::Step(i), latents.dims(), &device)?)
+            Some(noise.noise(NoiseDraw::Step(i), latents_now.dims(), &device)?)
         } else {
             None
         };
-        latents = on_step(
-            i,
-            scheduler.step(&out, index, &latents, step_noise.as_ref())?,
-        )?;
+        latents = scheduler.step(&out, index, &latents_now, step_noise.as_ref())?;
+        hook.stepped(i, &latents)?;
         progress.step(i + 1, total);
     }
     Ok(latents)

@@ -73,7 +73,7 @@ fn mix64(mut z: u64) -> u64 {
 const GOLDEN_GAMMA: u64 = 0x9e37_79b9_7f4a_7c15;
 
 /// `n` standard normal values from the stream `key`.
-fn normals(key: u64, n: usize) -> Vec<f32> {
+pub(crate) fn normals(key: u64, n: usize) -> Vec<f32> {
     let mut state = key;
     let mut uniform = || {
         state = state.wrapping_add(GOLDEN_GAMMA);

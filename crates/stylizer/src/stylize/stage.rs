@@ -10,12 +10,13 @@ use candle_core::Tensor;
 use super::temporal::attention::AttentionState;
 use super::temporal::fusion::FusionState;
 use super::temporal::keyframes::KeyframeState;
+use super::temporal::noise::NoiseState;
 use super::temporal::windows::WindowState;
 use super::temporal::{AnimateDiffSettings, Diffuse, Temporal};
 use crate::nets::sd::config::ClipActivation;
 use crate::sampling::animate::denoise_video;
 use crate::sampling::fast::FastPlan;
-use crate::sampling::img2img::{decode, denoise, Control, ControlInput, Img2ImgParams};
+use crate::sampling::img2img::{decode, denoise, Control, ControlInput, Img2ImgParams, StepHook};
 use crate::sampling::schedulers::SchedulerConfig;
 use crate::sd::model::{ControlNetFiles, LoadOptions, MotionAdapterFiles, SdFiles, SdModel};
 use crate::stage::TemporalStage;
@@ -58,6 +59,9 @@ pub struct StylizeStage {
     keyframes: KeyframeState,
     /// AnimateDiff's frames and chunk results (`None`: frames one by one).
     windows: Option<WindowState>,
+    /// The warm-up frames the axes other than the noise asked for (the others, if any, only
+    /// carry the noise chain).
+    warm_up_roles: Vec<u64>,
 }
 
 /// The model side of the stage: one frame encoded, denoised (with its noise, its
@@ -67,6 +71,7 @@ struct Diffuser {
     progress: Box<dyn Progress>,
     loaded: Option<Loaded>,
     attention: AttentionState,
+    noise: NoiseState,
     /// The opened control video of every net that reads one (by net).
     control_videos: Vec<Option<ControlVideo>>,
 }
@@ -120,8 +125,10 @@ impl StylizeStage {
             fusion: FusionState::new(temporal.fusion),
             keyframes: KeyframeState::new(temporal.frames),
             windows: WindowState::new(&temporal.denoising),
+            warm_up_roles: Vec::new(),
             diffuser: Diffuser {
                 attention: AttentionState::new(temporal.attention),
+                noise: NoiseState::new(temporal.noise, settings.seed),
                 settings,
                 progress: Box::new(NoProgress),
                 loaded: None,
@@ -303,7 +310,7 @@ impl TemporalStage for StylizeStage {
         Ok(())
     }
 
-    fn warm_up_frames(&self, start: u64) -> Vec<u64> {
+    fn warm_up_frames(&mut self, start: u64) -> Vec<u64> {
         if let Some(windows) = &self.windows {
             return windows.warm_up_frames(start);
         }
@@ -311,20 +318,28 @@ impl TemporalStage for StylizeStage {
         self.diffuser.attention.warm_up_frames(start, &mut frames);
         self.fusion.warm_up_frames(start, &mut frames);
         self.keyframes.warm_up_frames(start, &mut frames);
+        self.warm_up_roles = frames.clone();
+        self.diffuser.noise.warm_up_frames(start, &mut frames);
+        frames.sort_unstable();
+        frames.dedup();
         frames
     }
 
     fn warm_up(&mut self, frame: Frame, index: u64) -> Result<()> {
         if let Some(windows) = self.windows.as_mut() {
             windows.add(index, self.diffuser.model_input(&frame)?);
+            return Ok(());
+        }
+        self.diffuser.noise.follow(&frame, index)?;
+        if !self.warm_up_roles.contains(&index) {
+            // Shown only to carry the noise chain.
         } else if self.keyframes.renders_warm_up() || self.fusion.renders_warm_up() {
             // A keyframe, or the look-back frame that starts the flow chain: rendered whole.
             self.fusion.restart();
             self.process_frame(frame, index)?;
         } else {
             // The anchor: only its denoising pass records what later frames attend to.
-            self.diffuser
-                .denoise(&frame, index, &mut |_, latents| Ok(latents))?;
+            self.diffuser.denoise(&frame, index, &mut ())?;
         }
         Ok(())
     }
@@ -352,6 +367,7 @@ impl TemporalStage for StylizeStage {
 
     fn repeat(&mut self, index: u64) -> Result<()> {
         self.fusion.repeat(index);
+        self.diffuser.noise.repeat(index);
         Ok(())
     }
 }
@@ -466,16 +482,13 @@ impl Diffuser {
 }
 
 impl Diffuse for Diffuser {
-    fn denoise(
-        &mut self,
-        frame: &Frame,
-        index: u64,
-        on_step: &mut dyn FnMut(usize, Tensor) -> Result<Tensor>,
-    ) -> Result<Tensor> {
+    fn denoise(&mut self, frame: &Frame, index: u64, hook: &mut dyn StepHook) -> Result<Tensor> {
         let image = self.model_input(frame)?;
         let loaded = prepared(&mut self.loaded)?;
         let s = &self.settings;
-        let mut noise = s.temporal.noise.source(s.seed, index);
+        let mut noise = self
+            .noise
+            .source(frame, index, loaded.model.vae_scale_factor())?;
         let anchor = self.attention.frame(index)?;
         let mut inputs = Vec::with_capacity(s.controlnets.len());
         for (net, spec) in s.controlnets.iter().enumerate() {
@@ -501,7 +514,7 @@ impl Diffuse for Diffuser {
             anchor,
             noise.as_mut(),
             self.progress.as_mut(),
-            on_step,
+            hook,
         )?;
         self.attention.denoised(index);
         Ok(latents)

@@ -1,8 +1,9 @@
 //! Flow-guided fusion: what the previous restyled frame showed is carried into the current one
-//! wherever the original video shows the same surface, as Rerender-A-Video's shape-aware
-//! (latent) and pixel-aware fusion do (Yang et al. 2023, "Rerender A Video: Zero-Shot
-//! Text-Guided Video-to-Video Translation", SIGGRAPH Asia; `flow/flow_utils.py` and
-//! `rerender.py` in williamyang1991/Rerender_A_Video) and FlowVid conditions on.
+//! wherever the original video shows the same surface. The predicted x0 of the early steps is
+//! replaced by the previous frame's, warped, as Rerender-A-Video's shape-aware fusion does
+//! (Yang et al. 2023, "Rerender A Video: Zero-Shot Text-Guided Video-to-Video Translation",
+//! SIGGRAPH Asia; diffusers `examples/community/rerender_a_video.py`, which warps the first
+//! frame's x0 where we chain the previous frame's), and decoded pixels may be blended.
 //!
 //! Flow is measured on the *original* frames, current → previous, with DIS ([`super::flow`]);
 //! pixels that the forward–backward check marks occluded ([`super::flicker::occlusion`]) keep
@@ -15,48 +16,59 @@ use super::flicker::occlusion;
 use super::flow::{dis_flow, DisParams, DisPreset, Flow, Gray};
 use super::warp::warp;
 
-/// How much of the previous restyled frame, warped along the original's motion, replaces the
-/// fresh result where the previous frame saw the same surface (0 = none, 1 = all of it).
+/// How the previous restyled frame, warped along the original's motion, is carried into the
+/// current one where the previous frame saw the same surface.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct FusionWeights {
-    /// On the latents after every denoising step (shape-aware fusion).
-    pub latent: f32,
-    /// On the decoded image (pixel-aware fusion).
+pub struct FlowFusion {
+    /// The share of the denoising steps that run, from the first, whose predicted x0 is
+    /// replaced by the previous frame's x0 of the same step (re-noised with the model's own ε),
+    /// as Rerender-A-Video's shape-aware fusion; the steps after it refine the frame on its
+    /// own, so its detail is the model's, not an average's. 0: none.
+    pub steps: f32,
+    /// How much of the previous decoded image is blended into the decoded frame (0..1).
     pub pixel: f32,
 }
 
-impl Default for FusionWeights {
+impl Default for FlowFusion {
     fn default() -> Self {
         Self {
-            latent: 0.5,
-            pixel: 0.5,
+            steps: 0.5,
+            pixel: 0.0,
         }
     }
 }
 
-impl std::fmt::Display for FusionWeights {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "latent {} pixel {}", self.latent, self.pixel)
+impl FlowFusion {
+    /// How many of `total` steps that run are fused: the share rounded up, so that a share
+    /// above 0 fuses at least one step, but never the last, which would copy the previous frame.
+    pub fn fused_steps(&self, total: usize) -> usize {
+        ((self.steps as f64 * total as f64).ceil() as usize).min(total.saturating_sub(1))
     }
 }
 
-impl std::str::FromStr for FusionWeights {
+impl std::fmt::Display for FlowFusion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "x0 steps {} pixel {}", self.steps, self.pixel)
+    }
+}
+
+impl std::str::FromStr for FlowFusion {
     type Err = crate::Error;
-    /// `LATENT,PIXEL` (`--flow-blend`), each between 0 and 1.
+    /// `STEPS,PIXEL` (`--flow-fusion`), each between 0 and 1.
     fn from_str(s: &str) -> crate::Result<Self> {
-        let weight = |v: &str| match v.trim().parse::<f32>() {
+        let share = |v: &str| match v.trim().parse::<f32>() {
             Ok(w) if (0.0..=1.0).contains(&w) => Ok(w),
             _ => Err(crate::Error::Value(format!(
-                "`{v}` is not a weight between 0 and 1"
+                "`{v}` is not a share between 0 and 1"
             ))),
         };
         match s.split_once(',') {
-            Some((latent, pixel)) => Ok(FusionWeights {
-                latent: weight(latent)?,
-                pixel: weight(pixel)?,
+            Some((steps, pixel)) => Ok(FlowFusion {
+                steps: share(steps)?,
+                pixel: share(pixel)?,
             }),
             None => Err(crate::Error::Value(
-                "expected LATENT,PIXEL, e.g. 0.5,0.5".into(),
+                "expected STEPS,PIXEL, e.g. 0.5,0".into(),
             )),
         }
     }
@@ -134,7 +146,16 @@ impl FrameMotion {
     /// the current frame, into `current`: `current += weight · visible · (warp(previous) −
     /// current)`. Weight 0 keeps `current`, 1 copies the previous frame where it was visible.
     pub fn fuse(&self, current: &mut [f32], previous: &[f32], channels: usize, weight: f32) {
-        let warped = warp(previous, channels, &self.back);
+        self.fuse_warped(
+            current,
+            &warp(previous, channels, &self.back),
+            channels,
+            weight,
+        );
+    }
+
+    /// [`FrameMotion::fuse`] with the previous image already warped into the current frame.
+    pub fn fuse_warped(&self, current: &mut [f32], warped: &[f32], channels: usize, weight: f32) {
         current
             .par_chunks_mut(channels)
             .zip(warped.par_chunks(channels))

@@ -5,4 +5,5 @@ mod bilinear;
 pub mod flicker;
 pub mod flow;
 pub mod fusion;
+pub mod noise_warp;
 pub mod warp;

@@ -61,7 +61,7 @@ pub fn replay_img2img(
         FrameAnchor::Independent,
         &mut noise,
         &mut NoProgress,
-        &mut |_, l| Ok(l),
+        &mut (),
     )
     .unwrap();
     assert!(

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use candle_core::{DType, Tensor};
 use stylizer::nets::sd::cross_frame::{FrameAnchor, SelfAttention};
 use stylizer::nets::sd::unet::ControlResiduals;
-use stylizer::sampling::img2img::{img2img, Control, Img2ImgModel, Img2ImgParams};
+use stylizer::sampling::img2img::{img2img, AfterStep, Control, Img2ImgModel, Img2ImgParams};
 use stylizer::sampling::noise::ReplayNoise;
 use stylizer::sampling::schedulers::{SchedulerConfig, SchedulerKind};
 use stylizer::{NoProgress, Result};
@@ -130,10 +130,7 @@ fn loop_reproduces_diffusers_runs_with_replayed_networks() {
                 FrameAnchor::Independent,
                 &mut noise,
                 &mut NoProgress,
-                &mut |i, l| {
-                    after.push((i, l.clone()));
-                    Ok(l)
-                },
+                &mut AfterStep(|i, l: &Tensor| after.push((i, l.clone()))),
             )
             .unwrap();
             let n = *model.calls.borrow();
@@ -216,7 +213,7 @@ fn guidance_at_most_one_runs_the_prompt_alone() {
         FrameAnchor::Independent,
         &mut noise,
         &mut NoProgress,
-        &mut |_, l| Ok(l),
+        &mut (),
     )
     .unwrap();
     assert_eq!(image.dims(), g["image_in"].dims());

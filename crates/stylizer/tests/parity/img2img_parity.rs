@@ -6,8 +6,9 @@
 //! tests/fixtures/sd/golden/<variant>/img2img_<scheduler>.safetensors
 //! (tools/reference/golden_sd.py: prompt below, negative "", strength 0.6, 10 steps, guidance 7.5).
 
+use candle_core::Tensor;
 use stylizer::nets::sd::cross_frame::FrameAnchor;
-use stylizer::sampling::img2img::{img2img, Control, Img2ImgParams};
+use stylizer::sampling::img2img::{img2img, AfterStep, Control, Img2ImgParams};
 use stylizer::sampling::noise::ReplayNoise;
 use stylizer::sampling::schedulers::SchedulerKind;
 use stylizer::NoProgress;
@@ -61,10 +62,9 @@ fn parity(variant: &str) {
             FrameAnchor::Independent,
             &mut noise,
             &mut NoProgress,
-            &mut |i, l| {
-                e_steps = e_steps.max(max_abs(&l, &g[&format!("step{i}.latents_after")]));
-                Ok(l)
-            },
+            &mut AfterStep(|i, l: &Tensor| {
+                e_steps = e_steps.max(max_abs(l, &g[&format!("step{i}.latents_after")]));
+            }),
         )
         .unwrap();
         assert!(

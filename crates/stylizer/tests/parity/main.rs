@@ -16,5 +16,6 @@ mod half_precision;
 mod img2img_loop;
 mod img2img_parity;
 mod lora;
+mod noise_warp;
 mod sd_models;
 mod taesd;

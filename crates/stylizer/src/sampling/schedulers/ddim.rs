@@ -3,7 +3,10 @@
 
 use candle_core::Tensor;
 
-use super::{lin2, spaced_timesteps, Common, Defaults, PredictionType, Scheduler, SchedulerConfig};
+use super::{
+    lin2, spaced_timesteps, Common, Defaults, Level, Prediction, PredictionType, Scheduler,
+    SchedulerConfig,
+};
 use crate::Result;
 
 const DEFAULTS: Defaults = Defaults {
@@ -53,6 +56,13 @@ impl AlphaSteps {
     }
 
     /// ᾱ at `t`, or after the last step when `t` is negative.
+    /// The level of step `index`.
+    pub fn level(&self, index: usize) -> Result<Level> {
+        Ok(Level::from_alpha_cumprod(
+            self.common.alpha_cumprod(self.timesteps[index])?,
+        ))
+    }
+
     pub fn alpha_or_final(&self, t: f64) -> Result<f64> {
         if t >= 0.0 {
             self.common.alpha_cumprod(t)
@@ -68,7 +78,8 @@ impl AlphaSteps {
         model_output: &Tensor,
         sample: &Tensor,
     ) -> Result<(Tensor, Tensor)> {
-        let (x0, eps) = predict_x0_eps(self.common.prediction, a_t, model_output, sample)?;
+        let Prediction { x0, eps } =
+            Level::from_alpha_cumprod(a_t).predict(self.common.prediction, model_output, sample)?;
         let x0 = match self.clip {
             Some(r) => x0.clamp(-r, r)?,
             None => x0,
@@ -101,30 +112,6 @@ impl Ddim {
     }
 }
 
-/// x0 and ε predicted from a model output at ᾱ_t.
-fn predict_x0_eps(
-    prediction: PredictionType,
-    a_t: f64,
-    model_output: &Tensor,
-    sample: &Tensor,
-) -> Result<(Tensor, Tensor)> {
-    let (sa, sb) = (a_t.sqrt(), (1.0 - a_t).sqrt());
-    Ok(match prediction {
-        PredictionType::Epsilon => (
-            lin2(1.0 / sa, sample, -sb / sa, model_output)?,
-            model_output.clone(),
-        ),
-        PredictionType::VPrediction => (
-            lin2(sa, sample, -sb, model_output)?,
-            lin2(sa, model_output, sb, sample)?,
-        ),
-        PredictionType::Sample => (
-            model_output.clone(),
-            lin2(1.0 / sb, sample, -sa / sb, model_output)?,
-        ),
-    })
-}
-
 impl Scheduler for Ddim {
     fn timesteps(&self) -> &[f64] {
         &self.steps.timesteps
@@ -132,6 +119,14 @@ impl Scheduler for Ddim {
 
     fn add_noise(&self, x0: &Tensor, noise: &Tensor, index: usize) -> Result<Tensor> {
         self.steps.add_noise(x0, noise, index)
+    }
+
+    fn prediction(&self) -> PredictionType {
+        self.steps.common.prediction
+    }
+
+    fn level(&self, index: usize) -> Result<Level> {
+        self.steps.level(index)
     }
 
     fn step(

@@ -10,7 +10,7 @@ use candle_core::Tensor;
 use super::euler::final_sigma;
 use super::{
     f32r, interp, karras_sigmas, lin2, numpy_arange_down, numpy_linspace, reject, sigma_to_t,
-    Common, PredictionType, Scheduler, SchedulerConfig, TimestepSpacing, KARRAS_DEFAULTS,
+    Common, Level, PredictionType, Scheduler, SchedulerConfig, TimestepSpacing, KARRAS_DEFAULTS,
 };
 use crate::{Error, Result};
 
@@ -149,6 +149,14 @@ impl Scheduler for DpmSolverPp2m {
     fn add_noise(&self, x0: &Tensor, noise: &Tensor, index: usize) -> Result<Tensor> {
         let (alpha, sigma, _) = alpha_sigma_lambda(self.sigmas[index]);
         lin2(alpha, x0, sigma, noise)
+    }
+
+    fn prediction(&self) -> PredictionType {
+        self.prediction
+    }
+
+    fn level(&self, index: usize) -> Result<Level> {
+        Ok(Level::from_sigma(self.sigmas[index], false))
     }
 
     fn step(

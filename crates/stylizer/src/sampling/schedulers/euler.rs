@@ -6,7 +6,7 @@
 use candle_core::Tensor;
 
 use super::{
-    f32r, interp, karras_sigmas, lin2, reject, sigma_to_t, spaced_timesteps, Common,
+    f32r, interp, karras_sigmas, lin2, reject, sigma_to_t, spaced_timesteps, Common, Level,
     PredictionType, Scheduler, SchedulerConfig, KARRAS_DEFAULTS,
 };
 use crate::{Error, Result};
@@ -141,6 +141,14 @@ impl Scheduler for Euler {
 
     fn add_noise(&self, x0: &Tensor, noise: &Tensor, index: usize) -> Result<Tensor> {
         self.steps.add_noise(x0, noise, index)
+    }
+
+    fn prediction(&self) -> PredictionType {
+        self.steps.prediction
+    }
+
+    fn level(&self, index: usize) -> Result<Level> {
+        Ok(Level::from_sigma(self.steps.sigmas[index], true))
     }
 
     fn scale_model_input(&self, sample: Tensor, index: usize) -> Result<Tensor> {

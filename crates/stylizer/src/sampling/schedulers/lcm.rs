@@ -7,7 +7,9 @@
 use candle_core::Tensor;
 
 use super::ddim::AlphaSteps;
-use super::{lin2, numpy_linspace, Common, Defaults, Scheduler, SchedulerConfig};
+use super::{
+    lin2, numpy_linspace, Common, Defaults, Level, PredictionType, Scheduler, SchedulerConfig,
+};
 use crate::{Error, Result};
 
 const DEFAULTS: Defaults = Defaults {
@@ -64,6 +66,14 @@ impl Scheduler for Lcm {
 
     fn add_noise(&self, x0: &Tensor, noise: &Tensor, index: usize) -> Result<Tensor> {
         self.steps.add_noise(x0, noise, index)
+    }
+
+    fn prediction(&self) -> PredictionType {
+        self.steps.common.prediction
+    }
+
+    fn level(&self, index: usize) -> Result<Level> {
+        self.steps.level(index)
     }
 
     fn needs_noise(&self, index: usize) -> bool {

@@ -60,6 +60,111 @@ pub trait Scheduler: Send {
         sample: &Tensor,
         noise: Option<&Tensor>,
     ) -> Result<Tensor>;
+
+    /// What the UNet predicts.
+    fn prediction(&self) -> PredictionType;
+
+    /// How noisy a sample at step `index` is.
+    fn level(&self, index: usize) -> Result<Level>;
+
+    /// The clean latents x0 and the noise ε that a (guided) model output at step `index`
+    /// says `sample` is made of.
+    fn predict(&self, model_output: &Tensor, index: usize, sample: &Tensor) -> Result<Prediction> {
+        self.level(index)?
+            .predict(self.prediction(), model_output, sample)
+    }
+
+    /// The sample and model output at step `index` that say `p`: [`Scheduler::predict`]'s
+    /// inverse, for a loop that edits the prediction before it steps (x0-space fusion).
+    fn restate(&self, p: &Prediction, index: usize) -> Result<(Tensor, Tensor)> {
+        self.level(index)?.restate(self.prediction(), p)
+    }
+}
+
+/// A model output read as what it says about the sample.
+#[derive(Debug, Clone)]
+pub struct Prediction {
+    /// The clean latents.
+    pub x0: Tensor,
+    /// The noise.
+    pub eps: Tensor,
+}
+
+/// How noisy a sample is: it is `scale · (alpha · x0 + sigma · ε)`, with alpha² + sigma² = 1.
+/// Schedulers in ᾱ space (DDIM, LCM, DPM-Solver) have scale 1; those in σ space (Euler) keep
+/// samples as x0 + σ·ε, i.e. scale 1/alpha, and hand the UNet the sample divided by it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Level {
+    pub alpha: f64,
+    pub sigma: f64,
+    pub scale: f64,
+}
+
+impl Level {
+    /// At ᾱ (a sample in ᾱ space).
+    pub fn from_alpha_cumprod(alpha_cumprod: f64) -> Self {
+        Self {
+            alpha: alpha_cumprod.sqrt(),
+            sigma: (1.0 - alpha_cumprod).sqrt(),
+            scale: 1.0,
+        }
+    }
+
+    /// At k-diffusion's σ; the sample in σ space when `sigma_space`, else in ᾱ space.
+    pub fn from_sigma(sigma: f64, sigma_space: bool) -> Self {
+        let alpha = 1.0 / (sigma * sigma + 1.0).sqrt();
+        Self {
+            alpha,
+            sigma: sigma * alpha,
+            scale: if sigma_space { 1.0 / alpha } else { 1.0 },
+        }
+    }
+
+    /// x0 and ε from a model output predicting `prediction` for `sample` at this level.
+    pub fn predict(
+        &self,
+        prediction: PredictionType,
+        model_output: &Tensor,
+        sample: &Tensor,
+    ) -> Result<Prediction> {
+        let (sa, sb) = (self.alpha, self.sigma);
+        let scaled;
+        let sample = match self.scale {
+            1.0 => sample,
+            k => {
+                scaled = (sample / k)?;
+                &scaled
+            }
+        };
+        let (x0, eps) = match prediction {
+            PredictionType::Epsilon => (
+                lin2(1.0 / sa, sample, -sb / sa, model_output)?,
+                model_output.clone(),
+            ),
+            PredictionType::VPrediction => (
+                lin2(sa, sample, -sb, model_output)?,
+                lin2(sa, model_output, sb, sample)?,
+            ),
+            PredictionType::Sample => (
+                model_output.clone(),
+                lin2(1.0 / sb, sample, -sa / sb, model_output)?,
+            ),
+        };
+        Ok(Prediction { x0, eps })
+    }
+
+    /// The sample at this level made of `p`, and the output a model predicting `prediction`
+    /// gives for it.
+    pub fn restate(&self, prediction: PredictionType, p: &Prediction) -> Result<(Tensor, Tensor)> {
+        let (sa, sb) = (self.alpha, self.sigma);
+        let sample = lin2(sa * self.scale, &p.x0, sb * self.scale, &p.eps)?;
+        let output = match prediction {
+            PredictionType::Epsilon => p.eps.clone(),
+            PredictionType::VPrediction => lin2(sa, &p.eps, -sb, &p.x0)?,
+            PredictionType::Sample => p.x0.clone(),
+        };
+        Ok((sample, output))
+    }
 }
 
 /// The schedulers a user can pick (`--scheduler`).
@@ -550,6 +655,44 @@ pub(crate) fn reject(what: &str, value: Option<bool>) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_prediction_restated_steps_where_the_model_output_does() {
+        use candle_core::Device;
+        let dev = Device::Cpu;
+        let sample = Tensor::randn(0f32, 1.5, (1, 4, 3, 5), &dev).unwrap();
+        let output = Tensor::randn(0f32, 1.0, (1, 4, 3, 5), &dev).unwrap();
+        let max_abs = |a: &Tensor, b: &Tensor| {
+            let d: Vec<f32> = (a - b).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+            d.into_iter().map(f32::abs).fold(0f32, f32::max)
+        };
+        for prediction in ["epsilon", "v_prediction", "sample"] {
+            let config = SchedulerConfig {
+                prediction_type: Some(prediction.into()),
+                ..Default::default()
+            };
+            for kind in SchedulerKind::ALL {
+                if kind == SchedulerKind::EulerAncestral && prediction == "sample" {
+                    continue;
+                }
+                let (mut plain, mut restated) = (
+                    kind.build(&config, 10).unwrap(),
+                    kind.build(&config, 10).unwrap(),
+                );
+                let noise = Tensor::randn(0f32, 1.0, (1, 4, 3, 5), &dev).unwrap();
+                for index in [4, 5, 9] {
+                    let p = restated.predict(&output, index, &sample).unwrap();
+                    let (s, o) = restated.restate(&p, index).unwrap();
+                    assert!(max_abs(&s, &sample) < 1e-4, "{kind} {prediction}: sample");
+                    let n = plain.needs_noise(index).then_some(&noise);
+                    let want = plain.step(&output, index, &sample, n).unwrap();
+                    let got = restated.step(&o, index, &s, n).unwrap();
+                    let e = max_abs(&want, &got);
+                    assert!(e < 1e-4, "{kind} {prediction} step {index}: off by {e}");
+                }
+            }
+        }
+    }
 
     #[test]
     fn kinds_parse_from_their_names() {

@@ -1,16 +1,19 @@
 //! How the previous result is carried into the frame: not at all, or along the source's
-//! optical flow (`--consistency flow`): the previous frame's latents after every denoising
-//! step are warped into the current frame's after the same step, and its decoded pixels into
-//! the decoded frame, occluded pixels left fresh ([`crate::temporal::fusion`]). The chain
-//! restarts at every segment from a look-back frame rendered on its own, so a segment's
-//! frames never depend on where the run started.
+//! optical flow (`--consistency flow`): in the early steps the frame's predicted x0 is
+//! replaced by the previous frame's x0 of the same step, warped into it, wherever the previous
+//! frame saw the same surface, and the latents re-noised with the model's own ε; the later
+//! steps refine the frame on its own. Decoded pixels may be blended too
+//! ([`crate::temporal::fusion`]). The chain restarts at every segment from a look-back frame
+//! rendered on its own, so a segment's frames never depend on where the run started.
 
 use candle_core::Tensor;
 
 use super::Diffuse;
 use crate::frame::interleaved;
+use crate::sampling::img2img::StepHook;
 use crate::temporal::flow::{DisParams, Gray};
-use crate::temporal::fusion::{FrameMotion, FusionWeights, FUSION_FLOW};
+use crate::temporal::fusion::{FlowFusion, FrameMotion, FUSION_FLOW};
+use crate::temporal::warp::warp_nearest;
 use crate::{Frame, Result};
 
 /// How the previous result is carried into the frame.
@@ -18,8 +21,8 @@ use crate::{Frame, Result};
 pub enum Fusion {
     /// Every frame keeps its own result.
     None,
-    /// Along the flow, latents and pixels blended by these weights.
-    Flow(FusionWeights),
+    /// Along the flow: x0 in the early steps, and pixels.
+    Flow(FlowFusion),
 }
 
 impl std::fmt::Display for Fusion {
@@ -27,7 +30,7 @@ impl std::fmt::Display for Fusion {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Fusion::None => f.write_str("none"),
-            Fusion::Flow(weights) => write!(f, "{weights}"),
+            Fusion::Flow(flow) => write!(f, "{flow}"),
         }
     }
 }
@@ -37,10 +40,10 @@ struct Previous {
     index: u64,
     /// The original frame's luminance, to measure motion from.
     gray: Gray,
-    /// The (fused) latents after every denoising step.
-    steps: Vec<Tensor>,
-    /// The (fused) image, RGB interleaved in [0, 1].
-    image: Vec<f32>,
+    /// The (fused) predicted x0 of every fused step.
+    x0: Vec<Tensor>,
+    /// The (fused) image, RGB interleaved in [0, 1]; kept when pixels are blended.
+    image: Option<Vec<f32>>,
 }
 
 /// The fusion axis at run time: the frame rendered last.
@@ -85,8 +88,8 @@ impl FusionState {
 
     /// Restyles frame `index` with `model`, fusing it with the frame before.
     pub fn render(&mut self, frame: &Frame, index: u64, model: &mut dyn Diffuse) -> Result<Frame> {
-        let Fusion::Flow(weights) = self.choice else {
-            let latents = model.denoise(frame, index, &mut |_, latents| Ok(latents))?;
+        let Fusion::Flow(flow) = self.choice else {
+            let latents = model.denoise(frame, index, &mut ())?;
             return Frame::from_tensor(&model.decode(&latents)?);
         };
         let (w, h) = (frame.width as usize, frame.height as usize);
@@ -97,59 +100,170 @@ impl FusionState {
             .map(|p| FrameMotion::between(&p.gray, &gray, &DisParams::preset(FUSION_FLOW)));
         let factor = model.latent_scale()?;
         let latent_motion = motion.as_ref().map(|m| m.downscale(factor));
-        let fusion = previous
-            .as_ref()
-            .zip(latent_motion.as_ref())
-            .map(|(p, m)| LatentFusion {
-                motion: m,
-                steps: &p.steps,
-                weight: weights.latent,
-            });
-        let mut steps = Vec::new();
-        let latents = model.denoise(frame, index, &mut |i, latents| {
-            let latents = match &fusion {
-                Some(f) if i < f.steps.len() => f.fuse(&latents, &f.steps[i])?,
-                _ => latents,
-            };
-            steps.push(latents.clone());
-            Ok(latents)
-        })?;
+        let mut hook = X0Fusion {
+            flow,
+            previous: previous
+                .as_ref()
+                .zip(latent_motion.as_ref())
+                .map(|(p, m)| (m, p.x0.as_slice())),
+            x0: Vec::new(),
+            fused: 0,
+        };
+        let latents = model.denoise(frame, index, &mut hook)?;
+        let x0 = hook.x0;
         let mut image = interleaved(&model.decode(&latents)?.squeeze(0)?)?;
-        if let (Some(p), Some(m)) = (&previous, &motion) {
-            m.fuse(&mut image, &p.image, 3, weights.pixel);
+        if let (Some(Some(before)), Some(m)) = (previous.as_ref().map(|p| &p.image), &motion) {
+            m.fuse(&mut image, before, 3, flow.pixel);
         }
         let out = Frame::from_unit_rgb(frame.width, frame.height, &image);
         self.previous = Some(Previous {
             index,
             gray,
-            steps,
-            image,
+            x0,
+            image: (flow.pixel > 0.0).then_some(image),
         });
         Ok(out)
     }
 }
 
-/// Blends the previous frame's latents after the same step into the current ones.
-struct LatentFusion<'a> {
-    /// The motion on the latent grid.
-    motion: &'a FrameMotion,
-    steps: &'a [Tensor],
-    weight: f32,
+/// The denoising of one frame under flow fusion: in its first fused steps, the predicted x0
+/// becomes the previous frame's of the same step, warped, where the previous frame saw it.
+struct X0Fusion<'a> {
+    flow: FlowFusion,
+    /// The motion on the latent grid and the previous frame's x0 per fused step.
+    previous: Option<(&'a FrameMotion, &'a [Tensor])>,
+    /// This frame's (fused) x0 per fused step, for the next frame.
+    x0: Vec<Tensor>,
+    /// How many steps had their x0 replaced.
+    fused: usize,
 }
 
-impl LatentFusion<'_> {
-    fn fuse(&self, latents: &Tensor, previous: &Tensor) -> Result<Tensor> {
-        let (_, c, h, w) = latents.dims4()?;
-        let mut current = interleaved(&latents.squeeze(0)?)?;
-        self.motion.fuse(
-            &mut current,
-            &interleaved(&previous.squeeze(0)?)?,
-            c,
-            self.weight,
+impl StepHook for X0Fusion<'_> {
+    fn predicted(&mut self, i: usize, total: usize, x0: &Tensor) -> Result<Option<Tensor>> {
+        if i >= self.flow.fused_steps(total) {
+            return Ok(None);
+        }
+        let fused = match self.previous {
+            Some((motion, steps)) if i < steps.len() => Some(replace(x0, &steps[i], motion)?),
+            _ => None,
+        };
+        self.fused += fused.is_some() as usize;
+        self.x0.push(fused.clone().unwrap_or_else(|| x0.clone()));
+        Ok(fused)
+    }
+}
+
+/// `current` [1, C, h, w] with every cell the previous frame saw replaced by `previous`
+/// warped along `motion` (partly seen cells in proportion). The warp takes the nearest cell:
+/// interpolating would blur x0, again at every frame of the chain.
+fn replace(current: &Tensor, previous: &Tensor, motion: &FrameMotion) -> Result<Tensor> {
+    let (_, c, h, w) = current.dims4()?;
+    let mut fused = interleaved(&current.squeeze(0)?)?;
+    let warped = warp_nearest(&interleaved(&previous.squeeze(0)?)?, c, &motion.back);
+    motion.fuse_warped(&mut fused, &warped, c, 1.0);
+    Ok(Tensor::from_vec(fused, (h, w, c), current.device())?
+        .permute((2, 0, 1))?
+        .unsqueeze(0)?
+        .contiguous()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::Device;
+
+    use super::*;
+    use crate::sampling::img2img::{Img2ImgParams, Schedule};
+    use crate::sampling::schedulers::SchedulerConfig;
+
+    /// A model whose prediction at every step is a latent image filled with the frame's
+    /// index, over the steps the tool's defaults run (strength 0.6 of 10 steps: the schedule's
+    /// first 4 are skipped). It records the x0 every step goes on from.
+    struct Counting {
+        total: usize,
+        went_on_from: Vec<Vec<f32>>,
+    }
+
+    impl Diffuse for Counting {
+        fn denoise(
+            &mut self,
+            frame: &Frame,
+            index: u64,
+            hook: &mut dyn StepHook,
+        ) -> Result<Tensor> {
+            let (h, w) = (frame.height as usize / 8, frame.width as usize / 8);
+            let x0 = Tensor::full(index as f32, (1, 4, h, w), &Device::Cpu)?;
+            let mut last = x0.clone();
+            for i in 0..self.total {
+                last = hook
+                    .predicted(i, self.total, &x0)?
+                    .unwrap_or_else(|| x0.clone());
+                self.went_on_from.push(last.flatten_all()?.to_vec1()?);
+            }
+            Ok(last)
+        }
+
+        fn decode(&self, latents: &Tensor) -> Result<Tensor> {
+            let (_, _, h, w) = latents.dims4()?;
+            Ok(Tensor::zeros(
+                (1, 3, h * 8, w * 8),
+                candle_core::DType::F32,
+                &Device::Cpu,
+            )?)
+        }
+
+        fn latent_scale(&self) -> Result<usize> {
+            Ok(8)
+        }
+    }
+
+    #[test]
+    fn x0_fusion_fires_at_the_tools_settings_and_only_in_the_early_steps() {
+        let params = Img2ImgParams {
+            strength: 0.6,
+            steps: 10,
+            ..Default::default()
+        };
+        let schedule = Schedule::new(&params, &SchedulerConfig::default()).unwrap();
+        assert_eq!((schedule.first, schedule.total), (4, 6));
+        let mut model = Counting {
+            total: schedule.total,
+            went_on_from: Vec::new(),
+        };
+        // A still, textured picture: zero motion, every cell seen by the frame before.
+        let (w, h) = (64u32, 48u32);
+        let data = (0..w * h * 3)
+            .map(|i| ((i / 3 % w) * 7 + (i / 3 / w) * 13 % 255) as u8)
+            .collect();
+        let frame = Frame::from_rgb(w, h, data);
+        let mut state = FusionState::new(Fusion::Flow(FlowFusion::default()));
+        for index in 0..3 {
+            state.render(&frame, index, &mut model).unwrap();
+        }
+        let fused = FlowFusion::default().fused_steps(6);
+        assert_eq!(fused, 3);
+        for (step, x0) in model.went_on_from.iter().enumerate() {
+            let (index, i) = (step / 6, step % 6);
+            // Frame 0 has nothing to fuse with; later frames take frame 0's x0 (chained through
+            // frame 1's fused one) in the fused steps and keep their own after them.
+            let want = if index > 0 && i < fused {
+                0.0
+            } else {
+                index as f32
+            };
+            let off = x0.iter().map(|v| (v - want).abs()).fold(0f32, f32::max);
+            assert!(off < 1e-5, "frame {index} step {i}: off by {off}");
+        }
+        // No share, no fusion; a share of all steps still leaves the last to the frame.
+        let none = FlowFusion {
+            steps: 0.0,
+            pixel: 0.0,
+        };
+        assert_eq!(
+            (
+                none.fused_steps(6),
+                FlowFusion { steps: 1.0, ..none }.fused_steps(6)
+            ),
+            (0, 5)
         );
-        Ok(Tensor::from_vec(current, (h, w, c), latents.device())?
-            .permute((2, 0, 1))?
-            .unsqueeze(0)?
-            .contiguous()?)
     }
 }

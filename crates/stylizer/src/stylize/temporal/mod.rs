@@ -22,7 +22,8 @@ pub use noise::Noise;
 pub use windows::{AnimateDiffSettings, Denoising, MOTION_ADAPTER};
 
 use crate::nets::sd::cross_frame::CrossFrameKeys;
-use crate::temporal::fusion::FusionWeights;
+use crate::sampling::img2img::StepHook;
+use crate::temporal::fusion::FlowFusion;
 use crate::{Error, Frame, Result};
 
 /// `--consistency`: the named pairs of attention and fusion a user picks from.
@@ -68,12 +69,12 @@ pub struct TemporalFlags {
     pub consistency: Option<Consistency>,
     /// `--cross-frame-keys` (hidden).
     pub cross_frame_keys: CrossFrameKeys,
-    /// `--flow-blend LATENT,PIXEL` (hidden); `None`: the default weights.
-    pub flow_blend: Option<FusionWeights>,
+    /// `--flow-fusion STEPS,PIXEL` (hidden); `None`: the default shares.
+    pub flow_fusion: Option<FlowFusion>,
     /// `--keyframe-every K`.
     pub keyframe_every: u64,
-    /// `--noise-per-frame`.
-    pub noise_per_frame: bool,
+    /// `--noise`.
+    pub noise: Noise,
     /// `--animatediff` with its adapter and windows.
     pub animatediff: Option<AnimateDiffSettings>,
 }
@@ -83,9 +84,9 @@ impl Default for TemporalFlags {
         Self {
             consistency: None,
             cross_frame_keys: CrossFrameKeys::Anchor,
-            flow_blend: None,
+            flow_fusion: None,
             keyframe_every: 1,
-            noise_per_frame: false,
+            noise: Noise::Fixed,
             animatediff: None,
         }
     }
@@ -138,14 +139,11 @@ impl Temporal {
                 false => Attention::Own,
             },
             fusion: match flow {
-                true => Fusion::Flow(flags.flow_blend.unwrap_or_default()),
+                true => Fusion::Flow(flags.flow_fusion.unwrap_or_default()),
                 false => Fusion::None,
             },
             frames: Frames::every(flags.keyframe_every)?,
-            noise: match flags.noise_per_frame {
-                true => Noise::PerFrame,
-                false => Noise::Fixed,
-            },
+            noise: flags.noise,
             denoising: match flags.animatediff {
                 Some(a) => Denoising::Windows(a),
                 None => Denoising::OneByOne,
@@ -163,12 +161,18 @@ impl Temporal {
                 (self.attention != Attention::Own, "cross-frame attention"),
                 (self.fusion != Fusion::None, "flow fusion"),
                 (self.frames != Frames::All, "--keyframe-every"),
+                (self.noise == Noise::Warp, "--noise warp"),
             ];
             if let Some((_, what)) = other.iter().find(|(on, _)| *on) {
                 return Err(Error::NotImplemented(format!(
                     "--animatediff together with {what} (AnimateDiff runs with --consistency none)"
                 )));
             }
+        }
+        if self.frames != Frames::All && self.noise == Noise::Warp {
+            return Err(Error::NotImplemented(
+                "keyframes with warped noise (--keyframe-every with --noise warp)".into(),
+            ));
         }
         if self.frames != Frames::All && self.fusion != Fusion::None {
             return Err(Error::NotImplemented(
@@ -181,14 +185,9 @@ impl Temporal {
 
 /// What the temporal axes ask of the model side of the stage.
 pub(crate) trait Diffuse {
-    /// Frame `index` encoded, noised and denoised; `on_step(i, latents)` gets the latents
-    /// after each step and returns those the loop goes on from. Returns the final latents.
-    fn denoise(
-        &mut self,
-        frame: &Frame,
-        index: u64,
-        on_step: &mut dyn FnMut(usize, Tensor) -> Result<Tensor>,
-    ) -> Result<Tensor>;
+    /// Frame `index` encoded, noised and denoised, `hook` seeing every step. Returns the
+    /// final latents.
+    fn denoise(&mut self, frame: &Frame, index: u64, hook: &mut dyn StepHook) -> Result<Tensor>;
 
     /// Final latents as an image `[1, 3, H, W]` in [0, 1].
     fn decode(&self, latents: &Tensor) -> Result<Tensor>;
@@ -218,7 +217,7 @@ mod tests {
     fn defaults_follow_the_other_choices() {
         let t = Temporal::new(TemporalFlags::default()).unwrap();
         assert_eq!(t.attention, Attention::Anchor(CrossFrameKeys::Anchor));
-        assert_eq!(t.fusion, Fusion::Flow(FusionWeights::default()));
+        assert_eq!(t.fusion, Fusion::Flow(FlowFusion::default()));
         assert_eq!((t.frames, t.noise), (Frames::All, Noise::Fixed));
         let keyframes = Temporal::new(TemporalFlags {
             keyframe_every: 4,
@@ -262,6 +261,22 @@ mod tests {
                 ..Default::default()
             },
             "keyframes with flow-guided fusion",
+        );
+        refused(
+            TemporalFlags {
+                noise: Noise::Warp,
+                animatediff: Some(animatediff()),
+                ..Default::default()
+            },
+            "--animatediff together with --noise warp",
+        );
+        refused(
+            TemporalFlags {
+                noise: Noise::Warp,
+                keyframe_every: 3,
+                ..Default::default()
+            },
+            "keyframes with warped noise",
         );
         refused(
             TemporalFlags {
