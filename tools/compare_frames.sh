@@ -3,7 +3,7 @@
 # renders a short cut of a real clip in every mode with two seeds, and compares the exact RGB
 # frames each run sends to its encoder.
 #
-#   bash tools/compare_frames.sh [BASE]        # BASE defaults to 6a5f389 (before the redesign)
+#   bash tools/compare_frames.sh [BASE]        # BASE defaults to 438dde6 (x0 flow fusion, --noise)
 #
 # The frames are caught before the encoder without a hook in the code, so any commit can be the
 # base: $FFMPEG (which the tool calls instead of `ffmpeg` when set) is a wrapper that tees the
@@ -14,9 +14,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
-base=${1:-6a5f389}
+base=${1:-438dde6}
 seeds=${SEEDS:-"1 2"}
-modes=${MODES:-"none cross-frame flow cross-frame+flow keyframes keyframes-alone anchor+self flow-fusion noise-per-frame controlnet animatediff lora tiny-vae fast-lcm fast-turbo upscale"}
+modes=${MODES:-"none cross-frame flow cross-frame+flow keyframes keyframes-alone anchor+self flow-fusion noise-per-frame noise-warp controlnet animatediff lora tiny-vae fast-lcm fast-turbo upscale"}
 cache=${XDG_CACHE_HOME:-$HOME/.cache}/video-stylizer/compare-frames
 mkdir -p "$cache/bin"
 bash tools/setup.sh >/dev/null
@@ -75,6 +75,7 @@ mode_args() {
     anchor+self) echo "-m $fx/tiny-sd2 --steps 4 --consistency cross-frame --cross-frame-keys anchor+self" ;;
     flow-fusion) echo "-m $fx/tiny-sd2 --steps 4 --consistency flow --flow-fusion 0.3,0.7" ;;
     noise-per-frame) echo "-m $fx/tiny-sd2 --steps 4 --noise-per-frame" ;;
+    noise-warp) echo "-m $fx/tiny-sd2 --steps 4 --noise warp" ;;
     controlnet) echo "-m $fx/tiny-sd2 --steps 4 -c $fx/controlnet/tiny-sd2-a" ;;
     animatediff) echo "-m $fx/tiny-sd --steps 4 --animatediff --motion-adapter $fx/motion/tiny-v2 --context-length 4 --context-overlap 2" ;;
     lora) echo "-m $fx/tiny-sd --steps 4 --lora $fx/lora/kohya.safetensors:0.8 --lora $fx/lora/peft.safetensors" ;;

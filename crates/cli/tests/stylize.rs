@@ -145,7 +145,17 @@ fn stylize_errors_before_any_work() {
 fn every_temporal_mode_renders_the_same_video_whole_or_in_shares() {
     let dir = tempfile::tempdir().unwrap();
     let input = make_clip(dir.path(), "in.mp4", "72x40", "25", 0.6, None, &[]);
-    let seg = ["--seed", "3", "--segment-seconds", "0.2"];
+    // Lossless, so that what a mode changes is not lost among the encoder's choices.
+    let seg = [
+        "--seed",
+        "3",
+        "--segment-seconds",
+        "0.2",
+        "--codec",
+        "h264",
+        "--crf",
+        "0",
+    ];
     let render = |name: &str, mode: &[&str]| {
         let out_path = dir.path().join(format!("{name}.mp4"));
         let out = stylize(&input, &out_path, &[&seg[..], mode].concat());
@@ -154,11 +164,12 @@ fn every_temporal_mode_renders_the_same_video_whole_or_in_shares() {
     };
     let none = render("none", &["--consistency", "none"]);
     assert_eq!(none.len(), 15);
-    let modes: [(&str, &[&str]); 4] = [
+    let modes: [(&str, &[&str]); 5] = [
         ("cross", &["--consistency", "cross-frame"]),
         ("flow", &["--consistency", "flow"]),
         ("crossflow", &[]),
         ("keyframes", &["--keyframe-every", "3"]),
+        ("warp", &["--consistency", "none", "--noise", "warp"]),
     ];
     for (name, mode) in modes {
         let whole = render(name, mode);
@@ -181,8 +192,10 @@ fn every_temporal_mode_renders_the_same_video_whole_or_in_shares() {
             whole == decode_rgb(&split, 72, 40, ""),
             "{name}: joined shares differ from one run"
         );
-        // Every mode changes the frames after the first, which is restyled on its own (as
-        // encoded, frame 0 still moves a little: x265 spends bits on it by what follows).
+        // Every mode changes the frames after the first (a mode that did nothing would leave
+        // them equal: the video is lossless; cross-frame attention changes little on random
+        // weights), and all but warped noise, which draws frame 0's noise its own way,
+        // restyle frame 0 as `none` does.
         let diff = |t: usize| {
             let (a, b) = (&whole[t], &none[t]);
             a.iter()
@@ -191,12 +204,11 @@ fn every_temporal_mode_renders_the_same_video_whole_or_in_shares() {
                 .sum::<f64>()
                 / a.len() as f64
         };
+        if name != "warp" {
+            assert_eq!(diff(0), 0.0, "{name}: frame 0");
+        }
         let later = (1..15).map(diff).sum::<f64>() / 14.0;
-        assert!(
-            later > 2.0 * diff(0),
-            "{name}: frame 0 differs by {:.2}, the others by {later:.2}",
-            diff(0)
-        );
+        assert!(later > 0.1, "{name}: the later frames differ by {later:.2}");
     }
 }
 
