@@ -444,21 +444,19 @@ fn flow_fusion_keeps_detail_and_renders_the_same_frames_whole_or_resumed() {
         one_segment[2]
     );
 
-    // No less steady by the flicker metric, and without losing detail: the fused steps are
-    // the early ones, the frame's own steps refine it after them, and the warp takes the
-    // nearest latent cell. (On random weights the texture is the screen-fixed noise, which
-    // x0 fusion does not move: the warp error falls by about 1 % here.)
-    let score = |out: &[Frame]| {
+    // Without losing detail: the fused steps are the early ones, the frame's own steps refine
+    // it after them, and x0 is taken by the nearest latent cell. (Whether steadier needs real
+    // weights: on random ones the texture comes from the screen-fixed noise, and the warp
+    // error moves by a few per cent either way; README, Temporal consistency.)
+    let detail = |out: &[Frame]| {
         let mut meter = FlickerMeter::new(DisParams::default());
         for (o, s) in frames.iter().zip(out) {
             meter.push(o, s).unwrap();
         }
-        let r = meter.finish().unwrap();
-        (r.warp_error, r.detail.unwrap())
+        meter.finish().unwrap().detail.unwrap()
     };
-    let (before, after) = (score(&plain), score(&one_segment));
-    assert!(after.0 < before.0, "warp error {before:?} → {after:?}");
-    assert!(after.1 > 0.9 * before.1, "detail {before:?} → {after:?}");
+    let (before, after) = (detail(&plain), detail(&one_segment));
+    assert!(after > 0.9 * before, "detail {before} → {after}");
 
     // No share of the steps and no pixels: nothing is fused, the frames are plain ones.
     let nothing = StylizeSettings {

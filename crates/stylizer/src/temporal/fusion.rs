@@ -146,16 +146,7 @@ impl FrameMotion {
     /// the current frame, into `current`: `current += weight · visible · (warp(previous) −
     /// current)`. Weight 0 keeps `current`, 1 copies the previous frame where it was visible.
     pub fn fuse(&self, current: &mut [f32], previous: &[f32], channels: usize, weight: f32) {
-        self.fuse_warped(
-            current,
-            &warp(previous, channels, &self.back),
-            channels,
-            weight,
-        );
-    }
-
-    /// [`FrameMotion::fuse`] with the previous image already warped into the current frame.
-    pub fn fuse_warped(&self, current: &mut [f32], warped: &[f32], channels: usize, weight: f32) {
+        let warped = warp(previous, channels, &self.back);
         current
             .par_chunks_mut(channels)
             .zip(warped.par_chunks(channels))

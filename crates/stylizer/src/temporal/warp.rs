@@ -38,35 +38,6 @@ pub fn warp(image: &[f32], channels: usize, flow: &Flow) -> Vec<f32> {
     out
 }
 
-/// Backward warp by the nearest pixel: out(x, y) = image(round(x + dx), round(y + dy)),
-/// clamped to the image. No interpolation, so no blur however often a result is warped again
-/// (Rerender-A-Video warps latents this way: `flow_warp(…, mode="nearest")`).
-pub fn warp_nearest(image: &[f32], channels: usize, flow: &Flow) -> Vec<f32> {
-    let (w, h) = (flow.width, flow.height);
-    assert_eq!(
-        image.len(),
-        w * h * channels,
-        "warp: image and flow sizes differ"
-    );
-    let at = |v: f32, n: usize| {
-        if v.is_nan() {
-            0
-        } else {
-            v.round().clamp(0.0, (n - 1) as f32) as usize
-        }
-    };
-    let mut out = vec![0.0f32; image.len()];
-    out.par_chunks_mut(channels)
-        .enumerate()
-        .for_each(|(i, px)| {
-            let [dx, dy] = flow.data[i];
-            let (x, y) = (at((i % w) as f32 + dx, w), at((i / w) as f32 + dy, h));
-            let from = (y * w + x) * channels;
-            px.copy_from_slice(&image[from..from + channels]);
-        });
-    out
-}
-
 /// A flow warped by another: out(x, y) = f(x + by.dx, y + by.dy) (e.g. the backward flow seen
 /// from the first frame, for the forward–backward occlusion check).
 pub fn warp_flow(f: &Flow, by: &Flow) -> Flow {

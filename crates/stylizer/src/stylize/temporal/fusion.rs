@@ -13,7 +13,6 @@ use crate::frame::interleaved;
 use crate::sampling::img2img::StepHook;
 use crate::temporal::flow::{DisParams, Gray};
 use crate::temporal::fusion::{FlowFusion, FrameMotion, FUSION_FLOW};
-use crate::temporal::warp::warp_nearest;
 use crate::{Frame, Result};
 
 /// How the previous result is carried into the frame.
@@ -42,6 +41,8 @@ struct Previous {
     gray: Gray,
     /// The (fused) predicted x0 of every fused step.
     x0: Vec<Tensor>,
+    /// Per latent cell, where the x0 it carries truly sits relative to the cell (in cells).
+    lag: Vec<[f32; 2]>,
     /// The (fused) image, RGB interleaved in [0, 1]; kept when pixels are blended.
     image: Option<Vec<f32>>,
 }
@@ -86,7 +87,7 @@ impl FusionState {
         }
     }
 
-    /// Restyles frame `index` with `model`, fusing it with the frame before.
+    /// Restyles frame `index` with `model`, fusing it with the frames before.
     pub fn render(&mut self, frame: &Frame, index: u64, model: &mut dyn Diffuse) -> Result<Frame> {
         let Fusion::Flow(flow) = self.choice else {
             let latents = model.denoise(frame, index, &mut ())?;
@@ -100,12 +101,16 @@ impl FusionState {
             .map(|p| FrameMotion::between(&p.gray, &gray, &DisParams::preset(FUSION_FLOW)));
         let factor = model.latent_scale()?;
         let latent_motion = motion.as_ref().map(|m| m.downscale(factor));
+        let carry = previous
+            .as_ref()
+            .zip(latent_motion.as_ref())
+            .map(|(p, m)| Carry::new(m, &p.lag));
         let mut hook = X0Fusion {
             flow,
             previous: previous
                 .as_ref()
-                .zip(latent_motion.as_ref())
-                .map(|(p, m)| (m, p.x0.as_slice())),
+                .zip(carry.as_ref())
+                .map(|(p, c)| (p.x0.as_slice(), c)),
             x0: Vec::new(),
             fused: 0,
         };
@@ -116,22 +121,72 @@ impl FusionState {
             m.fuse(&mut image, before, 3, flow.pixel);
         }
         let out = Frame::from_unit_rgb(frame.width, frame.height, &image);
+        let lag = match carry {
+            Some(c) => c.lag,
+            None => vec![[0.0; 2]; (w / factor) * (h / factor)],
+        };
         self.previous = Some(Previous {
             index,
             gray,
             x0,
+            lag,
             image: (flow.pixel > 0.0).then_some(image),
         });
         Ok(out)
     }
 }
 
+/// Which cell of the previous frame every latent cell takes its x0 from. A nearest-cell warp
+/// chained from frame to frame would round motion slower than half a cell per frame away every
+/// time and pin x0 to the screen; interpolating would blur it a little more at every frame. So
+/// every carried value keeps its lag, where it truly sits relative to its cell, and a cell
+/// takes, among the 3×3 cells around where the motion says it was, the value whose true
+/// position is closest: values move in whole cells, but as often as the motion adds up to.
+struct Carry {
+    /// Per cell: the previous frame's cell, and the share of it the previous frame saw.
+    from: Vec<(usize, f32)>,
+    /// Per cell: the lag of what it takes (0 where it keeps its own).
+    lag: Vec<[f32; 2]>,
+}
+
+impl Carry {
+    /// `motion` (latent grid) leads from the current frame back to the previous one, whose
+    /// values lag by `lag`.
+    fn new(motion: &FrameMotion, lag: &[[f32; 2]]) -> Self {
+        let (w, h) = (motion.back.width, motion.back.height);
+        let (from, lag) = (0..w * h)
+            .map(|c| {
+                let [dx, dy] = motion.back.data[c];
+                let p = [(c % w) as f32 + dx, (c / w) as f32 + dy];
+                let near = |v: f32, n: usize| (v.round().max(0.0) as usize).min(n - 1);
+                let (qx, qy) = (near(p[0], w), near(p[1], h));
+                let mut best = (f32::INFINITY, c, [0f32; 2]);
+                for y in qy.saturating_sub(1)..(qy + 2).min(h) {
+                    for x in qx.saturating_sub(1)..(qx + 2).min(w) {
+                        let l = lag[y * w + x];
+                        let off = [x as f32 + l[0] - p[0], y as f32 + l[1] - p[1]];
+                        let d = off[0] * off[0] + off[1] * off[1];
+                        if d < best.0 {
+                            best = (d, y * w + x, off);
+                        }
+                    }
+                }
+                let seen = motion.visible[c];
+                let kept = if seen >= 0.5 { best.2 } else { [0.0; 2] };
+                ((best.1, seen), kept)
+            })
+            .unzip();
+        Self { from, lag }
+    }
+}
+
 /// The denoising of one frame under flow fusion: in its first fused steps, the predicted x0
-/// becomes the previous frame's of the same step, warped, where the previous frame saw it.
+/// becomes the previous frame's of the same step, carried along the motion, where the previous
+/// frame saw the same surface.
 struct X0Fusion<'a> {
     flow: FlowFusion,
-    /// The motion on the latent grid and the previous frame's x0 per fused step.
-    previous: Option<(&'a FrameMotion, &'a [Tensor])>,
+    /// The previous frame's x0 per fused step, and where each cell takes it from.
+    previous: Option<(&'a [Tensor], &'a Carry)>,
     /// This frame's (fused) x0 per fused step, for the next frame.
     x0: Vec<Tensor>,
     /// How many steps had their x0 replaced.
@@ -144,7 +199,7 @@ impl StepHook for X0Fusion<'_> {
             return Ok(None);
         }
         let fused = match self.previous {
-            Some((motion, steps)) if i < steps.len() => Some(replace(x0, &steps[i], motion)?),
+            Some((steps, carry)) if i < steps.len() => Some(replace(x0, &steps[i], carry)?),
             _ => None,
         };
         self.fused += fused.is_some() as usize;
@@ -153,14 +208,17 @@ impl StepHook for X0Fusion<'_> {
     }
 }
 
-/// `current` [1, C, h, w] with every cell the previous frame saw replaced by `previous`
-/// warped along `motion` (partly seen cells in proportion). The warp takes the nearest cell:
-/// interpolating would blur x0, again at every frame of the chain.
-fn replace(current: &Tensor, previous: &Tensor, motion: &FrameMotion) -> Result<Tensor> {
+/// `current` [1, C, h, w] with every cell replaced by the cell of `previous` it carries, in
+/// proportion to the share of it the previous frame saw.
+fn replace(current: &Tensor, previous: &Tensor, carry: &Carry) -> Result<Tensor> {
     let (_, c, h, w) = current.dims4()?;
     let mut fused = interleaved(&current.squeeze(0)?)?;
-    let warped = warp_nearest(&interleaved(&previous.squeeze(0)?)?, c, &motion.back);
-    motion.fuse_warped(&mut fused, &warped, c, 1.0);
+    let before = interleaved(&previous.squeeze(0)?)?;
+    for (cell, &(from, seen)) in fused.chunks_exact_mut(c).zip(&carry.from) {
+        for (v, b) in cell.iter_mut().zip(&before[from * c..(from + 1) * c]) {
+            *v += seen * (b - *v);
+        }
+    }
     Ok(Tensor::from_vec(fused, (h, w, c), current.device())?
         .permute((2, 0, 1))?
         .unsqueeze(0)?
@@ -174,6 +232,7 @@ mod tests {
     use super::*;
     use crate::sampling::img2img::{Img2ImgParams, Schedule};
     use crate::sampling::schedulers::SchedulerConfig;
+    use crate::temporal::flow::Flow;
 
     /// A model whose prediction at every step is a latent image filled with the frame's
     /// index, over the steps the tool's defaults run (strength 0.6 of 10 steps: the schedule's
@@ -214,6 +273,37 @@ mod tests {
         fn latent_scale(&self) -> Result<usize> {
             Ok(8)
         }
+    }
+
+    #[test]
+    fn motion_slower_than_a_cell_per_frame_still_moves_the_carried_values() {
+        // 0.375 cell to the right per frame, everything seen: a cell takes what was at
+        // x − 0.375 in the frame before. Rounding alone would copy every cell in place forever.
+        let (w, h) = (12, 3);
+        let motion = FrameMotion {
+            back: Flow {
+                width: w,
+                height: h,
+                data: vec![[-0.375, 0.0]; w * h],
+            },
+            visible: vec![1.0; w * h],
+        };
+        let mut lag = vec![[0f32; 2]; w * h];
+        let mut moved = 0usize;
+        for frame in 1..=8 {
+            let carry = Carry::new(&motion, &lag);
+            let from = carry.from[w + 6].0 % w;
+            moved += 6 - from;
+            lag = carry.lag;
+            // What a cell takes never lags more than about half a cell behind the motion.
+            assert!(
+                lag[w + 6][0].abs() <= 0.51,
+                "frame {frame}: lag {:?}",
+                lag[w + 6]
+            );
+        }
+        // 8 frames × 0.375 = 3 cells.
+        assert_eq!(moved, 3);
     }
 
     #[test]
