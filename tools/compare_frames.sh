@@ -3,7 +3,7 @@
 # renders a short cut of a real clip in every mode with two seeds, and compares the exact RGB
 # frames each run sends to its encoder.
 #
-#   bash tools/compare_frames.sh [BASE]        # BASE defaults to 438dde6 (x0 flow fusion, --noise)
+#   bash tools/compare_frames.sh [BASE]        # BASE defaults to b556e1e (x0 flow fusion with lag, --noise)
 #
 # The frames are caught before the encoder without a hook in the code, so any commit can be the
 # base: $FFMPEG (which the tool calls instead of `ffmpeg` when set) is a wrapper that tees the
@@ -14,7 +14,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
-base=${1:-438dde6}
+base=${1:-b556e1e}
 seeds=${SEEDS:-"1 2"}
 modes=${MODES:-"none cross-frame flow cross-frame+flow keyframes keyframes-alone anchor+self flow-fusion noise-per-frame noise-warp controlnet animatediff lora tiny-vae fast-lcm fast-turbo upscale"}
 cache=${XDG_CACHE_HOME:-$HOME/.cache}/video-stylizer/compare-frames
