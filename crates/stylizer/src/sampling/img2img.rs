@@ -294,10 +294,17 @@ impl Schedule {
 
 /// What a caller of the denoising loop sees of it, and may change, step by step.
 pub trait StepHook {
-    /// Step `i` of the `total` that run predicted clean latents `x0` (after guidance, before
-    /// the scheduler steps): returns the x0 to step from instead, which the loop re-noises with
-    /// the same predicted noise (x0-space fusion), or `None` to go on unchanged.
-    fn predicted(&mut self, _i: usize, _total: usize, _x0: &Tensor) -> Result<Option<Tensor>> {
+    /// Whether [`StepHook::predicted`] may replace step `i`'s x0 (of the `total` that run);
+    /// only then does the loop work out the prediction.
+    fn replaces_x0(&self, _i: usize, _total: usize) -> bool {
+        false
+    }
+
+    /// Step `i`'s predicted clean latents `x0` (after guidance, before the scheduler steps),
+    /// asked where [`StepHook::replaces_x0`] says so: returns the x0 to step from instead,
+    /// which the loop re-noises with the same predicted noise (x0-space fusion), or `None` to
+    /// go on unchanged.
+    fn predicted(&mut self, _i: usize, _x0: &Tensor) -> Result<Option<Tensor>> {
         Ok(None)
     }
 
@@ -419,15 +426,16 @@ pub fn denoise(
         } else {
             out
         };
-        let predicted = scheduler.predict(&out, index, &latents)?;
-        let (latents_now, out) = match hook.predicted(i, total, &predicted.x0)? {
-            Some(x0) => scheduler.restate(
-                &Prediction {
-                    x0,
-                    eps: predicted.eps,
-                },
-                index,
-            )?,
+        let replaced = match hook.replaces_x0(i, total) {
+            true => {
+                let predicted = scheduler.predict(&out, index, &latents)?;
+                hook.predicted(i, &predicted.x0)?
+                    .map(|x0| (x0, predicted.eps))
+            }
+            false => None,
+        };
+        let (latents_now, out) = match replaced {
+            Some((x0, eps)) => scheduler.restate(&Prediction { x0, eps }, index)?,
             None => (latents, out),
         };
         let step_noise = if scheduler.needs_noise(index) {

@@ -92,16 +92,22 @@ pub(crate) fn normals(key: u64, n: usize) -> Vec<f32> {
     out
 }
 
-impl NoiseSource for SeededNoise {
-    fn noise(&mut self, draw: NoiseDraw, shape: &[usize], device: &Device) -> Result<Tensor> {
+impl SeededNoise {
+    /// `n` N(0, 1) values of `draw`.
+    pub fn draws(&self, draw: NoiseDraw, n: usize) -> Vec<f32> {
         let tag = match draw {
             NoiseDraw::Posterior => 0,
             NoiseDraw::Start => 1,
             NoiseDraw::Step(i) => 2 + i as u64,
         };
-        let key = mix64(mix64(mix64(self.seed) ^ self.stream) ^ tag);
+        normals(mix64(mix64(mix64(self.seed) ^ self.stream) ^ tag), n)
+    }
+}
+
+impl NoiseSource for SeededNoise {
+    fn noise(&mut self, draw: NoiseDraw, shape: &[usize], device: &Device) -> Result<Tensor> {
         let n = shape.iter().product();
-        Ok(Tensor::from_vec(normals(key, n), shape, device)?)
+        Ok(Tensor::from_vec(self.draws(draw, n), shape, device)?)
     }
 }
 

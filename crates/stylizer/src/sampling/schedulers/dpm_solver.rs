@@ -36,9 +36,8 @@ pub struct DpmSolverPp2m {
 
 /// α_t = 1/√(σ²+1), σ_t = σ·α_t and λ = ln α_t − ln σ_t of a σ-space level.
 fn alpha_sigma_lambda(sigma: f64) -> (f64, f64, f64) {
-    let alpha = 1.0 / (sigma * sigma + 1.0).sqrt();
-    let sigma_t = sigma * alpha;
-    (alpha, sigma_t, alpha.ln() - sigma_t.ln())
+    let Level { alpha, sigma, .. } = Level::from_sigma(sigma, false);
+    (alpha, sigma, alpha.ln() - sigma.ln())
 }
 
 impl DpmSolverPp2m {

@@ -194,10 +194,11 @@ struct X0Fusion<'a> {
 }
 
 impl StepHook for X0Fusion<'_> {
-    fn predicted(&mut self, i: usize, total: usize, x0: &Tensor) -> Result<Option<Tensor>> {
-        if i >= self.flow.fused_steps(total) {
-            return Ok(None);
-        }
+    fn replaces_x0(&self, i: usize, total: usize) -> bool {
+        i < self.flow.fused_steps(total)
+    }
+
+    fn predicted(&mut self, i: usize, x0: &Tensor) -> Result<Option<Tensor>> {
         let fused = match self.previous {
             Some((steps, carry)) if i < steps.len() => Some(replace(x0, &steps[i], carry)?),
             _ => None,
@@ -253,9 +254,10 @@ mod tests {
             let x0 = Tensor::full(index as f32, (1, 4, h, w), &Device::Cpu)?;
             let mut last = x0.clone();
             for i in 0..self.total {
-                last = hook
-                    .predicted(i, self.total, &x0)?
-                    .unwrap_or_else(|| x0.clone());
+                last = match hook.replaces_x0(i, self.total) {
+                    true => hook.predicted(i, &x0)?.unwrap_or_else(|| x0.clone()),
+                    false => x0.clone(),
+                };
                 self.went_on_from.push(last.flatten_all()?.to_vec1()?);
             }
             Ok(last)

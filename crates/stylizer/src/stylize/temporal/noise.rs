@@ -130,7 +130,7 @@ impl NoiseState {
                 if c.gray.data != gray.data {
                     let flow = dis_flow(&c.gray, &gray, &DisParams::preset(NOISE_FLOW));
                     let n = c.warper.channels * h * 2 * w;
-                    let fresh = draws(self.seed, 1 + index, n)?;
+                    let fresh = draws(self.seed, 1 + index, n);
                     c.warper.step(&flow, &fresh);
                 }
                 c.index = index;
@@ -138,7 +138,7 @@ impl NoiseState {
             }
             _ if index == 0 => {
                 let channels = 2 * LATENT_CHANNELS;
-                let start = draws(self.seed, 0, channels * w * h)?;
+                let start = draws(self.seed, 0, channels * w * h);
                 self.chain = Some(Chain {
                     index,
                     gray,
@@ -183,9 +183,8 @@ impl NoiseState {
 }
 
 /// `n` N(0, 1) draws of the chain's stream `k` (0: its start, 1 + i: frame i's step).
-fn draws(seed: u64, k: u64, n: usize) -> Result<Vec<f32>> {
-    let mut s = SeededNoise::with_stream(seed ^ WARP_STREAM, k);
-    Ok(s.noise(NoiseDraw::Start, &[n], &Device::Cpu)?.to_vec1()?)
+fn draws(seed: u64, k: u64, n: usize) -> Vec<f32> {
+    SeededNoise::with_stream(seed ^ WARP_STREAM, k).draws(NoiseDraw::Start, n)
 }
 
 /// A frame's draws from the warped chain: its first latent channels for the start, the next
