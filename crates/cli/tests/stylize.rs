@@ -164,12 +164,18 @@ fn every_temporal_mode_renders_the_same_video_whole_or_in_shares() {
     };
     let none = render("none", &["--consistency", "none"]);
     assert_eq!(none.len(), 15);
-    let modes: [(&str, &[&str]); 5] = [
+    // Rerender-A-Video needs a strength that reaches its shape-aware steps.
+    let none_08 = render("none_08", &["--consistency", "none", "--strength", "0.8"]);
+    let modes: [(&str, &[&str]); 6] = [
         ("cross", &["--consistency", "cross-frame"]),
         ("flow", &["--consistency", "flow"]),
         ("crossflow", &[]),
         ("keyframes", &["--keyframe-every", "3"]),
         ("warp", &["--consistency", "none", "--noise", "warp"]),
+        (
+            "rerender",
+            &["--consistency", "rerender", "--strength", "0.8"],
+        ),
     ];
     for (name, mode) in modes {
         let whole = render(name, mode);
@@ -196,8 +202,9 @@ fn every_temporal_mode_renders_the_same_video_whole_or_in_shares() {
         // them equal: the video is lossless; cross-frame attention changes little on random
         // weights), and all but warped noise, which draws frame 0's noise its own way,
         // restyle frame 0 as `none` does.
+        let plain = if name == "rerender" { &none_08 } else { &none };
         let diff = |t: usize| {
-            let (a, b) = (&whole[t], &none[t]);
+            let (a, b) = (&whole[t], &plain[t]);
             a.iter()
                 .zip(b)
                 .map(|(x, y)| x.abs_diff(*y) as f64)
@@ -225,6 +232,14 @@ fn temporal_options_that_cannot_run_say_so() {
     assert!(!out.status.success());
     assert!(
         stderr(&out).contains("not available yet"),
+        "{}",
+        stderr(&out)
+    );
+    // Rerender-A-Video at the default strength would skip its shape-aware fusion.
+    let out = stylize(&input, &output, &["--consistency", "rerender"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("raise --strength to 0.8"),
         "{}",
         stderr(&out)
     );

@@ -27,6 +27,11 @@
 //! `frames` replays golden_crossframe.py: the stack `image_in` [F,3,H,W] restyled one frame at
 //! a time (frame 0 the anchor), frame f's noise = row f of `noise_vae` / `noise_add`; writes
 //! `NAME.final_latents` and `NAME.image_out`.
+//! `flows` (no `--model` needed) reads `frames_u8` [F,H,W,3] u8 (golden_rerender.py) and writes
+//! `flow.first.fwd`, `flow.first.bwd`, `flow.prev.fwd`, `flow.prev.bwd`, each f32 [F,2,H,W]
+//! (channel 0 = dx, 1 = dy, in pixels): row f ≥ 1 holds `rerender::flow_pair` between frame 0
+//! and frame f ("first") and between frame f-1 and frame f ("prev"), fwd = earlier → later,
+//! bwd = later → earlier; row 0 is zeros.
 //! Each part is one function taking the golden's tensors and returning ours.
 
 use std::collections::HashMap;
@@ -43,6 +48,8 @@ use stylizer::sampling::img2img::{
 use stylizer::sampling::noise::ReplayNoise;
 use stylizer::sampling::schedulers::SchedulerConfig;
 use stylizer::sd::model::{ControlNetFiles, LoadOptions, MotionAdapterFiles, SdFiles, SdModel};
+use stylizer::temporal::flow::{Flow, Gray};
+use stylizer::temporal::rerender::flow_pair;
 use stylizer::weights::ModelSource;
 use stylizer::NoProgress;
 
@@ -376,6 +383,50 @@ fn animatediff(
     ]))
 }
 
+/// Rerender-A-Video's flows (ours, DIS) between the frames of `frames_u8` (golden_rerender.py).
+fn flows(golden: &Tensors) -> Result<Tensors> {
+    let frames = golden
+        .get("frames_u8")
+        .context("no frames_u8 in the golden")?;
+    let (f, h, w, c) = frames.dims4()?;
+    if c != 3 {
+        bail!("frames_u8: expected [F,H,W,3], got {:?}", frames.dims());
+    }
+    let grays = (0..f)
+        .map(|i| {
+            let rgb = frames.get(i)?.flatten_all()?.to_vec1::<u8>()?;
+            Ok(Gray::from_rgb(w, h, &rgb))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    // planar [2,H,W] of one flow
+    let planar = |flow: &Flow| -> Vec<f32> {
+        assert_eq!((flow.width, flow.height), (w, h));
+        let mut out = vec![0f32; 2 * h * w];
+        for (i, d) in flow.data.iter().enumerate() {
+            out[i] = d[0];
+            out[h * w + i] = d[1];
+        }
+        out
+    };
+    let mut out = Tensors::new();
+    for (name, earlier) in [("first", None), ("prev", Some(1usize))] {
+        let (mut fwd, mut bwd) = (vec![0f32; 2 * h * w], vec![0f32; 2 * h * w]);
+        for later in 1..f {
+            let e = earlier.map_or(0, |back| later - back);
+            let (a, b) = flow_pair(&grays[e], &grays[later]);
+            fwd.extend(planar(&a));
+            bwd.extend(planar(&b));
+        }
+        for (dir, data) in [("fwd", fwd), ("bwd", bwd)] {
+            out.insert(
+                format!("flow.{name}.{dir}"),
+                Tensor::from_vec(data, (f, 2, h, w), &Device::Cpu)?,
+            );
+        }
+    }
+    Ok(out)
+}
+
 fn main() -> Result<()> {
     let mut args: HashMap<String, String> = HashMap::new();
     let mut it = std::env::args().skip(1);
@@ -387,8 +438,15 @@ fn main() -> Result<()> {
         args.insert(key.to_string(), value);
     }
     let arg = |k: &str| args.get(k).with_context(|| format!("--{k} is required"));
-    let source = ModelSource::parse(arg("model")?)?;
     let golden = candle_core::safetensors::load(arg("golden")?, &Device::Cpu)?;
+    if arg("part")? == "flows" {
+        let out = flows(&golden)?;
+        let out_path = arg("out")?;
+        candle_core::safetensors::save(&out, out_path)?;
+        println!("wrote {} tensors to {out_path}", out.len());
+        return Ok(());
+    }
+    let source = ModelSource::parse(arg("model")?)?;
     // --lora FILE[:SCALE][,FILE[:SCALE]…] fused into the UNet and text encoder.
     let loras = args
         .get("lora")
@@ -420,7 +478,7 @@ fn main() -> Result<()> {
         "motion_unet" => motion_unet(&files, &golden, &args)?,
         "animatediff" => animatediff(&files, &golden, &args)?,
         other => {
-            bail!("unknown --part {other:?} (text_encoder, unet, vae, img2img, frames, controlnet, motion_unet, animatediff)")
+            bail!("unknown --part {other:?} (text_encoder, unet, vae, img2img, frames, controlnet, motion_unet, animatediff, flows)")
         }
     };
     let out_path = arg("out")?;

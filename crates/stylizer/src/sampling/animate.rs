@@ -234,7 +234,14 @@ fn frames_latents(
     let x0 = sources
         .iter_mut()
         .enumerate()
-        .map(|(i, source)| encode(model, &frames.narrow(0, i, 1)?, source.as_mut()))
+        .map(|(i, source)| {
+            encode(
+                model,
+                &frames.narrow(0, i, 1)?,
+                source.as_mut(),
+                NoiseDraw::Posterior,
+            )
+        })
         .collect::<Result<Vec<_>>>()?;
     Ok(Tensor::cat(&x0, 0)?)
 }

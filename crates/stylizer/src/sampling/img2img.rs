@@ -8,7 +8,7 @@ use candle_core::{DType, Tensor};
 use crate::nets::sd::cross_frame::{FrameAnchor, SelfAttention};
 use crate::nets::sd::unet::ControlResiduals;
 use crate::sampling::noise::{NoiseDraw, NoiseSource};
-use crate::sampling::schedulers::{Prediction, Scheduler, SchedulerConfig, SchedulerKind};
+use crate::sampling::schedulers::{Level, Prediction, Scheduler, SchedulerConfig, SchedulerKind};
 use crate::sd::model::SdModel;
 use crate::{Error, Progress, Result};
 
@@ -300,11 +300,27 @@ pub trait StepHook {
         false
     }
 
-    /// Step `i`'s predicted clean latents `x0` (after guidance, before the scheduler steps),
-    /// asked where [`StepHook::replaces_x0`] says so: returns the x0 to step from instead,
-    /// which the loop re-noises with the same predicted noise (x0-space fusion), or `None` to
-    /// go on unchanged.
-    fn predicted(&mut self, _i: usize, _x0: &Tensor) -> Result<Option<Tensor>> {
+    /// Step `i`'s prediction, the clean latents x0 and the noise ε (after guidance, before
+    /// the scheduler steps), asked where [`StepHook::replaces_x0`] says so: returns the x0 to
+    /// step from instead, which the loop re-noises with the same ε (x0-space fusion), or
+    /// `None` to go on unchanged.
+    fn predicted(&mut self, _i: usize, _p: &Prediction) -> Result<Option<Tensor>> {
+        Ok(None)
+    }
+
+    /// Whether [`StepHook::entering`] may replace the latents step `i` (of `total`) starts from.
+    fn enters(&self, _i: usize, _total: usize) -> bool {
+        false
+    }
+
+    /// The latents step `i` starts from, asked where [`StepHook::enters`] says so: returns
+    /// the latents to start from instead (pixel-aware fusion), or `None`.
+    fn entering(
+        &mut self,
+        _i: usize,
+        _latents: &Tensor,
+        _at: &mut StepAt,
+    ) -> Result<Option<Tensor>> {
         Ok(None)
     }
 
@@ -316,6 +332,27 @@ pub trait StepHook {
 
 /// The loop as it is.
 impl StepHook for () {}
+
+/// What a hook entering a step may use: the step's place in the schedule and the frame's
+/// random draws.
+pub struct StepAt<'a> {
+    scheduler: &'a dyn Scheduler,
+    index: usize,
+    noise: &'a mut dyn NoiseSource,
+}
+
+impl StepAt<'_> {
+    /// How noisy the step's sample is.
+    pub fn level(&self) -> Result<Level> {
+        self.scheduler.level(self.index)
+    }
+
+    /// `x0` noised to this step's level with the draw `draw`.
+    pub fn noised(&mut self, x0: &Tensor, draw: NoiseDraw) -> Result<Tensor> {
+        let eps = self.noise.noise(draw, x0.dims(), x0.device())?;
+        self.scheduler.add_noise(x0, &eps, self.index)
+    }
+}
 
 /// A hook that only looks at the latents after every step.
 pub struct AfterStep<F>(pub F);
@@ -403,7 +440,7 @@ pub fn denoise(
 
     // 3. Encode.
     let device = image.device().clone();
-    let x0 = encode(model, image, noise)?;
+    let x0 = encode(model, image, noise, NoiseDraw::Posterior)?;
 
     // 4. Noise the encoded frame to the first timestep that runs.
     let eps = noise.noise(NoiseDraw::Start, x0.dims(), &device)?;
@@ -411,6 +448,16 @@ pub fn denoise(
 
     // 5. Denoise: UNet (on [negative, prompt] when guided), guidance, scheduler step.
     for (i, index) in (first..timesteps.len()).enumerate() {
+        if hook.enters(i, total) {
+            let mut at = StepAt {
+                scheduler: scheduler.as_ref(),
+                index,
+                noise: &mut *noise,
+            };
+            if let Some(entered) = hook.entering(i, &latents, &mut at)? {
+                latents = entered;
+            }
+        }
         let input = if guided {
             Tensor::cat(&[&latents, &latents], 0)?
         } else {
@@ -429,8 +476,7 @@ pub fn denoise(
         let replaced = match hook.replaces_x0(i, total) {
             true => {
                 let predicted = scheduler.predict(&out, index, &latents)?;
-                hook.predicted(i, &predicted.x0)?
-                    .map(|x0| (x0, predicted.eps))
+                hook.predicted(i, &predicted)?.map(|x0| (x0, predicted.eps))
             }
             false => None,
         };
@@ -470,19 +516,20 @@ pub fn conditioning(
     }
 }
 
-/// The scaled latents of `image` [1,3,H,W] in [-1, 1]: the VAE posterior sampled,
+/// The scaled latents of `image` [1,3,H,W] in [-1, 1]: the VAE posterior sampled with `draw`,
 /// z = mean + exp(½·clamp(logvar, −30, 20))·ε (a tiny VAE gives z outright), times the
 /// scaling factor.
 pub fn encode(
     model: &dyn Img2ImgModel,
     image: &Tensor,
     noise: &mut dyn NoiseSource,
+    draw: NoiseDraw,
 ) -> Result<Tensor> {
     let (mean, logvar) = model.vae_encode(&image.to_dtype(DType::F32)?)?;
     let z = match model.samples_posterior() {
         true => {
             let std = (logvar.clamp(-30f32, 20f32)? * 0.5)?.exp()?;
-            let eps = noise.noise(NoiseDraw::Posterior, mean.dims(), image.device())?;
+            let eps = noise.noise(draw, mean.dims(), image.device())?;
             (mean + (std * eps)?)?
         }
         false => mean,
@@ -492,6 +539,12 @@ pub fn encode(
 
 /// Decodes final latents (scaled) to an image [1,3,H,W] in [0, 1].
 pub fn decode(model: &dyn Img2ImgModel, latents: &Tensor) -> Result<Tensor> {
-    let decoded = model.vae_decode(&(latents / model.scaling_factor())?)?;
-    Ok(((decoded * 0.5)? + 0.5)?.clamp(0f32, 1f32)?)
+    Ok(decode_raw(model, latents)?
+        .affine(0.5, 0.5)?
+        .clamp(0f32, 1f32)?)
+}
+
+/// Decodes latents (scaled) as the VAE gives them: [1,3,H,W], about [-1, 1], not clamped.
+pub fn decode_raw(model: &dyn Img2ImgModel, latents: &Tensor) -> Result<Tensor> {
+    model.vae_decode(&(latents / model.scaling_factor())?)
 }

@@ -21,6 +21,13 @@ pub enum NoiseDraw {
     Start,
     /// Fresh noise for step `i` (counted from 0 among the steps that run) of an ancestral sampler.
     Step(usize),
+    /// Sampling the VAE posterior of Rerender-A-Video's pixel-fused image.
+    Blend,
+    /// Sampling the VAE posterior of that image decoded again (its fidelity compensation).
+    BlendAgain,
+    /// The fresh noise Rerender-A-Video's pixel-aware fusion noises the fused latents with at
+    /// step `i`.
+    Mask(usize),
 }
 
 impl NoiseDraw {
@@ -30,6 +37,9 @@ impl NoiseDraw {
             NoiseDraw::Posterior => "noise_vae".into(),
             NoiseDraw::Start => "noise_add".into(),
             NoiseDraw::Step(i) => format!("step{i}.noise"),
+            NoiseDraw::Blend => "noise_blend".into(),
+            NoiseDraw::BlendAgain => "noise_blend_rec".into(),
+            NoiseDraw::Mask(i) => format!("mask{i}.noise"),
         }
     }
 }
@@ -99,6 +109,10 @@ impl SeededNoise {
             NoiseDraw::Posterior => 0,
             NoiseDraw::Start => 1,
             NoiseDraw::Step(i) => 2 + i as u64,
+            // Far above any step count, so that no two draws share a stream.
+            NoiseDraw::Blend => 1 << 32,
+            NoiseDraw::BlendAgain => (1 << 32) + 1,
+            NoiseDraw::Mask(i) => (1 << 33) + i as u64,
         };
         normals(mix64(mix64(mix64(self.seed) ^ self.stream) ^ tag), n)
     }
@@ -139,7 +153,7 @@ impl ReplayNoise {
         let mut keys: Vec<String> = self
             .tensors
             .keys()
-            .filter(|k| *k == "noise_vae" || *k == "noise_add" || k.ends_with(".noise"))
+            .filter(|k| k.starts_with("noise_") || k.ends_with(".noise"))
             .filter(|k| !self.used.contains(*k))
             .cloned()
             .collect();

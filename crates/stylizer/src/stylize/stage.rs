@@ -12,11 +12,14 @@ use super::temporal::fusion::FusionState;
 use super::temporal::keyframes::KeyframeState;
 use super::temporal::noise::NoiseState;
 use super::temporal::windows::WindowState;
-use super::temporal::{AnimateDiffSettings, Diffuse, Temporal};
+use super::temporal::{AnimateDiffSettings, Diffuse, Fusion, Temporal};
 use crate::nets::sd::config::ClipActivation;
 use crate::sampling::animate::denoise_video;
 use crate::sampling::fast::FastPlan;
-use crate::sampling::img2img::{decode, denoise, Control, ControlInput, Img2ImgParams, StepHook};
+use crate::sampling::img2img::{
+    decode, decode_raw, denoise, encode, Control, ControlInput, Img2ImgParams, StepHook,
+};
+use crate::sampling::noise::NoiseDraw;
 use crate::sampling::schedulers::SchedulerConfig;
 use crate::sd::model::{ControlNetFiles, LoadOptions, MotionAdapterFiles, SdFiles, SdModel};
 use crate::stage::TemporalStage;
@@ -115,6 +118,15 @@ impl StylizeStage {
         }
         let temporal = &settings.temporal;
         temporal.check()?;
+        if let Fusion::Rerender(r) = &temporal.fusion {
+            if settings.fast {
+                return Err(Error::NotImplemented(
+                    "--consistency rerender with --fast (its fusions are written for DDIM's steps)"
+                        .into(),
+                ));
+            }
+            r.check(&settings.params)?;
+        }
         if temporal.denoising.animatediff().is_some() && !settings.controlnets.is_empty() {
             return Err(Error::NotImplemented(
                 "--animatediff together with ControlNet (AnimateDiff runs with --consistency none)"
@@ -273,7 +285,7 @@ impl FrameStage for StylizeStage {
             })
             .collect::<Result<Vec<_>>>()?;
         self.diffuser.attention.restart();
-        self.fusion.restart();
+        self.fusion.new_input();
         self.keyframes.restart();
         if let Some(windows) = self.windows.as_mut() {
             windows.restart();
@@ -306,7 +318,7 @@ impl FrameStage for StylizeStage {
 
 impl TemporalStage for StylizeStage {
     fn reset(&mut self) -> Result<()> {
-        self.fusion.restart();
+        self.restart_chain();
         Ok(())
     }
 
@@ -335,7 +347,7 @@ impl TemporalStage for StylizeStage {
             // Shown only to carry the noise chain.
         } else if self.keyframes.renders_warm_up() || self.fusion.renders_warm_up() {
             // A keyframe, or the look-back frame that starts the flow chain: rendered whole.
-            self.fusion.restart();
+            self.restart_chain();
             self.process_frame(frame, index)?;
         } else {
             // The anchor: only its denoising pass records what later frames attend to.
@@ -373,6 +385,12 @@ impl TemporalStage for StylizeStage {
 }
 
 impl StylizeStage {
+    /// The next frame starts a chain of its own (follows the first frame, where that counts).
+    fn restart_chain(&mut self) {
+        self.fusion.restart();
+        self.diffuser.attention.restart_chain();
+    }
+
     /// [`FrameStage::process`]'s work; errors pass through [`Self::explain_out_of_memory`].
     fn process_frame(&mut self, frame: Frame, index: u64) -> Result<Frame> {
         let Self {
@@ -522,6 +540,30 @@ impl Diffuse for Diffuser {
 
     fn decode(&self, latents: &Tensor) -> Result<Tensor> {
         decode(&prepared_ref(&self.loaded)?.model, latents)
+    }
+
+    fn decode_raw(&self, latents: &Tensor) -> Result<Tensor> {
+        decode_raw(&prepared_ref(&self.loaded)?.model, latents)
+    }
+
+    fn encode(
+        &mut self,
+        frame: &Frame,
+        index: u64,
+        image: &Tensor,
+        draw: NoiseDraw,
+    ) -> Result<Tensor> {
+        let model = &prepared_ref(&self.loaded)?.model;
+        let mut noise = self.noise.source(frame, index, model.vae_scale_factor())?;
+        encode(model, image, noise.as_mut(), draw)
+    }
+
+    fn params(&self) -> Result<Img2ImgParams> {
+        Ok(prepared_ref(&self.loaded)?.params.clone())
+    }
+
+    fn device(&self) -> Result<candle_core::Device> {
+        Ok(prepared_ref(&self.loaded)?.model.device().clone())
     }
 
     fn latent_scale(&self) -> Result<usize> {

@@ -6,4 +6,5 @@ pub mod flicker;
 pub mod flow;
 pub mod fusion;
 pub mod noise_warp;
+pub mod rerender;
 pub mod warp;

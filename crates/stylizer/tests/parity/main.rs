@@ -17,5 +17,6 @@ mod img2img_loop;
 mod img2img_parity;
 mod lora;
 mod noise_warp;
+mod rerender;
 mod sd_models;
 mod taesd;

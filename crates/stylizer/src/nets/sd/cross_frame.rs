@@ -11,6 +11,12 @@
 //! tokens of the same step and layer. The anchor itself attends only to itself, so its result
 //! does not depend on any other frame: a resumed or split render rebuilds the same bank by
 //! running the anchor's denoising pass again.
+//!
+//! Rerender-A-Video (Yang et al. 2023; diffusers `examples/community/rerender_a_video.py`,
+//! `CrossFrameAttnProcessor` on the processors whose name starts with `up`) attends in the
+//! decoder only, to the first frame's and the previous frame's tokens of the same step and
+//! not to the frame's own ([`FrameAnchor::FirstAndPrevious`]); the UNet says where its decoder
+//! starts ([`SelfAttention::enter_decoder`]).
 
 use candle_core::{bail, Result, Tensor};
 
@@ -68,6 +74,32 @@ impl AnchorBank {
             .map(|t| t.elem_count() * t.dtype().size_in_bytes())
             .sum()
     }
+
+    /// The recorded layers of step `i`.
+    fn step(&self, i: usize) -> Result<&[Tensor]> {
+        match self.steps.get(i) {
+            Some(layers) => Ok(layers),
+            None => bail!(
+                "the first or previous frame has {} denoising steps recorded, step {i} was asked for",
+                self.steps.len()
+            ),
+        }
+    }
+
+    /// The layers of step `i` about to be recorded (a recording starts again at step 0).
+    fn start_step(&mut self, i: usize) -> Result<&mut Vec<Tensor>> {
+        if i == 0 {
+            self.steps.clear();
+        }
+        if self.steps.len() != i {
+            bail!(
+                "anchor recording: step {i} after {} steps",
+                self.steps.len()
+            );
+        }
+        self.steps.push(Vec::new());
+        Ok(self.steps.last_mut().expect("just pushed"))
+    }
 }
 
 /// What the self-attention layers of one frame's denoising do.
@@ -78,6 +110,17 @@ pub enum FrameAnchor<'a> {
     Record(&'a mut AnchorBank),
     /// Attend to a recorded anchor.
     Attend(&'a AnchorBank, CrossFrameKeys),
+    /// Plain self-attention, recording the decoder's tokens into an (emptied) bank: the
+    /// first frame under Rerender-A-Video.
+    RecordDecoder(&'a mut AnchorBank),
+    /// Rerender-A-Video's later frames: the decoder's self-attention takes its keys and values
+    /// from the first and the previous frame's decoder tokens of the same step, and records
+    /// the frame's own into `record` for the frame after it.
+    FirstAndPrevious {
+        first: &'a AnchorBank,
+        previous: &'a AnchorBank,
+        record: &'a mut AnchorBank,
+    },
 }
 
 impl FrameAnchor<'_> {
@@ -85,19 +128,21 @@ impl FrameAnchor<'_> {
     pub fn step(&mut self, i: usize) -> Result<SelfAttention<'_>> {
         Ok(match self {
             FrameAnchor::Independent => SelfAttention::Own,
-            FrameAnchor::Record(bank) => {
-                if i == 0 {
-                    bank.steps.clear();
-                }
-                if bank.steps.len() != i {
-                    bail!(
-                        "anchor recording: step {i} after {} steps",
-                        bank.steps.len()
-                    );
-                }
-                bank.steps.push(Vec::new());
-                SelfAttention::Record(bank.steps.last_mut().expect("just pushed"))
-            }
+            FrameAnchor::Record(bank) => SelfAttention::Record(bank.start_step(i)?),
+            FrameAnchor::RecordDecoder(bank) => SelfAttention::RecordDecoder {
+                record: bank.start_step(i)?,
+                decoder: false,
+            },
+            FrameAnchor::FirstAndPrevious {
+                first,
+                previous,
+                record,
+            } => SelfAttention::FirstAndPrevious {
+                first: first.step(i)?,
+                previous: previous.step(i)?,
+                record: record.start_step(i)?,
+                decoder: false,
+            },
             FrameAnchor::Attend(bank, keys) => match bank.steps.get(i) {
                 Some(layers) => SelfAttention::Attend {
                     anchor: layers,
@@ -122,9 +167,31 @@ pub enum SelfAttention<'a> {
         keys: CrossFrameKeys,
         next: usize,
     },
+    /// Plain; the decoder's tokens recorded.
+    RecordDecoder {
+        record: &'a mut Vec<Tensor>,
+        decoder: bool,
+    },
+    /// Plain outside the decoder; in it, keys and values from the first and the previous
+    /// frame, the own tokens recorded (their count is the next layer's index).
+    FirstAndPrevious {
+        first: &'a [Tensor],
+        previous: &'a [Tensor],
+        record: &'a mut Vec<Tensor>,
+        decoder: bool,
+    },
 }
 
 impl SelfAttention<'_> {
+    /// The UNet's up blocks start: the layers after this are the decoder's.
+    pub fn enter_decoder(&mut self) {
+        if let SelfAttention::RecordDecoder { decoder, .. }
+        | SelfAttention::FirstAndPrevious { decoder, .. } = self
+        {
+            *decoder = true;
+        }
+    }
+
     /// The context the next self-attention layer projects keys and values from, given its
     /// own input `tokens`: `None` means the tokens themselves.
     pub fn context(&mut self, tokens: &Tensor) -> Result<Option<Tensor>> {
@@ -154,6 +221,121 @@ impl SelfAttention<'_> {
                     CrossFrameKeys::AnchorAndSelf => Tensor::cat(&[a, tokens], 1)?,
                 }))
             }
+            SelfAttention::RecordDecoder { record, decoder } => {
+                if *decoder {
+                    record.push(tokens.clone());
+                }
+                Ok(None)
+            }
+            SelfAttention::FirstAndPrevious {
+                first,
+                previous,
+                record,
+                decoder,
+            } => {
+                if !*decoder {
+                    return Ok(None);
+                }
+                let k = record.len();
+                let (Some(a), Some(b)) = (first.get(k), previous.get(k)) else {
+                    bail!(
+                        "the first and previous frames recorded {} and {} decoder self-attention layers, the UNet has more",
+                        first.len(),
+                        previous.len()
+                    )
+                };
+                if a.dims() != tokens.dims() || b.dims() != tokens.dims() {
+                    bail!(
+                        "first/previous tokens {:?}/{:?} do not match the frame's {:?} (frame size or guidance changed)",
+                        a.dims(),
+                        b.dims(),
+                        tokens.dims()
+                    );
+                }
+                record.push(tokens.clone());
+                Ok(Some(Tensor::cat(&[a, b], 1)?))
+            }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, Tensor};
+
+    use super::*;
+
+    fn tokens(v: f32) -> Tensor {
+        Tensor::full(v, (2, 3, 4), &Device::Cpu).unwrap()
+    }
+
+    /// A UNet call with two encoder layers and two decoder layers, the inputs `base + layer`.
+    fn unet_call(frames: &mut SelfAttention, base: f32) -> Vec<Option<Tensor>> {
+        let mut contexts = Vec::new();
+        for layer in 0..4 {
+            if layer == 2 {
+                frames.enter_decoder();
+            }
+            contexts.push(frames.context(&tokens(base + layer as f32)).unwrap());
+        }
+        contexts
+    }
+
+    fn values(t: &Tensor) -> Vec<f32> {
+        t.flatten_all().unwrap().to_vec1().unwrap()
+    }
+
+    #[test]
+    fn rerender_attends_in_the_decoder_to_the_first_and_previous_frames_only() {
+        // The first frame: plain attention, its decoder layers recorded.
+        let mut first = AnchorBank::default();
+        let contexts = unet_call(
+            &mut FrameAnchor::RecordDecoder(&mut first).step(0).unwrap(),
+            0.0,
+        );
+        assert!(contexts.iter().all(Option::is_none));
+        assert_eq!(first.steps.len(), 1);
+        assert_eq!(
+            first.steps[0].len(),
+            2,
+            "only the decoder's layers are kept"
+        );
+        assert_eq!(values(&first.steps[0][0])[0], 2.0);
+
+        // A later frame whose previous is the first: the decoder's keys are [first, first];
+        // its own decoder tokens are recorded for the frame after it.
+        let mut own = AnchorBank::default();
+        let mut anchor = FrameAnchor::FirstAndPrevious {
+            first: &first,
+            previous: &first,
+            record: &mut own,
+        };
+        let contexts = unet_call(&mut anchor.step(0).unwrap(), 10.0);
+        assert!(
+            contexts[0].is_none() && contexts[1].is_none(),
+            "the encoder attends to itself"
+        );
+        let keys = contexts[3].as_ref().unwrap();
+        assert_eq!(
+            keys.dims(),
+            &[2, 6, 4],
+            "first and previous, not the frame's own"
+        );
+        assert!(values(keys).iter().all(|&v| v == 3.0));
+        assert_eq!(values(&own.steps[0][1])[0], 13.0);
+
+        // The frame after: the previous is that frame, and a step never recorded is an error.
+        let mut next = AnchorBank::default();
+        let mut anchor = FrameAnchor::FirstAndPrevious {
+            first: &first,
+            previous: &own,
+            record: &mut next,
+        };
+        let keys = unet_call(&mut anchor.step(0).unwrap(), 20.0)[2]
+            .clone()
+            .unwrap();
+        let v = values(&keys);
+        assert_eq!((v[0], v[v.len() - 1]), (2.0, 12.0));
+        assert!(anchor.step(1).is_err());
     }
 }

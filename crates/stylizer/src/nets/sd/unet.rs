@@ -520,6 +520,7 @@ impl UNet2DConditionModel {
             xs = xs.broadcast_add(&control.mid.to_dtype(self.encoder.dtype())?)?;
         }
 
+        frames.enter_decoder();
         let up_factor = 1usize << (self.up_blocks.len() - 1);
         let odd_size = h % up_factor != 0 || w % up_factor != 0;
         for (i, block) in self.up_blocks.iter().enumerate() {

@@ -1,7 +1,9 @@
 //! Where a frame's self-attention takes its keys and values from: its own tokens, or also
 //! those of an anchor frame (cross-frame attention, Text2Video-Zero; the mechanism is
 //! [`crate::nets::sd::cross_frame`]). The anchor's tokens are recorded by its own denoising
-//! pass and kept across segments, since every segment attends to the same frame.
+//! pass and kept across segments, since every segment attends to the same frame. Or, as
+//! Rerender-A-Video, the decoder's layers attend to the first frame and the frame rendered
+//! before (not to the frame itself).
 
 use crate::nets::sd::cross_frame::{AnchorBank, CrossFrameKeys, FrameAnchor};
 use crate::{Error, Result};
@@ -16,6 +18,9 @@ pub enum Attention {
     Own,
     /// The anchor frame's tokens (`--consistency cross-frame`), which ones by the keys.
     Anchor(CrossFrameKeys),
+    /// In the decoder, the first frame's and the previous frame's tokens, not the frame's own
+    /// (`--consistency rerender`).
+    FirstAndPrevious,
 }
 
 impl std::fmt::Display for Attention {
@@ -24,14 +29,21 @@ impl std::fmt::Display for Attention {
         match self {
             Attention::Own => f.write_str("none"),
             Attention::Anchor(keys) => write!(f, "{keys}"),
+            Attention::FirstAndPrevious => f.write_str("first+previous"),
         }
     }
 }
 
-/// The attention axis at run time: the anchor's recorded tokens.
+/// The attention axis at run time: the anchor's (the first frame's) recorded tokens, and
+/// under [`Attention::FirstAndPrevious`] those of the frame rendered last.
 pub(crate) struct AttentionState {
     choice: Attention,
     bank: AnchorBank,
+    /// The tokens of the frame rendered last; `None`: the chain starts again, from the first.
+    previous: Option<AnchorBank>,
+    /// The frame being rendered and its tokens: a frame rendered twice (Rerender's second
+    /// pass) keeps those of its last pass.
+    current: Option<(u64, AnchorBank)>,
 }
 
 impl AttentionState {
@@ -39,35 +51,63 @@ impl AttentionState {
         Self {
             choice,
             bank: AnchorBank::default(),
+            previous: None,
+            current: None,
         }
     }
 
     /// A new input: its own anchor.
     pub fn restart(&mut self) {
         self.bank = AnchorBank::default();
+        self.restart_chain();
+    }
+
+    /// The next frame follows the first frame directly (a segment's start, a look-back frame),
+    /// so that its result does not depend on where the run started.
+    pub fn restart_chain(&mut self) {
+        self.previous = None;
+        self.current = None;
     }
 
     /// The anchor, before a segment that starts after it, unless it is held.
     pub fn warm_up_frames(&self, start: u64, frames: &mut Vec<u64>) {
-        if matches!(self.choice, Attention::Anchor(_))
-            && start > ANCHOR_FRAME
-            && self.bank.is_empty()
-        {
+        if self.choice != Attention::Own && start > ANCHOR_FRAME && self.bank.is_empty() {
             frames.push(ANCHOR_FRAME);
         }
     }
 
     /// What the self-attention layers of frame `index`'s denoising do.
     pub fn frame(&mut self, index: u64) -> Result<FrameAnchor<'_>> {
+        if self.choice != Attention::Own && index != ANCHOR_FRAME && self.bank.is_empty() {
+            return Err(Error::Model(format!(
+                "stylize: frame {index} needs the anchor frame {ANCHOR_FRAME}, which was not rendered first"
+            )));
+        }
         Ok(match self.choice {
             Attention::Own => FrameAnchor::Independent,
             Attention::Anchor(_) if index == ANCHOR_FRAME => FrameAnchor::Record(&mut self.bank),
-            Attention::Anchor(_) if self.bank.is_empty() => {
-                return Err(Error::Model(format!(
-                    "stylize: frame {index} needs the anchor frame {ANCHOR_FRAME}, which was not rendered first"
-                )))
-            }
             Attention::Anchor(keys) => FrameAnchor::Attend(&self.bank, keys),
+            Attention::FirstAndPrevious if index == ANCHOR_FRAME => {
+                self.restart_chain();
+                FrameAnchor::RecordDecoder(&mut self.bank)
+            }
+            Attention::FirstAndPrevious => {
+                // A new frame: the one rendered before it becomes the previous.
+                if let Some((done, bank)) = self.current.take() {
+                    match done == index {
+                        true => self.current = Some((done, bank)),
+                        false => self.previous = Some(bank),
+                    }
+                }
+                let (_, record) = self
+                    .current
+                    .get_or_insert_with(|| (index, AnchorBank::default()));
+                FrameAnchor::FirstAndPrevious {
+                    first: &self.bank,
+                    previous: self.previous.as_ref().unwrap_or(&self.bank),
+                    record,
+                }
+            }
         })
     }
 

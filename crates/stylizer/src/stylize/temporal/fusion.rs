@@ -8,9 +8,11 @@
 
 use candle_core::Tensor;
 
+use super::rerender::{DisFlows, PairFlows, RerenderFusion, RerenderState};
 use super::Diffuse;
 use crate::frame::interleaved;
 use crate::sampling::img2img::StepHook;
+use crate::sampling::schedulers::Prediction;
 use crate::temporal::flow::{DisParams, Gray};
 use crate::temporal::fusion::{FlowFusion, FrameMotion, FUSION_FLOW};
 use crate::{Frame, Result};
@@ -22,6 +24,9 @@ pub enum Fusion {
     None,
     /// Along the flow: x0 in the early steps, and pixels.
     Flow(FlowFusion),
+    /// Rerender-A-Video's: the first frame's x0, then a second pass towards the first and
+    /// previous results blended in pixels ([`super::rerender`]).
+    Rerender(RerenderFusion),
 }
 
 impl std::fmt::Display for Fusion {
@@ -30,6 +35,7 @@ impl std::fmt::Display for Fusion {
         match self {
             Fusion::None => f.write_str("none"),
             Fusion::Flow(flow) => write!(f, "{flow}"),
+            Fusion::Rerender(r) => write!(f, "{r}"),
         }
     }
 }
@@ -51,19 +57,42 @@ struct Previous {
 pub(crate) struct FusionState {
     choice: Fusion,
     previous: Option<Previous>,
+    rerender: Option<RerenderState>,
 }
 
 impl FusionState {
     pub fn new(choice: Fusion) -> Self {
+        Self::with_flows(choice, Box::new(DisFlows))
+    }
+
+    /// With the flows between original frames from `flows` (Rerender-A-Video's; replays
+    /// give the reference's own).
+    pub fn with_flows(choice: Fusion, flows: Box<dyn PairFlows>) -> Self {
         Self {
             choice,
             previous: None,
+            rerender: match choice {
+                Fusion::Rerender(r) => Some(RerenderState::new(r, flows)),
+                _ => None,
+            },
         }
     }
 
-    /// The next frame starts a chain of its own (a segment's start, a warm-up frame).
+    /// A new input: nothing of the last one is kept.
+    pub fn new_input(&mut self) {
+        self.restart();
+        if let Some(r) = self.rerender.as_mut() {
+            r.new_input();
+        }
+    }
+
+    /// The next frame starts a chain of its own (a segment's start, a warm-up frame); under
+    /// Rerender-A-Video it follows the first frame.
     pub fn restart(&mut self) {
         self.previous = None;
+        if let Some(r) = self.rerender.as_mut() {
+            r.restart();
+        }
     }
 
     /// A warm-up frame is rendered whole: it starts the chain.
@@ -71,11 +100,20 @@ impl FusionState {
         self.choice != Fusion::None
     }
 
-    /// The frame before a segment's first, which its first frame is fused with.
+    /// The frame before a segment's first, which its first frame is fused with (and the
+    /// first frame, for Rerender-A-Video).
     pub fn warm_up_frames(&self, start: u64, frames: &mut Vec<u64>) {
-        if self.choice != Fusion::None && start > 0 && frames.last() != Some(&(start - 1)) {
+        if let Some(r) = &self.rerender {
+            r.warm_up_frames(start, frames);
+        }
+        if self.choice != Fusion::None && start > 0 && !frames.contains(&(start - 1)) {
             frames.push(start - 1);
         }
+    }
+
+    /// (shape, pixel) steps Rerender-A-Video fused in the frame rendered last.
+    pub fn rerender_fused(&self) -> Option<(usize, usize)> {
+        self.rerender.as_ref().map(RerenderState::fused)
     }
 
     /// The same picture again: the chain goes on from it (zero motion).
@@ -89,6 +127,9 @@ impl FusionState {
 
     /// Restyles frame `index` with `model`, fusing it with the frames before.
     pub fn render(&mut self, frame: &Frame, index: u64, model: &mut dyn Diffuse) -> Result<Frame> {
+        if let Some(r) = self.rerender.as_mut() {
+            return r.render(frame, index, model);
+        }
         let Fusion::Flow(flow) = self.choice else {
             let latents = model.denoise(frame, index, &mut ())?;
             return Frame::from_tensor(&model.decode(&latents)?);
@@ -198,7 +239,8 @@ impl StepHook for X0Fusion<'_> {
         i < self.flow.fused_steps(total)
     }
 
-    fn predicted(&mut self, i: usize, x0: &Tensor) -> Result<Option<Tensor>> {
+    fn predicted(&mut self, i: usize, p: &Prediction) -> Result<Option<Tensor>> {
+        let x0 = &p.x0;
         let fused = match self.previous {
             Some((steps, carry)) if i < steps.len() => Some(replace(x0, &steps[i], carry)?),
             _ => None,
@@ -232,6 +274,7 @@ mod tests {
 
     use super::*;
     use crate::sampling::img2img::{Img2ImgParams, Schedule};
+    use crate::sampling::noise::NoiseDraw;
     use crate::sampling::schedulers::SchedulerConfig;
     use crate::temporal::flow::Flow;
 
@@ -254,8 +297,12 @@ mod tests {
             let x0 = Tensor::full(index as f32, (1, 4, h, w), &Device::Cpu)?;
             let mut last = x0.clone();
             for i in 0..self.total {
+                let p = Prediction {
+                    x0: x0.clone(),
+                    eps: x0.zeros_like()?,
+                };
                 last = match hook.replaces_x0(i, self.total) {
-                    true => hook.predicted(i, &x0)?.unwrap_or_else(|| x0.clone()),
+                    true => hook.predicted(i, &p)?.unwrap_or_else(|| x0.clone()),
                     false => x0.clone(),
                 };
                 self.went_on_from.push(last.flatten_all()?.to_vec1()?);
@@ -270,6 +317,22 @@ mod tests {
                 candle_core::DType::F32,
                 &Device::Cpu,
             )?)
+        }
+
+        fn decode_raw(&self, latents: &Tensor) -> Result<Tensor> {
+            self.decode(latents)
+        }
+
+        fn encode(&mut self, _: &Frame, _: u64, _: &Tensor, _: NoiseDraw) -> Result<Tensor> {
+            unreachable!("flow fusion encodes nothing of its own")
+        }
+
+        fn params(&self) -> Result<Img2ImgParams> {
+            unreachable!("flow fusion counts the steps that run")
+        }
+
+        fn device(&self) -> Result<Device> {
+            Ok(Device::Cpu)
         }
 
         fn latent_scale(&self) -> Result<usize> {

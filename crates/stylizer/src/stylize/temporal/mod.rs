@@ -4,25 +4,30 @@
 //! ([`keyframes`]), where the noise comes from ([`noise`]), and whether frames are denoised
 //! one by one or in windows ([`windows`]). [`Temporal::new`] applies the defaults and refuses
 //! what cannot run together; the stage asks the axes for their warm-up frames, look-ahead and
-//! per-step hooks. A new method is a new variant of one axis, in that axis's file.
+//! per-step hooks. A new method is a new variant of one axis, in that axis's file; a published
+//! method that spans two axes (Rerender-A-Video: [`Consistency::Rerender`]) is a variant of
+//! each, its fusion's state in a file of its own ([`rerender`]).
 pub mod attention;
 pub mod fusion;
 pub mod keyframes;
 pub mod noise;
+pub mod rerender;
 pub mod windows;
 
 use std::str::FromStr;
 
-use candle_core::Tensor;
+use candle_core::{Device, Tensor};
 
 pub use attention::Attention;
 pub use fusion::Fusion;
 pub use keyframes::Frames;
 pub use noise::Noise;
+pub use rerender::RerenderFusion;
 pub use windows::{AnimateDiffSettings, Denoising, MOTION_ADAPTER};
 
 use crate::nets::sd::cross_frame::CrossFrameKeys;
-use crate::sampling::img2img::StepHook;
+use crate::sampling::img2img::{Img2ImgParams, StepHook};
+use crate::sampling::noise::NoiseDraw;
 use crate::temporal::fusion::FlowFusion;
 use crate::{Error, Frame, Result};
 
@@ -33,6 +38,8 @@ pub enum Consistency {
     CrossFrame,
     Flow,
     CrossFrameFlow,
+    /// Rerender-A-Video: its attention and both its fusions.
+    Rerender,
 }
 
 impl FromStr for Consistency {
@@ -43,8 +50,9 @@ impl FromStr for Consistency {
             "cross-frame" => Ok(Consistency::CrossFrame),
             "flow" => Ok(Consistency::Flow),
             "cross-frame+flow" => Ok(Consistency::CrossFrameFlow),
+            "rerender" => Ok(Consistency::Rerender),
             _ => Err(Error::Value(format!(
-                "unknown consistency `{s}` (none, cross-frame, flow or cross-frame+flow)"
+                "unknown consistency `{s}` (none, cross-frame, flow, cross-frame+flow or rerender)"
             ))),
         }
     }
@@ -58,6 +66,7 @@ impl std::fmt::Display for Consistency {
             Consistency::CrossFrame => "cross-frame",
             Consistency::Flow => "flow",
             Consistency::CrossFrameFlow => "cross-frame+flow",
+            Consistency::Rerender => "rerender",
         })
     }
 }
@@ -133,14 +142,17 @@ impl Temporal {
             Consistency::CrossFrame | Consistency::CrossFrameFlow
         );
         let flow = matches!(consistency, Consistency::Flow | Consistency::CrossFrameFlow);
+        let rerender = consistency == Consistency::Rerender;
         let temporal = Self {
-            attention: match cross_frame {
-                true => Attention::Anchor(flags.cross_frame_keys),
-                false => Attention::Own,
+            attention: match (cross_frame, rerender) {
+                (true, _) => Attention::Anchor(flags.cross_frame_keys),
+                (_, true) => Attention::FirstAndPrevious,
+                _ => Attention::Own,
             },
-            fusion: match flow {
-                true => Fusion::Flow(flags.flow_fusion.unwrap_or_default()),
-                false => Fusion::None,
+            fusion: match (flow, rerender) {
+                (true, _) => Fusion::Flow(flags.flow_fusion.unwrap_or_default()),
+                (_, true) => Fusion::Rerender(RerenderFusion::default()),
+                _ => Fusion::None,
             },
             frames: Frames::every(flags.keyframe_every)?,
             noise: flags.noise,
@@ -176,7 +188,13 @@ impl Temporal {
         }
         if self.frames != Frames::All && self.fusion != Fusion::None {
             return Err(Error::NotImplemented(
-                "keyframes with flow-guided fusion (--keyframe-every with --consistency flow or cross-frame+flow)".into(),
+                "keyframes with flow-guided fusion (--keyframe-every with --consistency flow, cross-frame+flow or rerender)".into(),
+            ));
+        }
+        let rerender_fusion = matches!(self.fusion, Fusion::Rerender(_));
+        if rerender_fusion != (self.attention == Attention::FirstAndPrevious) {
+            return Err(Error::Config(
+                "Rerender-A-Video's fusion and its attention (first and previous frame) go together".into(),
             ));
         }
         Ok(())
@@ -191,6 +209,24 @@ pub(crate) trait Diffuse {
 
     /// Final latents as an image `[1, 3, H, W]` in [0, 1].
     fn decode(&self, latents: &Tensor) -> Result<Tensor>;
+
+    /// Latents as the VAE decodes them: `[1, 3, H, W]`, about [−1, 1], not clamped.
+    fn decode_raw(&self, latents: &Tensor) -> Result<Tensor>;
+
+    /// `image` `[1, 3, H, W]` in [−1, 1] encoded to latents with frame `index`'s draw `draw`.
+    fn encode(
+        &mut self,
+        frame: &Frame,
+        index: u64,
+        image: &Tensor,
+        draw: NoiseDraw,
+    ) -> Result<Tensor>;
+
+    /// What the frames are denoised with.
+    fn params(&self) -> Result<Img2ImgParams>;
+
+    /// Where the model runs.
+    fn device(&self) -> Result<Device>;
 
     /// Pixels per latent along a side.
     fn latent_scale(&self) -> Result<usize>;
@@ -288,7 +324,7 @@ mod tests {
         let e = "wobbly".parse::<Consistency>().unwrap_err().to_string();
         assert_eq!(
             e,
-            "unknown consistency `wobbly` (none, cross-frame, flow or cross-frame+flow)"
+            "unknown consistency `wobbly` (none, cross-frame, flow, cross-frame+flow or rerender)"
         );
     }
 }

@@ -202,7 +202,7 @@ impl NoiseSource for WarpedNoise {
         let first = match draw {
             NoiseDraw::Start => 0,
             NoiseDraw::Posterior => LATENT_CHANNELS,
-            NoiseDraw::Step(_) => return self.others.noise(draw, shape, device),
+            _ => return self.others.noise(draw, shape, device),
         };
         let (h, w) = self.size;
         if shape != [1, LATENT_CHANNELS, h, w] {
