@@ -235,8 +235,12 @@ fn temporal_options_that_cannot_run_say_so() {
         "{}",
         stderr(&out)
     );
-    // Rerender-A-Video at the default strength would skip its shape-aware fusion.
-    let out = stylize(&input, &output, &["--consistency", "rerender"]);
+    // Rerender-A-Video at strength 0.5 of 4 steps would skip its shape-aware fusion.
+    let out = stylize(
+        &input,
+        &output,
+        &["--consistency", "rerender", "--strength", "0.5"],
+    );
     assert!(!out.status.success());
     assert!(
         stderr(&out).contains("raise --strength to 0.8"),
