@@ -15,11 +15,11 @@
 use std::collections::HashMap;
 
 use candle_core::{DType, Tensor};
-use stylizer::sampling::frames::rerender_frames;
 use stylizer::sampling::img2img::{Control, ControlInput, ControlWeight, Img2ImgParams};
 use stylizer::sampling::noise::{NoiseSource, ReplayNoise};
 use stylizer::sampling::schedulers::SchedulerKind;
 use stylizer::sd::model::{ControlNetFiles, LoadOptions};
+use stylizer::stylize::temporal::replay::rerender_frames;
 use stylizer::stylize::temporal::rerender::PairFlows;
 use stylizer::temporal::flow::{Flow, Gray};
 use stylizer::weights::ModelSource;

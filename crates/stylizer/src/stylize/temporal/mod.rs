@@ -11,6 +11,7 @@ pub mod attention;
 pub mod fusion;
 pub mod keyframes;
 pub mod noise;
+pub mod replay;
 pub mod rerender;
 pub mod windows;
 
