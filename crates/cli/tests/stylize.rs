@@ -247,6 +247,24 @@ fn temporal_options_that_cannot_run_say_so() {
         "{}",
         stderr(&out)
     );
+    // Nor on frames of one latent cell a side (its warps need two).
+    let thin = make_clip(dir.path(), "thin.mp4", "64x8", "25", 0.2, None, &[]);
+    let args = [
+        "--consistency",
+        "rerender",
+        "--strength",
+        "0.8",
+        "--codec",
+        "h264",
+    ];
+    let out = stylize(&thin, &output, &args);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("needs frames of at least 16×16"),
+        "{}",
+        stderr(&out)
+    );
+    std::fs::remove_file(&thin).unwrap();
     let out = stylize(&input, &output, &["--keyframe-every", "0"]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("at least 1"), "{}", stderr(&out));

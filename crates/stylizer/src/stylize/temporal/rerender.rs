@@ -225,6 +225,14 @@ impl RerenderState {
     /// Restyles frame `index` with `model`.
     pub fn render(&mut self, frame: &Frame, index: u64, model: &mut dyn Diffuse) -> Result<Frame> {
         let (w, h) = (frame.width as usize, frame.height as usize);
+        let scale = model.latent_scale()?;
+        if w < 2 * scale || h < 2 * scale {
+            // The reference's warps normalise by (side − 1): one latent cell has no side.
+            return Err(Error::Config(format!(
+                "--consistency rerender needs frames of at least {0}×{0} (two latent cells a side), got {w}×{h}",
+                2 * scale
+            )));
+        }
         let gray = Gray::from_rgb(w, h, &frame.data);
         if index == 0 {
             let mut hook = KeepX0(Vec::new());
@@ -260,7 +268,6 @@ impl RerenderState {
         };
         let from_previous = from_previous.as_ref().unwrap_or(&from_first);
 
-        let scale = model.latent_scale()?;
         let params = model.params()?;
         let windows = Windows::new(&self.choice, params.steps, params.strength);
         let (lw, lh) = (w / scale, h / scale);
