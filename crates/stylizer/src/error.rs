@@ -103,9 +103,19 @@ impl From<candle_core::Error> for Error {
             .any(|p| lower.contains(p));
         match oom {
             true => Error::OutOfMemory(text.lines().next().unwrap_or_default().to_string()),
-            false => Error::Model(text),
+            false => Error::Model(one_line(&text)),
         }
     }
+}
+
+/// candle's context, outermost first, one per line (the network, the block), then the error,
+/// as one line: "the UNet: up_blocks.2: …"; a backtrace after it (indented) is left out.
+fn one_line(text: &str) -> String {
+    text.lines()
+        .take_while(|l| !l.starts_with(char::is_whitespace) && !l.starts_with("stack backtrace"))
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(": ")
 }
 
 /// Shorthand used across the crate.
@@ -129,5 +139,15 @@ mod tests {
         }
         let e = Error::from(candle_core::Error::Msg("shape mismatch".into()));
         assert!(matches!(e, Error::Model(_)));
+    }
+
+    #[test]
+    fn an_error_inside_a_network_names_it_and_its_block_in_one_line() {
+        let inner = candle_core::Error::Msg("a linear layer that takes 64 features".into());
+        let e = Error::from(inner.context("down_blocks.1").context("the UNet"));
+        assert_eq!(
+            e.to_string(),
+            "model: the UNet: down_blocks.1: a linear layer that takes 64 features"
+        );
     }
 }

@@ -86,9 +86,9 @@ impl CustomOp2 for BandedLinear<'_> {
                 *last = out_dim
             }
             _ => bail!(
-                "banded-linear: input {:?} for weight {:?}",
-                xl.dims(),
-                wl.dims()
+                "a linear layer that takes {in_dim} features (weight {:?}) was given {:?}",
+                wl.dims(),
+                xl.dims()
             ),
         }
         let rows = x.len() / in_dim.max(1);

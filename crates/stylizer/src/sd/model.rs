@@ -431,7 +431,11 @@ impl SdFiles {
             .collect::<Result<Vec<_>>>()?;
         let n = self.tokenizer.max_len();
         let ids = Tensor::from_vec(ids.concat(), (texts.len(), n), &self.device)?;
-        let text = self.text_encoder()?.forward(&ids)?.last_hidden_state;
+        let text = self
+            .text_encoder()?
+            .forward(&ids)
+            .map_err(|e| e.context("the text encoder"))?
+            .last_hidden_state;
         crate::device::release_free_host_memory();
         Ok(text)
     }
@@ -587,7 +591,8 @@ impl SdModel {
         let guidance = self.guidance.as_ref();
         let out = self
             .unet
-            .forward(latents, timesteps, text, frames, control, guidance, motion)?;
+            .forward(latents, timesteps, text, frames, control, guidance, motion)
+            .map_err(|e| e.context("the UNet"))?;
         Ok(out.to_dtype(DType::F32)?)
     }
 
@@ -672,7 +677,9 @@ impl SdModel {
                 self.controlnets.len()
             ))
         })?;
-        Ok(model.forward(latents, timesteps, text, image, scale, guess_mode)?)
+        Ok(model
+            .forward(latents, timesteps, text, image, scale, guess_mode)
+            .map_err(|e| e.context(format!("ControlNet {net}")))?)
     }
 
     /// Posterior `(mean, logvar)` of `image` `[b, 3, H, W]` in [-1, 1], raw latent space
@@ -683,13 +690,14 @@ impl SdModel {
         let image = image.to_device(&self.vae_device)?;
         let back =
             |t: Tensor| -> Result<Tensor> { Ok(t.to_dtype(DType::F32)?.to_device(&self.device)?) };
+        let named = |e: candle_core::Error| e.context("the VAE encoder");
         match &self.vae {
             Vae::Kl(vae) => {
-                let (mean, logvar) = vae.encode(&image)?;
+                let (mean, logvar) = vae.encode(&image).map_err(named)?;
                 Ok((back(mean)?, back(logvar)?))
             }
             Vae::Tiny(vae) => {
-                let latents = back(vae.encode(&image.to_dtype(vae.dtype())?)?)?;
+                let latents = back(vae.encode(&image.to_dtype(vae.dtype())?).map_err(named)?)?;
                 let logvar = (latents.zeros_like()? + f64::NEG_INFINITY)?;
                 Ok((latents, logvar))
             }
@@ -709,9 +717,10 @@ impl SdModel {
         crate::device::release_free_host_memory();
         let latents = latents.to_device(&self.vae_device)?;
         let image = match &self.vae {
-            Vae::Kl(vae) => vae.decode(&latents)?,
-            Vae::Tiny(vae) => vae.decode(&latents.to_dtype(vae.dtype())?)?,
-        };
+            Vae::Kl(vae) => vae.decode(&latents),
+            Vae::Tiny(vae) => vae.decode(&latents.to_dtype(vae.dtype())?),
+        }
+        .map_err(|e| e.context("the VAE decoder"))?;
         Ok(image.to_dtype(DType::F32)?.to_device(&self.device)?)
     }
 

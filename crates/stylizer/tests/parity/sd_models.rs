@@ -370,3 +370,22 @@ fn tiled_vae_matches_diffusers_enable_tiling() {
         );
     }
 }
+
+/// Text embeddings of the wrong width (parts of two models that the resolve check could not
+/// see) fail in the UNet with one line that names the network and its block, not a kernel.
+#[test]
+fn a_network_error_names_the_network_and_the_block() {
+    let (_, text, model, _) = crate::tiny_sd::load("tiny-sd2");
+    let narrow = text.narrow(2, 0, 32).unwrap();
+    let latents = Tensor::zeros((2, 4, 12, 14), DType::F32, text.device()).unwrap();
+    let e = model
+        .unet(&latents, &[501.0], &narrow, &mut SelfAttention::Own, None)
+        .unwrap_err()
+        .to_string();
+    println!("{e}");
+    assert!(
+        e.starts_with("model: the UNet: down_blocks.0: ") && !e.contains('\n'),
+        "{e}"
+    );
+    assert!(!e.contains("banded"), "{e}");
+}

@@ -391,17 +391,22 @@ impl UNetEncoder {
         let mut skips = vec![xs.clone()];
         let mut xs = xs;
         for (level, block) in self.down_blocks.iter().enumerate() {
-            let (out, states) =
-                block.forward(&xs, temb, context, frames, motion.map(|m| (m, level)))?;
+            let (out, states) = block
+                .forward(&xs, temb, context, frames, motion.map(|m| (m, level)))
+                .map_err(|e| e.context(format!("down_blocks.{level}")))?;
             skips.extend(states);
             xs = out;
         }
-        xs = self.mid_resnets.0.forward(xs, Some(temb))?;
-        xs = self.mid_attention.forward(&xs, context, frames)?;
-        if let Some(motion) = motion {
-            xs = motion.mid(xs)?;
-        }
-        xs = self.mid_resnets.1.forward(xs, Some(temb))?;
+        let mid = |xs: Tensor, frames: &mut SelfAttention| -> Result<Tensor> {
+            let xs = self.mid_resnets.0.forward(xs, Some(temb))?;
+            let xs = self.mid_attention.forward(&xs, context, frames)?;
+            let xs = match motion {
+                Some(motion) => motion.mid(xs)?,
+                None => xs,
+            };
+            self.mid_resnets.1.forward(xs, Some(temb))
+        };
+        let xs = mid(xs, frames).map_err(|e| e.context("mid_block"))?;
         Ok((xs, skips))
     }
 }
@@ -533,15 +538,17 @@ impl UNet2DConditionModel {
                 }
                 _ => None,
             };
-            xs = block.forward(
-                &xs,
-                &rest,
-                &temb,
-                &context,
-                upsample_size,
-                frames,
-                motion.map(|m| (m, i)),
-            )?;
+            xs = block
+                .forward(
+                    &xs,
+                    &rest,
+                    &temb,
+                    &context,
+                    upsample_size,
+                    frames,
+                    motion.map(|m| (m, i)),
+                )
+                .map_err(|e| e.context(format!("up_blocks.{i}")))?;
         }
         let xs = self.conv_norm_out.forward_silu(&xs)?;
         self.conv_out.forward(&xs)
