@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 EACH=${1:-60}; shift || true
 TARGETS=("$@")
-[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(safetensors checkpoint pickle ncnn configs tokenizer image)
+[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(safetensors checkpoint pickle ncnn configs model_folder tokenizer image)
 if ! rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
   echo "fuzz: no nightly Rust toolchain on this machine: fuzzing skipped (fuzz/regressions still replay in the tests)"
   exit 0
@@ -20,7 +20,7 @@ command -v cargo-fuzz >/dev/null || cargo +stable install cargo-fuzz --locked -q
 # Seeds, made from the fixtures every run (the corpus itself is not committed).
 C=fuzz/corpus
 cut=$'\n--8<--\n'
-mkdir -p "$C"/{safetensors,checkpoint,pickle,ncnn,configs,tokenizer,image}
+mkdir -p "$C"/{safetensors,checkpoint,pickle,ncnn,configs,model_folder,tokenizer,image}
 cp tests/fixtures/esrgan/tiny/*.safetensors "$C/safetensors/"
 cp tests/fixtures/esrgan/tiny/*.pth "$C/checkpoint/"
 for m in rrdb_x2 srvgg_x4; do  # the pickle program and its first storage
@@ -42,7 +42,17 @@ for v in tiny-sd tiny-sd2; do
   done
   t=tests/fixtures/sd/$v/tokenizer
   { cat "$t/tokenizer_config.json"; printf '%s' "$cut"; cat "$t/vocab.json"; printf '%s' "$cut"; cat "$t/merges.txt"; } > "$C/tokenizer/$v"
+  m=tests/fixtures/sd/$v
+  { cat "$m/unet/config.json"; printf '%s' "$cut"; cat "$m/vae/config.json"; printf '%s' "$cut"
+    cat "$m/text_encoder/config.json"; printf '%s' "$cut"; cat "$m/scheduler/scheduler_config.json"
+    printf '%s' "$cut"; cat "$t/vocab.json"; printf '%s' "$cut"; cat "$t/merges.txt"; } > "$C/model_folder/$v"
 done
+# A folder of two models: tiny SD-2's UNet with tiny SD's text encoder.
+{ cat tests/fixtures/sd/tiny-sd2/unet/config.json; printf '%s' "$cut"; cat tests/fixtures/sd/tiny-sd2/vae/config.json
+  printf '%s' "$cut"; cat tests/fixtures/sd/tiny-sd/text_encoder/config.json; printf '%s' "$cut"
+  cat tests/fixtures/sd/tiny-sd2/scheduler/scheduler_config.json; printf '%s' "$cut"
+  cat tests/fixtures/sd/tiny-sd/tokenizer/vocab.json; printf '%s' "$cut"; cat tests/fixtures/sd/tiny-sd/tokenizer/merges.txt
+} > "$C/model_folder/mixed"
 # ControlNet and tiny-VAE configs; the single-file ControlNet (bare keys) as a weight file.
 cp tests/fixtures/sd/controlnet/tiny-sd2-a/config.json "$C/configs/controlnet-config.json"
 cp tests/fixtures/sd/taesd/config.json "$C/configs/taesd-config.json"

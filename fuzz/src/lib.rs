@@ -38,6 +38,9 @@ fn folder() -> tempfile::TempDir {
 
 fn write(dir: &Path, name: &str, data: &[u8]) -> PathBuf {
     let p = dir.join(name);
+    if let Some(parent) = p.parent() {
+        std::fs::create_dir_all(parent).expect("making the input's folder");
+    }
     std::fs::write(&p, data).expect("writing the input");
     p
 }
@@ -130,6 +133,36 @@ pub fn configs(data: &[u8]) {
             let _ = kind.build(&s, 10);
         }
     }
+}
+
+/// A diffusers model folder whose parts may come from different models: the UNet, VAE, text
+/// encoder and scheduler configs and the tokenizer's `vocab.json` and `merges.txt`, in that
+/// order, with empty weight files; resolved as `-m FOLDER` is, which checks that the parts
+/// fit before any weight loads.
+pub fn model_folder(data: &[u8]) {
+    let parts = sections(data);
+    let dir = folder();
+    let files = [
+        "unet/config.json",
+        "vae/config.json",
+        "text_encoder/config.json",
+        "scheduler/scheduler_config.json",
+        "tokenizer/vocab.json",
+        "tokenizer/merges.txt",
+    ];
+    for (name, part) in files.iter().zip(&parts) {
+        write(dir.path(), name, part);
+    }
+    for weights in [
+        "unet/diffusion_pytorch_model.safetensors",
+        "vae/diffusion_pytorch_model.safetensors",
+        "text_encoder/model.safetensors",
+    ] {
+        write(dir.path(), weights, b"");
+    }
+    let source = ModelSource::Folder(dir.path().to_path_buf());
+    let opts = LoadOptions::new(Device::Cpu);
+    let _ = stylizer::sd::model::SdFiles::resolve(&source, &opts, &mut stylizer::NoProgress);
 }
 
 /// A tokenizer folder: `tokenizer_config.json`, `vocab.json`, `merges.txt` and, when the

@@ -30,12 +30,13 @@ type Target = fn(&[u8]);
 
 #[test]
 fn committed_fuzz_findings_stay_fixed() {
-    let targets: [(&str, Target); 7] = [
+    let targets: [(&str, Target); 8] = [
         ("safetensors", entries::safetensors),
         ("checkpoint", entries::checkpoint),
         ("pickle", entries::pickle),
         ("ncnn", entries::ncnn),
         ("configs", entries::configs),
+        ("model_folder", entries::model_folder),
         ("tokenizer", entries::tokenizer),
         ("image", entries::image),
     ];
@@ -108,4 +109,34 @@ fn hostile_pickles_are_refused_before_candle_reads_them() {
     survives("memo copies doubling 40 times", f, &bomb);
     survives("a 4 GB string", f, b"\x80\x02X\xff\xff\xff\xff.");
     survives("no STOP", f, b"\x80\x02]]]]");
+}
+
+/// The model-folder target on the folder a new user assembled from two models (tiny SD-2's
+/// UNet and VAE, tiny SD's text encoder and tokenizer) and on a folder of one model: both
+/// resolve as far as the weights (empty here) without a panic.
+#[test]
+fn model_folders_of_one_or_two_models_survive() {
+    let sd = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/sd");
+    let folder = |parts: [(&str, &str); 6]| {
+        let files: Vec<Vec<u8>> = parts
+            .iter()
+            .map(|(model, file)| std::fs::read(sd.join(model).join(file)).unwrap())
+            .collect();
+        files.join(entries::SECTION)
+    };
+    let files = [
+        "unet/config.json",
+        "vae/config.json",
+        "text_encoder/config.json",
+        "scheduler/scheduler_config.json",
+        "tokenizer/vocab.json",
+        "tokenizer/merges.txt",
+    ];
+    let one = folder(files.map(|f| ("tiny-sd2", f)));
+    survives("one model", entries::model_folder, &one);
+    let models = [
+        "tiny-sd2", "tiny-sd2", "tiny-sd", "tiny-sd2", "tiny-sd", "tiny-sd",
+    ];
+    let two = folder(std::array::from_fn(|i| (models[i], files[i])));
+    survives("two models", entries::model_folder, &two);
 }
