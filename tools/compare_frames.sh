@@ -5,6 +5,9 @@
 #
 #   bash tools/compare_frames.sh [BASE]        # BASE defaults to b556e1e (x0 flow fusion with lag, --noise)
 #
+# Mode `rerender` (--consistency rerender) is not in the default list: bases before it lack it;
+# add it with MODES for a base from 6809458 on.
+#
 # The frames are caught before the encoder without a hook in the code, so any commit can be the
 # base: $FFMPEG (which the tool calls instead of `ffmpeg` when set) is a wrapper that tees the
 # encoder's rgb24 input (`-f rawvideo -pix_fmt rgb24 … -i -`) into a file and hashes it.
@@ -76,6 +79,7 @@ mode_args() {
     flow-fusion) echo "-m $fx/tiny-sd2 --steps 4 --consistency flow --flow-fusion 0.3,0.7" ;;
     noise-per-frame) echo "-m $fx/tiny-sd2 --steps 4 --noise-per-frame" ;;
     noise-warp) echo "-m $fx/tiny-sd2 --steps 4 --noise warp" ;;
+    rerender) echo "-m $fx/tiny-sd2 --steps 4 --strength 0.8 --consistency rerender" ;;
     controlnet) echo "-m $fx/tiny-sd2 --steps 4 -c $fx/controlnet/tiny-sd2-a" ;;
     animatediff) echo "-m $fx/tiny-sd --steps 4 --animatediff --motion-adapter $fx/motion/tiny-v2 --context-length 4 --context-overlap 2" ;;
     lora) echo "-m $fx/tiny-sd --steps 4 --lora $fx/lora/kohya.safetensors:0.8 --lora $fx/lora/peft.safetensors" ;;
