@@ -188,7 +188,7 @@ fn draws(seed: u64, k: u64, n: usize) -> Vec<f32> {
 }
 
 /// A frame's draws from the warped chain: its first latent channels for the start, the next
-/// for the posterior; the other draws (ancestral steps) fixed.
+/// for the posterior; the other draws (ancestral steps, Rerender-A-Video's) fixed.
 struct WarpedNoise {
     /// The chain's noise on the latent grid, planar, 2 × 4 channels.
     latents: Vec<f32>,
