@@ -135,22 +135,23 @@ pub fn configs(data: &[u8]) {
     }
 }
 
-/// A diffusers model folder whose parts may come from different models: the UNet, VAE, text
-/// encoder and scheduler configs and the tokenizer's `vocab.json` and `merges.txt`, in that
-/// order, with empty weight files; resolved as `-m FOLDER` is, which checks that the parts
-/// fit before any weight loads.
+/// The files of [`model_folder`]'s input, one per section, in order.
+pub const MODEL_FOLDER_FILES: [&str; 6] = [
+    "unet/config.json",
+    "vae/config.json",
+    "text_encoder/config.json",
+    "scheduler/scheduler_config.json",
+    "tokenizer/vocab.json",
+    "tokenizer/merges.txt",
+];
+
+/// A diffusers model folder whose parts may come from different models
+/// ([`MODEL_FOLDER_FILES`]), with empty weight files; resolved as `-m FOLDER` is, which checks
+/// that the parts fit before any weight loads.
 pub fn model_folder(data: &[u8]) {
     let parts = sections(data);
     let dir = folder();
-    let files = [
-        "unet/config.json",
-        "vae/config.json",
-        "text_encoder/config.json",
-        "scheduler/scheduler_config.json",
-        "tokenizer/vocab.json",
-        "tokenizer/merges.txt",
-    ];
-    for (name, part) in files.iter().zip(&parts) {
+    for (name, part) in MODEL_FOLDER_FILES.iter().zip(&parts) {
         write(dir.path(), name, part);
     }
     for weights in [

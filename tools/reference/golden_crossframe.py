@@ -54,9 +54,7 @@ CROSSFRAME_CLIP, CROSSFRAME_START, CROSSFRAME_FRAMES; GOLDEN_PROMPTS/GOLDEN_SIZE
 import inspect
 import json
 import os
-import subprocess
 import sys
-import tempfile
 
 import numpy as np
 import torch
@@ -197,15 +195,7 @@ class SequentialAnchorProcessor(KVRuleProcessor):
 
 # ---------------------------------------------------------------- helpers
 def load_frames(w, h):
-    with tempfile.TemporaryDirectory() as td:
-        cmd = ["ffmpeg", "-hide_banner", "-loglevel", "error", "-y", "-i", CLIP, "-vf",
-               f"select=between(n\\,{START}\\,{START + NF - 1})", "-vsync", "0", os.path.join(td, "f%03d.png")]
-        subprocess.run(cmd, check=True)
-        names = sorted(os.listdir(td))
-        assert len(names) == NF, names
-        raw = [Image.open(os.path.join(td, n)).convert("RGB") for n in names]
-        raw = [r.copy() for r in raw]
-    return raw, [r.resize((w, h), Image.BICUBIC) for r in raw], " ".join(cmd)
+    return G.clip_frames(w, h, CLIP, START, NF)
 
 
 def per_frame_max(a, b):

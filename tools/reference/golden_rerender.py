@@ -87,14 +87,12 @@ import platform
 import shutil
 import subprocess
 import sys
-import tempfile
 import types
 import urllib.request
 
 import numpy as np
 import torch
 import torch.utils.model_zoo  # the reference calls torch.utils.model_zoo.load_url
-from PIL import Image
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.abspath(os.path.join(HERE, "..", ".."))
@@ -330,16 +328,8 @@ def callback(i, t, latents):
 
 # ---------------------------------------------------------------- helpers
 def load_frames(w, h):
-    """golden_crossframe.py's load_frames with n = START .. START+NF-1."""
-    with tempfile.TemporaryDirectory() as td:
-        cmd = ["ffmpeg", "-hide_banner", "-loglevel", "error", "-y", "-i", CLIP, "-vf",
-               f"select=between(n\\,{START}\\,{START + NF - 1})", "-vsync", "0", os.path.join(td, "f%03d.png")]
-        subprocess.run(cmd, check=True)
-        names = sorted(os.listdir(td))
-        assert len(names) == NF, names
-        raw = [Image.open(os.path.join(td, n)).convert("RGB") for n in names]
-        raw = [r.copy() for r in raw]
-    return raw, [r.resize((w, h), Image.BICUBIC) for r in raw], " ".join(cmd)
+    """As golden_crossframe.py loads them, n = START .. START+NF-1."""
+    return G.clip_frames(w, h, CLIP, START, NF)
 
 
 def rust_flows(frames_u8):

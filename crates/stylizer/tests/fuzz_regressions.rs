@@ -124,14 +124,7 @@ fn model_folders_of_one_or_two_models_survive() {
             .collect();
         files.join(entries::SECTION)
     };
-    let files = [
-        "unet/config.json",
-        "vae/config.json",
-        "text_encoder/config.json",
-        "scheduler/scheduler_config.json",
-        "tokenizer/vocab.json",
-        "tokenizer/merges.txt",
-    ];
+    let files = entries::MODEL_FOLDER_FILES;
     let one = folder(files.map(|f| ("tiny-sd2", f)));
     survives("one model", entries::model_folder, &one);
     let models = [

@@ -143,8 +143,11 @@ impl Windows {
 
     /// How many of `total` steps that run fuse (shapes, pixels).
     pub fn fused(&self, total: usize) -> (usize, usize) {
-        let count = |f: &dyn Fn(usize) -> bool| (0..total).filter(|&i| f(i)).count();
-        (count(&|i| self.warps(i)), count(&|i| self.masks(i)))
+        let steps = 0..total;
+        (
+            steps.clone().filter(|&i| self.warps(i)).count(),
+            steps.filter(|&i| self.masks(i)).count(),
+        )
     }
 }
 
