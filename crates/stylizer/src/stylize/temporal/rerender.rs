@@ -507,11 +507,7 @@ impl StepHook for Fusing<'_> {
             )));
         };
         let (_, c, h, w) = first.dims4()?;
-        let values = first
-            .to_dtype(DType::F32)?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
-        let warped = flow_warp(&values, c, self.shapes.flow, Sampling::Nearest);
+        let warped = flow_warp(&planar(first)?, c, self.shapes.flow, Sampling::Nearest);
         let warped = Tensor::from_vec(warped, (1, c, h, w), first.device())?;
         let keep = &self.shapes.keep;
         let fused =
