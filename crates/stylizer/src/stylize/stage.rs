@@ -319,6 +319,9 @@ impl FrameStage for StylizeStage {
 impl TemporalStage for StylizeStage {
     fn reset(&mut self) -> Result<()> {
         self.restart_chain();
+        if self.fusion.chains() {
+            self.keyframes.restart_chain();
+        }
         Ok(())
     }
 
@@ -328,7 +331,8 @@ impl TemporalStage for StylizeStage {
         }
         let mut frames = Vec::new();
         self.diffuser.attention.warm_up_frames(start, &mut frames);
-        self.fusion.warm_up_frames(start, &mut frames);
+        let look_back = self.keyframes.rendered_before(start);
+        self.fusion.warm_up_frames(start, look_back, &mut frames);
         self.keyframes.warm_up_frames(start, &mut frames);
         self.warm_up_roles = frames.clone();
         self.diffuser.noise.warm_up_frames(start, &mut frames);
@@ -345,7 +349,7 @@ impl TemporalStage for StylizeStage {
         self.diffuser.noise.follow(&frame, index)?;
         if !self.warm_up_roles.contains(&index) {
             // Shown only to carry the noise chain.
-        } else if self.keyframes.renders_warm_up() || self.fusion.renders_warm_up() {
+        } else if self.keyframes.renders_warm_up() || self.fusion.chains() {
             // A keyframe, or the look-back frame that starts the flow chain: rendered whole.
             self.restart_chain();
             self.process_frame(frame, index)?;

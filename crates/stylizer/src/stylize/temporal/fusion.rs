@@ -95,19 +95,20 @@ impl FusionState {
         }
     }
 
-    /// A warm-up frame is rendered whole: it starts the chain.
-    pub fn renders_warm_up(&self) -> bool {
+    /// Whether a result depends on the frames rendered before it: then a warm-up frame is
+    /// rendered whole, to start the chain.
+    pub fn chains(&self) -> bool {
         self.choice != Fusion::None
     }
 
-    /// The frame before a segment's first, which its first frame is fused with (and the
-    /// first frame, for Rerender-A-Video).
-    pub fn warm_up_frames(&self, start: u64, frames: &mut Vec<u64>) {
+    /// The frame rendered last before a segment's first, `look_back`, which its first frame
+    /// is fused with (and the first frame, for Rerender-A-Video).
+    pub fn warm_up_frames(&self, start: u64, look_back: Option<u64>, frames: &mut Vec<u64>) {
         if let Some(r) = &self.rerender {
             r.warm_up_frames(start, frames);
         }
-        if self.choice != Fusion::None && start > 0 && !frames.contains(&(start - 1)) {
-            frames.push(start - 1);
+        if let Some(back) = look_back.filter(|b| self.chains() && !frames.contains(b)) {
+            frames.push(back);
         }
     }
 

@@ -1,7 +1,10 @@
 //! Which frames are diffused: all of them, or every K-th only (`--keyframe-every K`), the
 //! frames between carried from the keyframes on both sides along the source's optical flow
 //! ([`crate::temporal::fusion::interpolate`]). A keyframe depends on nothing but the anchor,
-//! so the ones held stay valid across segments.
+//! so the ones held stay valid across segments; unless a fusion chains them
+//! (Rerender-A-Video's previous frame is the previous keyframe): then every segment starts the
+//! chain again from the keyframe before it, rendered following the first frame, as the look-back
+//! frame of a run that diffuses every frame is.
 
 use std::collections::btree_map::{BTreeMap, Entry};
 
@@ -66,6 +69,22 @@ impl KeyframeState {
     /// A new input.
     pub fn restart(&mut self) {
         self.keys.clear();
+    }
+
+    /// A segment starts where keyframes are chained: those rendered along the chain are
+    /// dropped (one peeked ahead of the segment would follow the frames before it); the first
+    /// frame depends on nothing.
+    pub fn restart_chain(&mut self) {
+        self.keys.retain(|&index, _| index == 0);
+    }
+
+    /// The frame rendered last before frame `start`, which a chain would continue from: the
+    /// frame before, or the keyframe before (none when `start` is a keyframe).
+    pub fn rendered_before(&self, start: u64) -> Option<u64> {
+        match self.every {
+            1 => start.checked_sub(1),
+            k => Some(start - start % k).filter(|&key| key != start),
+        }
     }
 
     /// The keyframe before a segment's first frame, unless it is held.
@@ -145,5 +164,23 @@ impl KeyframeState {
                 &slot.insert(Keyframe { gray, frame }).frame
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_chain_continues_from_the_frame_rendered_before_the_segment() {
+        let all = KeyframeState::new(Frames::All);
+        assert_eq!(all.rendered_before(0), None);
+        assert_eq!(all.rendered_before(5), Some(4));
+        let keys = KeyframeState::new(Frames::Keyframes(3));
+        // Frames 3 and 4 are made from keyframes 3 and 6; keyframe 6 starts its own chain.
+        assert_eq!(keys.rendered_before(4), Some(3));
+        assert_eq!(keys.rendered_before(5), Some(3));
+        assert_eq!(keys.rendered_before(6), None);
+        assert_eq!(keys.rendered_before(0), None);
     }
 }

@@ -187,9 +187,9 @@ impl Temporal {
                 "keyframes with warped noise (--keyframe-every with --noise warp)".into(),
             ));
         }
-        if self.frames != Frames::All && self.fusion != Fusion::None {
+        if self.frames != Frames::All && matches!(self.fusion, Fusion::Flow(_)) {
             return Err(Error::NotImplemented(
-                "keyframes with flow-guided fusion (--keyframe-every with --consistency flow, cross-frame+flow or rerender)".into(),
+                "keyframes with flow-guided fusion (--keyframe-every with --consistency flow or cross-frame+flow)".into(),
             ));
         }
         let rerender_fusion = matches!(self.fusion, Fusion::Rerender(_));
