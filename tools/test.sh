@@ -10,7 +10,7 @@ cargo test --workspace -- "$@"
 # are half_precision). `--workspace`, not `-p stylizer`: the same features as above, so
 # nothing is built again.
 VIDEO_STYLIZER_CANDLE_OPS=1 cargo test --workspace --test parity -- "$@" sd_models:: \
-  img2img_parity:: controlnet:: animatediff:: taesd:: lora:: cross_frame_parity:: rerender::
+  img2img_parity:: controlnet:: animatediff:: taesd:: lora:: cross_frame_parity:: rerender:: stream::
 # Every file parser under libFuzzer for a short while (skipped without nightly Rust;
 # FUZZ_SECONDS=0 skips it, a larger value is the long run).
 if [ "${FUZZ_SECONDS:-30}" != 0 ]; then

@@ -344,7 +344,9 @@ pub(crate) struct StylizeArgs {
     /// looks at the first frame), flow (the previous restyled frame is carried along the
     /// motion into the next), rerender (Rerender-A-Video: attention to the first and previous
     /// frames, their results warped in and a second pass; about 2× the time, needs
-    /// --strength 0.8 or so and ddim), none (every frame on its own).
+    /// --strength 0.8 or so and ddim), stream (StreamV2V: self-attention also looks at a
+    /// bank of earlier frames' features, merged as it goes, and close features are pulled
+    /// towards the bank's), none (every frame on its own).
     #[arg(long, value_parser = parse_lib::<Consistency>)]
     pub(crate) consistency: Option<Consistency>,
     /// Testing: the keys cross-frame attention uses: anchor, or anchor+self.

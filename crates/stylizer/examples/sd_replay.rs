@@ -41,7 +41,7 @@ use candle_core::{DType, Device, Tensor};
 use stylizer::nets::sd::cross_frame::{CrossFrameKeys, FrameAnchor, SelfAttention};
 use stylizer::nets::sd::vae::VaeTiling;
 use stylizer::sampling::animate::{decode_video, denoise_video, ContextOptions};
-use stylizer::sampling::frames::img2img_frames;
+use stylizer::sampling::frames::{img2img_frames, Across};
 use stylizer::sampling::img2img::{
     img2img as run_img2img, AfterStep, Control, ControlInput, ControlWeight, Img2ImgParams,
 };
@@ -115,10 +115,10 @@ fn img2img_args(args: &HashMap<String, String>) -> Result<(String, String, Img2I
 /// A frame stack restyled in order with the golden's per-frame noise (golden_crossframe.py).
 fn frames(files: &SdFiles, golden: &Tensors, args: &HashMap<String, String>) -> Result<Tensors> {
     let (prompt, negative, params) = img2img_args(args)?;
-    let keys = match args.get("cross-frame").map_or("anchor", |s| s.as_str()) {
-        "none" => None,
-        "anchor" => Some(CrossFrameKeys::Anchor),
-        "anchor+self" => Some(CrossFrameKeys::AnchorAndSelf),
+    let across = match args.get("cross-frame").map_or("anchor", |s| s.as_str()) {
+        "none" => Across::Nothing,
+        "anchor" => Across::Anchor(CrossFrameKeys::Anchor),
+        "anchor+self" => Across::Anchor(CrossFrameKeys::AnchorAndSelf),
         other => bail!("unknown --cross-frame {other:?} (none, anchor, anchor+self)"),
     };
     let case = args.get("case").context("--case is required")?;
@@ -131,7 +131,7 @@ fn frames(files: &SdFiles, golden: &Tensors, args: &HashMap<String, String>) -> 
         &params,
         &text,
         &golden["image_in"],
-        keys,
+        across,
         &mut |f| {
             let mut draws = HashMap::new();
             for key in ["noise_vae", "noise_add"] {

@@ -3,13 +3,16 @@
 //! Real runs draw from [`SeededNoise`]: the same seed gives the same noise on every machine,
 //! run and thread count, and by default the same noise for every frame (which already removes
 //! much of the flicker between frames). Tests replay the draws a diffusers run recorded
-//! ([`ReplayNoise`]), since torch's generator cannot be reproduced outside torch.
+//! ([`ReplayNoise`]), since torch's generator cannot be reproduced outside torch. The same
+//! holds for the order StreamV2V's feature bank merges tokens in ([`SeededMerges`],
+//! [`ReplayBank`]).
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 
+use crate::nets::sd::feature_bank::{BankAt, BankDraws, Choice};
 use crate::{Error, Result};
 
 /// One random draw of an img2img run, in the order the run asks for them.
@@ -122,6 +125,125 @@ impl NoiseSource for SeededNoise {
     fn noise(&mut self, draw: NoiseDraw, shape: &[usize], device: &Device) -> Result<Tensor> {
         let n = shape.iter().product();
         Ok(Tensor::from_vec(self.draws(draw, n), shape, device)?)
+    }
+}
+
+/// StreamV2V's bank merges in a seeded random order: per (seed, frame, step, layer, row),
+/// independent of every other draw.
+#[derive(Debug, Clone)]
+pub struct SeededMerges {
+    seed: u64,
+}
+
+impl SeededMerges {
+    pub fn new(seed: u64) -> Self {
+        Self { seed }
+    }
+}
+
+impl BankDraws for SeededMerges {
+    fn order(&mut self, at: BankAt, rows: usize, tokens: usize) -> Result<Vec<Vec<u32>>> {
+        let base = mix64(mix64(mix64(self.seed ^ MERGE_STREAM) ^ at.frame) ^ at.step as u64);
+        Ok((0..rows as u64)
+            .map(|row| {
+                let key = mix64(mix64(base ^ at.layer as u64) ^ row);
+                // Sorting by a random key, as the reference sorts uniform draws.
+                let mut order: Vec<(u64, u32)> = (0..tokens as u32)
+                    .map(|i| {
+                        (
+                            mix64(key.wrapping_add(GOLDEN_GAMMA.wrapping_mul(i as u64 + 1))),
+                            i,
+                        )
+                    })
+                    .collect();
+                order.sort_unstable();
+                order.into_iter().map(|(_, i)| i).collect()
+            })
+            .collect())
+    }
+}
+
+/// Keeps the merge draws apart from the noise's streams.
+const MERGE_STREAM: u64 = 0x5354_5245_414d; // "STREAM"
+
+/// The bank draws and choices a reference run recorded (`tools/reference/golden_stream.py`):
+/// merge orders `merge.f{frame}.s{step}.l{layer}` `[rows, tokens]`, and the reference's
+/// choices `into.…` and `nearest.…` ([`Choice`]).
+pub struct ReplayBank {
+    tensors: HashMap<String, Tensor>,
+    used: BTreeSet<String>,
+}
+
+impl ReplayBank {
+    /// The orders among `tensors` under `prefix` (other keys are ignored).
+    pub fn new(tensors: &HashMap<String, Tensor>, prefix: &str) -> Self {
+        let tensors = tensors
+            .iter()
+            .filter_map(|(k, t)| Some((k.strip_prefix(prefix)?.to_string(), t.clone())))
+            .collect();
+        Self {
+            tensors,
+            used: BTreeSet::new(),
+        }
+    }
+
+    /// `what` at `at`: `merge`, `into` or `nearest`.
+    pub fn key(what: &str, at: BankAt) -> String {
+        format!("{what}.f{}.s{}.l{}", at.frame, at.step, at.layer)
+    }
+
+    /// Recorded draws and choices no run asked for: a run that merged or injected elsewhere
+    /// than the reference.
+    pub fn unused(&self) -> Vec<String> {
+        let mut keys: Vec<String> = self
+            .tensors
+            .keys()
+            .filter(|k| {
+                ["merge.", "into.", "nearest."]
+                    .iter()
+                    .any(|p| k.starts_with(p))
+            })
+            .filter(|k| !self.used.contains(*k))
+            .cloned()
+            .collect();
+        keys.sort();
+        keys
+    }
+
+    /// The rows recorded under `key`, if any.
+    fn rows(&mut self, key: String) -> Result<Option<Vec<Vec<i64>>>> {
+        let Some(t) = self.tensors.get(&key) else {
+            return Ok(None);
+        };
+        let rows = t.to_dtype(DType::I64)?.to_vec2()?;
+        self.used.insert(key);
+        Ok(Some(rows))
+    }
+}
+
+impl BankDraws for ReplayBank {
+    fn order(&mut self, at: BankAt, rows: usize, tokens: usize) -> Result<Vec<Vec<u32>>> {
+        let key = Self::key("merge", at);
+        let recorded = self
+            .rows(key.clone())?
+            .ok_or_else(|| Error::Model(format!("replayed merges have no '{key}'")))?;
+        if recorded.len() != rows || recorded.iter().any(|r| r.len() != tokens) {
+            return Err(Error::Model(format!(
+                "replayed merge '{key}' does not have the [{rows}, {tokens}] the run asks for"
+            )));
+        }
+        Ok(recorded
+            .into_iter()
+            .map(|r| r.into_iter().map(|i| i as u32).collect())
+            .collect())
+    }
+
+    fn reference(&mut self, at: BankAt, choice: Choice) -> Result<Option<Vec<Vec<i64>>>> {
+        let what = match choice {
+            Choice::Into => "into",
+            Choice::Nearest => "nearest",
+        };
+        self.rows(Self::key(what, at))
     }
 }
 

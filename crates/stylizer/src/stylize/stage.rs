@@ -139,7 +139,7 @@ impl StylizeStage {
             windows: WindowState::new(&temporal.denoising),
             warm_up_roles: Vec::new(),
             diffuser: Diffuser {
-                attention: AttentionState::new(temporal.attention),
+                attention: AttentionState::new(temporal.attention, settings.seed),
                 noise: NoiseState::new(temporal.noise, settings.seed),
                 settings,
                 progress: Box::new(NoProgress),
@@ -319,7 +319,7 @@ impl FrameStage for StylizeStage {
 impl TemporalStage for StylizeStage {
     fn reset(&mut self) -> Result<()> {
         self.restart_chain();
-        if self.fusion.chains() {
+        if self.fusion.chains() || self.diffuser.attention.chains() {
             self.keyframes.restart_chain();
         }
         Ok(())
@@ -330,8 +330,10 @@ impl TemporalStage for StylizeStage {
             return windows.warm_up_frames(start);
         }
         let mut frames = Vec::new();
-        self.diffuser.attention.warm_up_frames(start, &mut frames);
         let look_back = self.keyframes.rendered_before(start);
+        self.diffuser
+            .attention
+            .warm_up_frames(start, look_back, &mut frames);
         self.fusion.warm_up_frames(start, look_back, &mut frames);
         self.keyframes.warm_up_frames(start, &mut frames);
         self.warm_up_roles = frames.clone();
@@ -354,7 +356,8 @@ impl TemporalStage for StylizeStage {
             self.restart_chain();
             self.process_frame(frame, index)?;
         } else {
-            // The anchor: only its denoising pass records what later frames attend to.
+            // The anchor, or the look-back frame that starts a feature bank: only its
+            // denoising pass records what later frames attend to.
             self.diffuser.denoise(&frame, index, &mut ())?;
         }
         Ok(())

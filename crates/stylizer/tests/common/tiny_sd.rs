@@ -12,7 +12,7 @@ use candle_core::Tensor;
 use stylizer::nets::sd::cross_frame::FrameAnchor;
 use stylizer::nets::sd::vae::VaeTiling;
 use stylizer::sampling::img2img::{img2img, Control, Img2ImgParams};
-use stylizer::sampling::noise::ReplayNoise;
+use stylizer::sampling::noise::{NoiseSource, ReplayNoise};
 use stylizer::sampling::schedulers::SchedulerConfig;
 use stylizer::sd::model::{LoadOptions, SdFiles, SdModel};
 use stylizer::weights::ModelSource;
@@ -38,6 +38,19 @@ pub fn load(variant: &str) -> (SdFiles, Tensor, SdModel, SchedulerConfig) {
     let model = SdModel::load(&files, &mut NoProgress).unwrap();
     let scheduler = SchedulerConfig::from_value(&files.scheduler_config).unwrap();
     (files, text, model, scheduler)
+}
+
+/// Frame `f`'s slice of the draws a golden of frames recorded stacked (`noise_vae`,
+/// `noise_add` `[F, 4, h, w]`).
+pub fn frame_noise(
+    g: &HashMap<String, Tensor>,
+    f: usize,
+) -> stylizer::Result<Box<dyn NoiseSource>> {
+    let mut draws = HashMap::new();
+    for key in ["noise_vae", "noise_add"] {
+        draws.insert(key.to_string(), g[key].narrow(0, f, 1)?);
+    }
+    Ok(Box::new(ReplayNoise::new(draws)))
 }
 
 /// img2img of golden `g`'s `image_in` with its recorded noise replayed (and all of it used),

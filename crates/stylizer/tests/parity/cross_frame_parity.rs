@@ -8,13 +8,10 @@
 //! Fixtures: tests/fixtures/sd/golden/<variant>/img2img_crossframe.safetensors
 //! (tools/reference/golden_crossframe.py: DDIM, strength 0.6, 10 steps).
 
-use std::collections::HashMap;
-
 use candle_core::Tensor;
 use stylizer::nets::sd::cross_frame::CrossFrameKeys;
-use stylizer::sampling::frames::img2img_frames;
+use stylizer::sampling::frames::{img2img_frames, Across};
 use stylizer::sampling::img2img::Img2ImgParams;
-use stylizer::sampling::noise::{NoiseSource, ReplayNoise};
 use stylizer::sampling::schedulers::SchedulerKind;
 
 use crate::common;
@@ -23,15 +20,6 @@ use crate::tiny_sd;
 use crate::tiny_sd::fixtures;
 
 const TOL: f32 = 1e-3;
-
-/// Frame `f`'s slice of every recorded draw.
-fn frame_noise(g: &HashMap<String, Tensor>, f: usize) -> stylizer::Result<Box<dyn NoiseSource>> {
-    let mut draws = HashMap::new();
-    for key in ["noise_vae", "noise_add"] {
-        draws.insert(key.to_string(), g[key].narrow(0, f, 1)?);
-    }
-    Ok(Box::new(ReplayNoise::new(draws)))
-}
 
 fn parity(variant: &str) {
     let (_, text, model, scheduler) = tiny_sd::load(variant);
@@ -63,11 +51,17 @@ fn parity(variant: &str) {
             guidance,
             scheduler: SchedulerKind::Ddim,
         };
-        let (latents, images) =
-            img2img_frames(&model, &scheduler, &params, &text, frames, keys, &mut |f| {
-                frame_noise(&g, f)
-            })
-            .unwrap();
+        let across = keys.map_or(Across::Nothing, Across::Anchor);
+        let (latents, images) = img2img_frames(
+            &model,
+            &scheduler,
+            &params,
+            &text,
+            frames,
+            across,
+            &mut |f| tiny_sd::frame_noise(&g, f),
+        )
+        .unwrap();
         let e_lat = max_abs(&latents, &g[&format!("{case}.final_latents")]);
         let e_img = max_abs(&images, &g[&format!("{case}.image_out")]);
         println!("{variant} {case}: max abs: final latents {e_lat:.2e}, images {e_img:.2e}");

@@ -19,4 +19,5 @@ mod lora;
 mod noise_warp;
 mod rerender;
 mod sd_models;
+mod stream;
 mod taesd;

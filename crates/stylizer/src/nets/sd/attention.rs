@@ -14,6 +14,7 @@ use candle_core::{DType, IndexOp, Module, Result, Tensor};
 use candle_nn::{conv2d, layer_norm, Conv2d, LayerNorm, VarBuilder};
 
 use crate::nets::sd::cross_frame::SelfAttention;
+use crate::nets::sd::feature_bank::BankCall;
 use crate::ops::attention as flash;
 use crate::ops::geglu::geglu;
 use crate::ops::group_norm::{group_norm, GroupNorm};
@@ -127,10 +128,26 @@ impl CrossAttention {
         let q = self.to_q.forward(xs)?;
         let k = self.to_k.forward(context)?;
         let v = self.to_v.forward(context)?;
-        let out = if is_cpu_f32(&q) {
-            flash::attention(&q, &k, &v, self.heads, self.scale)?
+        self.attend(&q, &k, &v)
+    }
+
+    /// Self-attention of `xs` whose keys and values also come from a feature bank, which
+    /// sees the layer's own keys, values and output.
+    fn forward_banked(&self, xs: &Tensor, bank: &mut BankCall) -> Result<Tensor> {
+        let q = self.to_q.forward(xs)?;
+        let k = self.to_k.forward(xs)?;
+        let v = self.to_v.forward(xs)?;
+        let (keys, values) = bank.keys_values(&k, &v)?;
+        let out = self.attend(&q, &keys, &values)?;
+        bank.attended(k, v, out)
+    }
+
+    /// softmax(q·kᵀ·scale)·v through `to_out`.
+    fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+        let out = if is_cpu_f32(q) {
+            flash::attention(q, k, v, self.heads, self.scale)?
         } else {
-            self.sliced(&q, &k, &v)?
+            self.sliced(q, k, v)?
         };
         self.to_out.forward(&out)
     }
@@ -264,8 +281,14 @@ impl BasicTransformerBlock {
         frames: &mut SelfAttention,
     ) -> Result<Tensor> {
         let normed = self.positioned(self.norm1.forward(xs)?)?;
-        let frame_context = frames.context(&normed)?;
-        let xs = (self.attn1.forward(&normed, frame_context.as_ref())? + xs)?;
+        let attended = match frames.bank() {
+            Some(bank) => self.attn1.forward_banked(&normed, bank)?,
+            None => {
+                let frame_context = frames.context(&normed)?;
+                self.attn1.forward(&normed, frame_context.as_ref())?
+            }
+        };
+        let xs = (attended + xs)?;
         let normed = self.positioned(self.norm2.forward(&xs)?)?;
         let xs = (self.attn2.forward(&normed, context)? + xs)?;
         self.ff.forward(&self.norm3.forward(&xs)?)? + xs

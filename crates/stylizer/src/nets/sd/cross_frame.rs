@@ -15,10 +15,16 @@
 //! Rerender-A-Video (Yang et al. 2023; diffusers `examples/community/rerender_a_video.py`,
 //! `CrossFrameAttnProcessor` on the processors whose name starts with `up`) attends in the
 //! decoder only, to the first frame's and the previous frame's tokens of the same step and
-//! not to the frame's own ([`FrameAnchor::FirstAndPrevious`]); the UNet says where its decoder
-//! starts ([`SelfAttention::enter_decoder`]).
+//! not to the frame's own ([`FrameAnchor::FirstAndPrevious`]); the UNet says which block it
+//! enters ([`SelfAttention::enter`]).
+//!
+//! StreamV2V attends to a bank of earlier keys and values besides the frame's own, kept and
+//! blended into the outputs as [`crate::nets::sd::feature_bank`] describes
+//! ([`FrameAnchor::Stream`]).
 
 use candle_core::{bail, Result, Tensor};
+
+use crate::nets::sd::feature_bank::{BankCall, BankDraws, Block, FeatureBank};
 
 /// Which tokens a frame's self-attention takes its keys and values from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,6 +127,12 @@ pub enum FrameAnchor<'a> {
         previous: &'a AnchorBank,
         record: &'a mut AnchorBank,
     },
+    /// StreamV2V: the frame `frame` attends to the feature bank as well, and feeds it.
+    Stream {
+        bank: &'a mut FeatureBank,
+        order: &'a mut dyn BankDraws,
+        frame: u64,
+    },
 }
 
 impl FrameAnchor<'_> {
@@ -143,6 +155,9 @@ impl FrameAnchor<'_> {
                 record: record.start_step(i)?,
                 decoder: false,
             },
+            FrameAnchor::Stream { bank, order, frame } => {
+                SelfAttention::Stream(bank.call(*order, *frame, i))
+            }
             FrameAnchor::Attend(bank, keys) => match bank.steps.get(i) {
                 Some(layers) => SelfAttention::Attend {
                     anchor: layers,
@@ -180,15 +195,31 @@ pub enum SelfAttention<'a> {
         record: &'a mut Vec<Tensor>,
         decoder: bool,
     },
+    /// Keys and values from the frame and the feature bank; the bank fed and, in some blocks,
+    /// blended into the outputs.
+    Stream(BankCall<'a>),
+}
+
+impl<'a> SelfAttention<'a> {
+    /// The feature bank, where the layers attend to one.
+    pub fn bank(&mut self) -> Option<&mut BankCall<'a>> {
+        match self {
+            SelfAttention::Stream(call) => Some(call),
+            _ => None,
+        }
+    }
 }
 
 impl SelfAttention<'_> {
-    /// The UNet's up blocks start: the layers after this are the decoder's.
-    pub fn enter_decoder(&mut self) {
-        if let SelfAttention::RecordDecoder { decoder, .. }
-        | SelfAttention::FirstAndPrevious { decoder, .. } = self
-        {
-            *decoder = true;
+    /// The UNet enters `block`: the up blocks are the decoder.
+    pub fn enter(&mut self, block: Block) {
+        match self {
+            SelfAttention::RecordDecoder { decoder, .. }
+            | SelfAttention::FirstAndPrevious { decoder, .. } => {
+                *decoder = matches!(block, Block::Up(_))
+            }
+            SelfAttention::Stream(call) => call.enter(block),
+            _ => {}
         }
     }
 
@@ -196,7 +227,7 @@ impl SelfAttention<'_> {
     /// own input `tokens`: `None` means the tokens themselves.
     pub fn context(&mut self, tokens: &Tensor) -> Result<Option<Tensor>> {
         match self {
-            SelfAttention::Own => Ok(None),
+            SelfAttention::Own | SelfAttention::Stream(_) => Ok(None),
             SelfAttention::Record(layers) => {
                 layers.push(tokens.clone());
                 Ok(None)
@@ -273,9 +304,10 @@ mod tests {
     fn unet_call(frames: &mut SelfAttention, base: f32) -> Vec<Option<Tensor>> {
         let mut contexts = Vec::new();
         for layer in 0..4 {
-            if layer == 2 {
-                frames.enter_decoder();
-            }
+            frames.enter(match layer {
+                0 | 1 => Block::Down(layer),
+                _ => Block::Up(layer - 2),
+            });
             contexts.push(frames.context(&tokens(base + layer as f32)).unwrap());
         }
         contexts

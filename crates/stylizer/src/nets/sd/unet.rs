@@ -16,6 +16,7 @@ use candle_nn::{Conv2dConfig, VarBuilder};
 use crate::nets::sd::attention::{AttentionSlicing, SpatialTransformer, SpatialTransformerConfig};
 use crate::nets::sd::config::UNetConfig;
 use crate::nets::sd::cross_frame::SelfAttention;
+use crate::nets::sd::feature_bank::Block;
 use crate::nets::sd::motion::Motion;
 use crate::nets::sd::resnet::ResnetBlock2D;
 use crate::ops::conv::nchw::{conv2d, Conv2d};
@@ -391,6 +392,7 @@ impl UNetEncoder {
         let mut skips = vec![xs.clone()];
         let mut xs = xs;
         for (level, block) in self.down_blocks.iter().enumerate() {
+            frames.enter(Block::Down(level));
             let (out, states) = block
                 .forward(&xs, temb, context, frames, motion.map(|m| (m, level)))
                 .map_err(|e| e.context(format!("down_blocks.{level}")))?;
@@ -406,6 +408,7 @@ impl UNetEncoder {
             };
             self.mid_resnets.1.forward(xs, Some(temb))
         };
+        frames.enter(Block::Mid);
         let xs = mid(xs, frames).map_err(|e| e.context("mid_block"))?;
         Ok((xs, skips))
     }
@@ -525,10 +528,10 @@ impl UNet2DConditionModel {
             xs = xs.broadcast_add(&control.mid.to_dtype(self.encoder.dtype())?)?;
         }
 
-        frames.enter_decoder();
         let up_factor = 1usize << (self.up_blocks.len() - 1);
         let odd_size = h % up_factor != 0 || w % up_factor != 0;
         for (i, block) in self.up_blocks.iter().enumerate() {
+            frames.enter(Block::Up(i));
             let rest = skips.split_off(skips.len() - block.resnets.len());
             let is_final = i + 1 == self.up_blocks.len();
             let upsample_size = match skips.last() {

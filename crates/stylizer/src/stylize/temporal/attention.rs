@@ -3,16 +3,20 @@
 //! [`crate::nets::sd::cross_frame`]). The anchor's tokens are recorded by its own denoising
 //! pass and kept across segments, since every segment attends to the same frame. Or, as
 //! Rerender-A-Video, the decoder's layers attend to the first frame and the frame rendered
-//! before (not to the frame itself).
+//! before (not to the frame itself). Or, as StreamV2V, to a bank the frames before fed
+//! ([`crate::nets::sd::feature_bank`]): a chain, started again at every segment from the frame
+//! rendered before it, as flow fusion's is.
 
 use crate::nets::sd::cross_frame::{AnchorBank, CrossFrameKeys, FrameAnchor};
+use crate::nets::sd::feature_bank::{BankSettings, FeatureBank};
+use crate::sampling::noise::SeededMerges;
 use crate::{Error, Result};
 
 /// The frame every other frame attends to under cross-frame attention.
 pub const ANCHOR_FRAME: u64 = 0;
 
 /// Where self-attention takes its keys and values from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Attention {
     /// The frame's own tokens: every frame on its own.
     Own,
@@ -21,6 +25,8 @@ pub enum Attention {
     /// In the decoder, the first frame's and the previous frame's tokens, not the frame's own
     /// (`--consistency rerender`).
     FirstAndPrevious,
+    /// StreamV2V's feature bank (`--consistency stream`).
+    Stream(BankSettings),
 }
 
 impl std::fmt::Display for Attention {
@@ -30,6 +36,7 @@ impl std::fmt::Display for Attention {
             Attention::Own => f.write_str("none"),
             Attention::Anchor(keys) => write!(f, "{keys}"),
             Attention::FirstAndPrevious => f.write_str("first+previous"),
+            Attention::Stream(bank) => write!(f, "{bank}"),
         }
     }
 }
@@ -44,15 +51,23 @@ pub(crate) struct AttentionState {
     /// The frame being rendered and its tokens: a frame rendered twice (Rerender's second
     /// pass) keeps those of its last pass.
     current: Option<(u64, AnchorBank)>,
+    /// StreamV2V's bank and the order its merges take.
+    stream: Option<(FeatureBank, SeededMerges)>,
 }
 
 impl AttentionState {
-    pub fn new(choice: Attention) -> Self {
+    pub fn new(choice: Attention, seed: u64) -> Self {
         Self {
             choice,
             bank: AnchorBank::default(),
             previous: None,
             current: None,
+            stream: match choice {
+                Attention::Stream(settings) => {
+                    Some((FeatureBank::new(settings), SeededMerges::new(seed)))
+                }
+                _ => None,
+            },
         }
     }
 
@@ -67,24 +82,53 @@ impl AttentionState {
     pub fn restart_chain(&mut self) {
         self.previous = None;
         self.current = None;
+        if let Some((bank, _)) = self.stream.as_mut() {
+            bank.clear();
+        }
     }
 
-    /// The anchor, before a segment that starts after it, unless it is held.
-    pub fn warm_up_frames(&self, start: u64, frames: &mut Vec<u64>) {
-        if self.choice != Attention::Own && start > ANCHOR_FRAME && self.bank.is_empty() {
+    /// Whether a frame's attention depends on the frames rendered just before it (a chain,
+    /// started again at every segment), not only on a fixed anchor.
+    pub fn chains(&self) -> bool {
+        self.stream.is_some()
+    }
+
+    /// Whether the frames attend to the anchor frame's recorded tokens.
+    fn anchored(&self) -> bool {
+        matches!(
+            self.choice,
+            Attention::Anchor(_) | Attention::FirstAndPrevious
+        )
+    }
+
+    /// The anchor, before a segment that starts after it, unless it is held; under a chain
+    /// the frame rendered last before the segment, `look_back`.
+    pub fn warm_up_frames(&self, start: u64, look_back: Option<u64>, frames: &mut Vec<u64>) {
+        if self.anchored() && start > ANCHOR_FRAME && self.bank.is_empty() {
             frames.push(ANCHOR_FRAME);
+        }
+        if let Some(back) = look_back.filter(|b| self.chains() && !frames.contains(b)) {
+            frames.push(back);
         }
     }
 
     /// What the self-attention layers of frame `index`'s denoising do.
     pub fn frame(&mut self, index: u64) -> Result<FrameAnchor<'_>> {
-        if self.choice != Attention::Own && index != ANCHOR_FRAME && self.bank.is_empty() {
+        if self.anchored() && index != ANCHOR_FRAME && self.bank.is_empty() {
             return Err(Error::Model(format!(
                 "stylize: frame {index} needs the anchor frame {ANCHOR_FRAME}, which was not rendered first"
             )));
         }
         Ok(match self.choice {
             Attention::Own => FrameAnchor::Independent,
+            Attention::Stream(_) => {
+                let (bank, order) = self.stream.as_mut().expect("made with the choice");
+                FrameAnchor::Stream {
+                    bank,
+                    order,
+                    frame: index,
+                }
+            }
             Attention::Anchor(_) if index == ANCHOR_FRAME => FrameAnchor::Record(&mut self.bank),
             Attention::Anchor(keys) => FrameAnchor::Attend(&self.bank, keys),
             Attention::FirstAndPrevious if index == ANCHOR_FRAME => {
@@ -113,7 +157,13 @@ impl AttentionState {
 
     /// After frame `index`'s denoising.
     pub fn denoised(&self, index: u64) {
-        if index == ANCHOR_FRAME && self.choice != Attention::Own {
+        if let Some((bank, _)) = &self.stream {
+            tracing::debug!(
+                "frame {index}: feature bank {} MB, {} tokens injected so far",
+                bank.bytes() >> 20,
+                bank.injected()
+            );
+        } else if index == ANCHOR_FRAME && self.anchored() {
             tracing::debug!(
                 "anchor frame recorded: {} MB of self-attention tokens",
                 self.bank.bytes() >> 20

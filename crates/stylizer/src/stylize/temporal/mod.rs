@@ -27,6 +27,7 @@ pub use rerender::RerenderFusion;
 pub use windows::{AnimateDiffSettings, Denoising, MOTION_ADAPTER};
 
 use crate::nets::sd::cross_frame::CrossFrameKeys;
+use crate::nets::sd::feature_bank::BankSettings;
 use crate::sampling::img2img::{Img2ImgParams, StepHook};
 use crate::sampling::noise::NoiseDraw;
 use crate::temporal::fusion::FlowFusion;
@@ -41,6 +42,8 @@ pub enum Consistency {
     CrossFrameFlow,
     /// Rerender-A-Video: its attention and both its fusions.
     Rerender,
+    /// StreamV2V: attention to a feature bank of earlier frames.
+    Stream,
 }
 
 impl FromStr for Consistency {
@@ -52,8 +55,9 @@ impl FromStr for Consistency {
             "flow" => Ok(Consistency::Flow),
             "cross-frame+flow" => Ok(Consistency::CrossFrameFlow),
             "rerender" => Ok(Consistency::Rerender),
+            "stream" => Ok(Consistency::Stream),
             _ => Err(Error::Value(format!(
-                "unknown consistency `{s}` (none, cross-frame, flow, cross-frame+flow or rerender)"
+                "unknown consistency `{s}` (none, cross-frame, flow, cross-frame+flow, rerender or stream)"
             ))),
         }
     }
@@ -68,6 +72,7 @@ impl std::fmt::Display for Consistency {
             Consistency::Flow => "flow",
             Consistency::CrossFrameFlow => "cross-frame+flow",
             Consistency::Rerender => "rerender",
+            Consistency::Stream => "stream",
         })
     }
 }
@@ -145,9 +150,10 @@ impl Temporal {
         let flow = matches!(consistency, Consistency::Flow | Consistency::CrossFrameFlow);
         let rerender = consistency == Consistency::Rerender;
         let temporal = Self {
-            attention: match (cross_frame, rerender) {
-                (true, _) => Attention::Anchor(flags.cross_frame_keys),
-                (_, true) => Attention::FirstAndPrevious,
+            attention: match consistency {
+                _ if cross_frame => Attention::Anchor(flags.cross_frame_keys),
+                _ if rerender => Attention::FirstAndPrevious,
+                Consistency::Stream => Attention::Stream(BankSettings::default()),
                 _ => Attention::Own,
             },
             fusion: match (flow, rerender) {
@@ -325,7 +331,7 @@ mod tests {
         let e = "wobbly".parse::<Consistency>().unwrap_err().to_string();
         assert_eq!(
             e,
-            "unknown consistency `wobbly` (none, cross-frame, flow, cross-frame+flow or rerender)"
+            "unknown consistency `wobbly` (none, cross-frame, flow, cross-frame+flow, rerender or stream)"
         );
     }
 }

@@ -55,7 +55,7 @@ pub fn rerender_frames(
         text,
         control: Control::default(),
         noise,
-        attention: AttentionState::new(Attention::FirstAndPrevious),
+        attention: AttentionState::new(Attention::FirstAndPrevious, 0),
         decoded: RefCell::new(Vec::new()),
     };
     let mut out = Rerendered {
