@@ -37,6 +37,9 @@ pub struct VramEstimate {
     pub unet: u64,
     /// Activations of decoding one frame; 0 when the VAE is on the CPU.
     pub vae: u64,
+    /// What the run keeps between frames besides the weights (StreamV2V's feature bank,
+    /// [`feature_bank_bytes`]).
+    pub held: u64,
 }
 
 impl VramEstimate {
@@ -47,7 +50,7 @@ impl VramEstimate {
     /// Weights plus the larger of the two phases (the UNet's activations are freed before
     /// the VAE decodes).
     pub fn peak(&self) -> u64 {
-        self.weights_total() + self.unet.max(self.vae)
+        self.weights_total() + self.held + self.unet.max(self.vae)
     }
 
     /// One line: the peak and what makes it.
@@ -57,8 +60,12 @@ impl VramEstimate {
             .iter()
             .map(|(n, b)| format!("{n} {}", gb(*b)))
             .collect();
+        let held = match self.held {
+            0 => String::new(),
+            b => format!(", feature bank {} GB", gb(b)),
+        };
         format!(
-            "~{} GB at the peak: weights {} GB ({}), UNet step {} GB, VAE decode {} GB",
+            "~{} GB at the peak: weights {} GB ({}){held}, UNet step {} GB, VAE decode {} GB",
             gb(self.peak()),
             gb(self.weights_total()),
             parts.join(", "),
@@ -113,6 +120,34 @@ pub fn unet_activations(
     skips * (1 + controlnets as u64) + stream + conv.max(attention).max(ff)
 }
 
+/// The most StreamV2V's feature bank holds (`--consistency stream`) on `batch` latents of
+/// `h`×`w`: one frame's keys, values and outputs per self-attention layer.
+pub fn feature_bank_bytes(
+    config: &UNetConfig,
+    (h, w): (usize, usize),
+    batch: usize,
+    dtype: DType,
+) -> u64 {
+    let per_block = config.layers_per_block as u64;
+    let (mut lh, mut lw) = (h as u64, w as u64);
+    let mut values = 0u64;
+    for (i, block) in config.blocks.iter().enumerate() {
+        let layer = lh * lw * (block.out_channels * block.transformer_layers) as u64;
+        values += layer
+            * (block.down_cross_attn as u64 * per_block
+                + block.up_cross_attn as u64 * (per_block + 1));
+        if i + 1 < config.blocks.len() {
+            lh = lh.div_ceil(2);
+            lw = lw.div_ceil(2);
+        }
+    }
+    // The mid block's transformer, at the last level.
+    if let Some(last) = config.blocks.last() {
+        values += lh * lw * (last.out_channels * last.transformer_layers) as u64;
+    }
+    3 * values * batch as u64 * dtype.size_in_bytes() as u64
+}
+
 /// The estimate for `model` rendering `width`×`height` frames with `batch` latents per
 /// UNet call (2 for a guidance pair, the window length under AnimateDiff).
 pub fn estimate(model: &SdModel, (width, height): (usize, usize), batch: usize) -> VramEstimate {
@@ -145,6 +180,7 @@ pub fn estimate(model: &SdModel, (width, height): (usize, usize), batch: usize) 
         weights: model.weight_bytes().to_vec(),
         unet,
         vae,
+        held: 0,
     }
 }
 
@@ -234,11 +270,30 @@ mod tests {
     }
 
     #[test]
+    fn the_feature_bank_is_a_frame_of_keys_values_and_outputs_per_layer() {
+        // SD 2 base at 848×480 (latents 106×60), a guidance pair in f16: 16 self-attention
+        // layers (2 down and 3 up at each of the three attention levels, 1 in the mid block).
+        let tokens_channels: u64 = [
+            (106 * 60 * 320, 5),
+            (53 * 30 * 640, 5),
+            (27 * 15 * 1280, 5),
+            (14 * 8 * 1280, 1),
+        ]
+        .iter()
+        .map(|(tc, layers)| tc * layers)
+        .sum();
+        let bytes = feature_bank_bytes(&sd_unet(), (60, 106), 2, DType::F16);
+        assert_eq!(bytes, 3 * tokens_channels * 2 * 2);
+        assert!((0.2e9..0.25e9).contains(&(bytes as f64)), "{bytes}");
+    }
+
+    #[test]
     fn over_budget_names_the_flags_that_help() {
         let e = VramEstimate {
             weights: vec![("UNet".into(), 1_730_000_000), ("VAE".into(), 335_000_000)],
             unet: 1_000_000_000,
             vae: 3_000_000_000,
+            held: 0,
         };
         assert!(check(&e, 8.0, false).is_ok());
         let msg = check(&e, 4.0, false).unwrap_err().to_string();

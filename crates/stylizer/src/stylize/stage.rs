@@ -299,7 +299,11 @@ impl FrameStage for StylizeStage {
                 None => 2,
             };
             let size = (width as usize, height as usize);
-            let estimate = crate::sd::vram::estimate(&loaded.model, size, batch);
+            let mut estimate = crate::sd::vram::estimate(&loaded.model, size, batch);
+            estimate.held = self
+                .diffuser
+                .attention
+                .held_bytes(&loaded.model, size, batch);
             tracing::info!("GPU memory plan: {}", estimate.describe());
             crate::sd::vram::check(&estimate, max, self.diffuser.settings.load.offload_vae)?;
         }

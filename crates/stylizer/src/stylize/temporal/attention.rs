@@ -10,6 +10,8 @@
 use crate::nets::sd::cross_frame::{AnchorBank, CrossFrameKeys, FrameAnchor};
 use crate::nets::sd::feature_bank::{BankSettings, FeatureBank};
 use crate::sampling::noise::SeededMerges;
+use crate::sd::model::SdModel;
+use crate::sd::vram::feature_bank_bytes;
 use crate::{Error, Result};
 
 /// The frame every other frame attends to under cross-frame attention.
@@ -153,6 +155,26 @@ impl AttentionState {
                 }
             }
         })
+    }
+
+    /// The most the feature bank holds on `model`'s device for `width`×`height` frames and
+    /// `batch` latents per UNet call (the anchor banks are not counted yet).
+    pub fn held_bytes(
+        &self,
+        model: &SdModel,
+        (width, height): (usize, usize),
+        batch: usize,
+    ) -> u64 {
+        if self.stream.is_none() {
+            return 0;
+        }
+        let f = model.vae_scale_factor();
+        feature_bank_bytes(
+            model.unet_config(),
+            (height / f, width / f),
+            batch,
+            model.dtype(),
+        )
     }
 
     /// After frame `index`'s denoising.
