@@ -7,6 +7,7 @@ use anyhow::bail;
 use clap::{Args, Parser, Subcommand};
 use stylizer::device::Precision;
 use stylizer::nets::sd::cross_frame::CrossFrameKeys;
+use stylizer::nets::sd::feature_bank::Keep;
 use stylizer::nets::sd::vae::VaeTiling;
 use stylizer::pipeline::{self, Job, Share};
 use stylizer::sampling::animate::{ContextOptions, Fuse};
@@ -362,6 +363,10 @@ pub(crate) struct StylizeArgs {
     /// previous frame's, and the weight of its decoded pixels (0..1 each).
     #[arg(long, hide = true, value_parser = parse_lib::<FlowFusion>)]
     pub(crate) flow_fusion: Option<FlowFusion>,
+    /// Testing: how StreamV2V's feature bank keeps what enters it: merged (the reference's
+    /// default, ToMe) or fifo:N (the last N entries whole).
+    #[arg(long, hide = true, value_parser = parse_lib::<Keep>)]
+    pub(crate) stream_bank: Option<Keep>,
     /// Upscale the stylized frames ×4 with Real-ESRGAN, to full HD (see --upscale-to).
     #[arg(long)]
     pub(crate) upscale: bool,

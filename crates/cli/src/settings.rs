@@ -83,6 +83,7 @@ pub(crate) fn sd_stage(a: &StylizeArgs, seed: u64) -> anyhow::Result<StylizeStag
         consistency: a.consistency,
         cross_frame_keys: a.cross_frame_keys,
         flow_fusion: a.flow_fusion,
+        stream_bank: a.stream_bank,
         keyframe_every: a.keyframe_every,
         noise: match a.noise_per_frame {
             true => Noise::PerFrame,

@@ -39,6 +39,26 @@ pub enum Keep {
     Fifo(usize),
 }
 
+impl std::str::FromStr for Keep {
+    type Err = crate::Error;
+    /// `merged` (ratio 0.5) or `fifo:N`.
+    fn from_str(s: &str) -> crate::Result<Self> {
+        let bad = || {
+            crate::Error::Value(format!(
+                "unknown feature bank `{s}` (merged or fifo:N, N ≥ 1)"
+            ))
+        };
+        match s.split_once(':') {
+            None if s == "merged" => Ok(Keep::Merged { ratio: 0.5 }),
+            Some(("fifo", n)) => match n.parse() {
+                Ok(n) if n >= 1 => Ok(Keep::Fifo(n)),
+                _ => Err(bad()),
+            },
+            _ => Err(bad()),
+        }
+    }
+}
+
 /// The bank's settings: the reference's defaults.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct BankSettings {
@@ -474,6 +494,18 @@ mod tests {
         let v = |t: &Tensor| t.get(0).unwrap().to_vec2::<f32>().unwrap();
         assert_eq!(v(&m.values), [[0.0, 3.0], [3.0, 0.0]]);
         assert_eq!(v(&m.outputs), [[4.0, 4.0], [4.0, 4.0]]);
+    }
+
+    #[test]
+    fn banks_parse_as_the_flag_gives_them() {
+        assert_eq!(
+            "merged".parse::<Keep>().unwrap(),
+            Keep::Merged { ratio: 0.5 }
+        );
+        assert_eq!("fifo:3".parse::<Keep>().unwrap(), Keep::Fifo(3));
+        for bad in ["fifo:0", "fifo", "lifo:2", ""] {
+            assert!(bad.parse::<Keep>().is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -27,7 +27,7 @@ pub use rerender::RerenderFusion;
 pub use windows::{AnimateDiffSettings, Denoising, MOTION_ADAPTER};
 
 use crate::nets::sd::cross_frame::CrossFrameKeys;
-use crate::nets::sd::feature_bank::BankSettings;
+use crate::nets::sd::feature_bank::{BankSettings, Keep};
 use crate::sampling::img2img::{Img2ImgParams, StepHook};
 use crate::sampling::noise::NoiseDraw;
 use crate::temporal::fusion::FlowFusion;
@@ -86,6 +86,8 @@ pub struct TemporalFlags {
     pub cross_frame_keys: CrossFrameKeys,
     /// `--flow-fusion STEPS,PIXEL` (hidden); `None`: the default shares.
     pub flow_fusion: Option<FlowFusion>,
+    /// `--stream-bank` (hidden): how StreamV2V's bank keeps what enters it; `None`: merged.
+    pub stream_bank: Option<Keep>,
     /// `--keyframe-every K`.
     pub keyframe_every: u64,
     /// `--noise`.
@@ -100,6 +102,7 @@ impl Default for TemporalFlags {
             consistency: None,
             cross_frame_keys: CrossFrameKeys::Anchor,
             flow_fusion: None,
+            stream_bank: None,
             keyframe_every: 1,
             noise: Noise::Fixed,
             animatediff: None,
@@ -149,11 +152,22 @@ impl Temporal {
         );
         let flow = matches!(consistency, Consistency::Flow | Consistency::CrossFrameFlow);
         let rerender = consistency == Consistency::Rerender;
+        if flags.stream_bank.is_some() && consistency != Consistency::Stream {
+            return Err(Error::Config(
+                "--stream-bank sets StreamV2V's bank: it needs --consistency stream".into(),
+            ));
+        }
         let temporal = Self {
             attention: match consistency {
                 _ if cross_frame => Attention::Anchor(flags.cross_frame_keys),
                 _ if rerender => Attention::FirstAndPrevious,
-                Consistency::Stream => Attention::Stream(BankSettings::default()),
+                Consistency::Stream => {
+                    let defaults = BankSettings::default();
+                    Attention::Stream(BankSettings {
+                        keep: flags.stream_bank.unwrap_or(defaults.keep),
+                        ..defaults
+                    })
+                }
                 _ => Attention::Own,
             },
             fusion: match (flow, rerender) {
@@ -320,6 +334,14 @@ mod tests {
                 ..Default::default()
             },
             "keyframes with warped noise",
+        );
+        refused(
+            TemporalFlags {
+                consistency: flow,
+                stream_bank: Some(Keep::Fifo(2)),
+                ..Default::default()
+            },
+            "it needs --consistency stream",
         );
         refused(
             TemporalFlags {
