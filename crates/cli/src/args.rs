@@ -341,7 +341,7 @@ pub(crate) struct StylizeArgs {
     #[arg(long, hide = true, conflicts_with = "noise")]
     pub(crate) noise_per_frame: bool,
     /// How frames are kept consistent: cross-frame+flow (both below; the default, or
-    /// cross-frame with --keyframe-every), cross-frame (every frame's self-attention also
+    /// cross-frame with --keyframe-every, stream with --fast), cross-frame (every frame's self-attention also
     /// looks at the first frame), flow (the previous restyled frame is carried along the
     /// motion into the next), rerender (Rerender-A-Video: attention to the first and previous
     /// frames, their results warped in and a second pass; about 2× the time, needs

@@ -90,6 +90,7 @@ pub(crate) fn sd_stage(a: &StylizeArgs, seed: u64) -> anyhow::Result<StylizeStag
             false => a.noise,
         },
         animatediff,
+        fast: a.fast,
     })?;
     Ok(StylizeStage::new(StylizeSettings {
         model: ModelSource::parse(a.model())?,

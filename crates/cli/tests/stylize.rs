@@ -539,7 +539,8 @@ fn fast_picks_the_few_step_settings_by_model_family() {
     let frames = |f: &str| decode_rgb(&dir.path().join(f), 64, 48, "");
 
     // SD 1.x: the LCM-LoRA fused in, lcm, 4 steps, guidance 1 (the tiny model's VAE kept:
-    // TAESD does not fit its 2-level VAE), the same frames as those settings given by hand.
+    // TAESD does not fit its 2-level VAE), StreamV2V's bank, the same frames as those settings
+    // given by hand.
     let sd1 = fixtures.join("tiny-sd");
     let out = render(&sd1, "fast.mp4", &cache, &["--fast", "--vae", "full"]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -558,6 +559,8 @@ fn fast_picks_the_few_step_settings_by_model_family() {
         "4",
         "--guidance",
         "1",
+        "--consistency",
+        "stream",
         "--quiet",
     ];
     assert!(render(&sd1, "hand.mp4", &cache, &by_hand).status.success());
@@ -589,6 +592,8 @@ fn fast_picks_the_few_step_settings_by_model_family() {
         "4",
         "--guidance",
         "8",
+        "--consistency",
+        "stream",
         "--quiet",
     ];
     assert!(render(&lcm, "lcm_hand.mp4", &empty, &by_hand)
@@ -626,6 +631,8 @@ fn fast_picks_the_few_step_settings_by_model_family() {
         "2",
         "--guidance",
         "0",
+        "--consistency",
+        "stream",
         "--quiet",
     ];
     assert!(render(&turbo, "turbo_hand.mp4", &empty, &by_hand)

@@ -94,6 +94,8 @@ pub struct TemporalFlags {
     pub noise: Noise,
     /// `--animatediff` with its adapter and windows.
     pub animatediff: Option<AnimateDiffSettings>,
+    /// `--fast`: few steps, which picks the default consistency.
+    pub fast: bool,
 }
 
 impl Default for TemporalFlags {
@@ -106,6 +108,7 @@ impl Default for TemporalFlags {
             keyframe_every: 1,
             noise: Noise::Fixed,
             animatediff: None,
+            fast: false,
         }
     }
 }
@@ -136,14 +139,20 @@ impl Default for Temporal {
 impl Temporal {
     /// The axes the flags ask for. Without `--consistency`: keyframes are diffused apart
     /// with the frames between carried by flow already, so cross-frame attention alone;
-    /// AnimateDiff's motion modules do the work of the other modes, so none; else
-    /// cross-frame attention and flow fusion.
+    /// AnimateDiff's motion modules do the work of the other modes, so none; under `--fast`
+    /// StreamV2V's bank, made for few steps (flow fusion leaves the last step to the frame,
+    /// so with one step it never fires); else cross-frame attention and flow fusion.
     pub fn new(flags: TemporalFlags) -> Result<Self> {
         let consistency = flags.consistency.unwrap_or(
-            match (flags.animatediff.is_some(), flags.keyframe_every) {
-                (true, _) => Consistency::None,
-                (false, 1) => Consistency::CrossFrameFlow,
-                (false, _) => Consistency::CrossFrame,
+            match (
+                flags.animatediff.is_some(),
+                flags.keyframe_every,
+                flags.fast,
+            ) {
+                (true, _, _) => Consistency::None,
+                (false, 1, true) => Consistency::Stream,
+                (false, 1, false) => Consistency::CrossFrameFlow,
+                (false, _, _) => Consistency::CrossFrame,
             },
         );
         let cross_frame = matches!(
@@ -276,6 +285,15 @@ mod tests {
         assert_eq!(t.attention, Attention::Anchor(CrossFrameKeys::Anchor));
         assert_eq!(t.fusion, Fusion::Flow(FlowFusion::default()));
         assert_eq!((t.frames, t.noise), (Frames::All, Noise::Fixed));
+        let fast = Temporal::new(TemporalFlags {
+            fast: true,
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(
+            (fast.attention, fast.fusion),
+            (Attention::Stream(BankSettings::default()), Fusion::None)
+        );
         let keyframes = Temporal::new(TemporalFlags {
             keyframe_every: 4,
             ..Default::default()
