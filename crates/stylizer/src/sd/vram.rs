@@ -37,8 +37,8 @@ pub struct VramEstimate {
     pub unet: u64,
     /// Activations of decoding one frame; 0 when the VAE is on the CPU.
     pub vae: u64,
-    /// What the run keeps between frames besides the weights (StreamV2V's feature bank,
-    /// [`feature_bank_bytes`]).
+    /// What the run keeps between frames besides the weights: the banks frames attend to
+    /// ([`self_attention_values`] per latent).
     pub held: u64,
 }
 
@@ -62,7 +62,7 @@ impl VramEstimate {
             .collect();
         let held = match self.held {
             0 => String::new(),
-            b => format!(", feature bank {} GB", gb(b)),
+            b => format!(", attention banks {} GB", gb(b)),
         };
         format!(
             "~{} GB at the peak: weights {} GB ({}){held}, UNet step {} GB, VAE decode {} GB",
@@ -120,32 +120,32 @@ pub fn unet_activations(
     skips * (1 + controlnets as u64) + stream + conv.max(attention).max(ff)
 }
 
-/// The most StreamV2V's feature bank holds (`--consistency stream`) on `batch` latents of
-/// `h`×`w`: one frame's keys, values and outputs per self-attention layer.
-pub fn feature_bank_bytes(
+/// Values (tokens × channels) that enter the UNet's self-attention layers for one latent of
+/// `h`×`w`: all of them, or the decoder's (up blocks) only.
+pub fn self_attention_values(
     config: &UNetConfig,
     (h, w): (usize, usize),
-    batch: usize,
-    dtype: DType,
+    decoder_only: bool,
 ) -> u64 {
     let per_block = config.layers_per_block as u64;
     let (mut lh, mut lw) = (h as u64, w as u64);
     let mut values = 0u64;
     for (i, block) in config.blocks.iter().enumerate() {
         let layer = lh * lw * (block.out_channels * block.transformer_layers) as u64;
-        values += layer
-            * (block.down_cross_attn as u64 * per_block
-                + block.up_cross_attn as u64 * (per_block + 1));
+        let down = block.down_cross_attn && !decoder_only;
+        values += layer * (down as u64 * per_block + block.up_cross_attn as u64 * (per_block + 1));
         if i + 1 < config.blocks.len() {
             lh = lh.div_ceil(2);
             lw = lw.div_ceil(2);
         }
     }
     // The mid block's transformer, at the last level.
-    if let Some(last) = config.blocks.last() {
-        values += lh * lw * (last.out_channels * last.transformer_layers) as u64;
+    match config.blocks.last() {
+        Some(last) if !decoder_only => {
+            values + lh * lw * (last.out_channels * last.transformer_layers) as u64
+        }
+        _ => values,
     }
-    3 * values * batch as u64 * dtype.size_in_bytes() as u64
 }
 
 /// The estimate for `model` rendering `width`×`height` frames with `batch` latents per
@@ -270,9 +270,9 @@ mod tests {
     }
 
     #[test]
-    fn the_feature_bank_is_a_frame_of_keys_values_and_outputs_per_layer() {
-        // SD 2 base at 848×480 (latents 106×60), a guidance pair in f16: 16 self-attention
-        // layers (2 down and 3 up at each of the three attention levels, 1 in the mid block).
+    fn self_attention_layers_are_counted_by_level() {
+        // SD 2 base at 848×480 (latents 106×60): 16 self-attention layers (2 down and 3 up at
+        // each of the three attention levels, 1 in the mid block).
         let tokens_channels: u64 = [
             (106 * 60 * 320, 5),
             (53 * 30 * 640, 5),
@@ -282,9 +282,15 @@ mod tests {
         .iter()
         .map(|(tc, layers)| tc * layers)
         .sum();
-        let bytes = feature_bank_bytes(&sd_unet(), (60, 106), 2, DType::F16);
-        assert_eq!(bytes, 3 * tokens_channels * 2 * 2);
-        assert!((0.2e9..0.25e9).contains(&(bytes as f64)), "{bytes}");
+        assert_eq!(
+            self_attention_values(&sd_unet(), (60, 106), false),
+            tokens_channels
+        );
+        let decoder: u64 = [(106 * 60 * 320, 3), (53 * 30 * 640, 3), (27 * 15 * 1280, 3)]
+            .iter()
+            .map(|(tc, layers)| tc * layers)
+            .sum();
+        assert_eq!(self_attention_values(&sd_unet(), (60, 106), true), decoder);
     }
 
     #[test]

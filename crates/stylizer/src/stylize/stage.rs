@@ -300,10 +300,11 @@ impl FrameStage for StylizeStage {
             };
             let size = (width as usize, height as usize);
             let mut estimate = crate::sd::vram::estimate(&loaded.model, size, batch);
+            let steps = loaded.params.steps - loaded.params.first_step()?;
             estimate.held = self
                 .diffuser
                 .attention
-                .held_bytes(&loaded.model, size, batch);
+                .held_bytes(&loaded.model, size, batch, steps);
             tracing::info!("GPU memory plan: {}", estimate.describe());
             crate::sd::vram::check(&estimate, max, self.diffuser.settings.load.offload_vae)?;
         }

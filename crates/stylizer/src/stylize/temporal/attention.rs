@@ -11,7 +11,7 @@ use crate::nets::sd::cross_frame::{AnchorBank, CrossFrameKeys, FrameAnchor};
 use crate::nets::sd::feature_bank::{BankSettings, FeatureBank};
 use crate::sampling::noise::SeededMerges;
 use crate::sd::model::SdModel;
-use crate::sd::vram::feature_bank_bytes;
+use crate::sd::vram::self_attention_values;
 use crate::{Error, Result};
 
 /// The frame every other frame attends to under cross-frame attention.
@@ -157,24 +157,27 @@ impl AttentionState {
         })
     }
 
-    /// The most the feature bank holds on `model`'s device for `width`×`height` frames and
-    /// `batch` latents per UNet call (the anchor banks are not counted yet).
+    /// The most the banks hold on `model`'s device for `width`×`height` frames, `batch`
+    /// latents per UNet call and `steps` steps that run: the anchor's input tokens of every
+    /// step and layer; Rerender-A-Video's three decoder banks (first, previous, current);
+    /// StreamV2V's keys, values and outputs of one call per layer.
     pub fn held_bytes(
         &self,
         model: &SdModel,
         (width, height): (usize, usize),
         batch: usize,
+        steps: usize,
     ) -> u64 {
-        if self.stream.is_none() {
-            return 0;
-        }
         let f = model.vae_scale_factor();
-        feature_bank_bytes(
-            model.unet_config(),
-            (height / f, width / f),
-            batch,
-            model.dtype(),
-        )
+        let latent = (height / f, width / f);
+        let values = |decoder| self_attention_values(model.unet_config(), latent, decoder);
+        let held = match self.choice {
+            Attention::Own => 0,
+            Attention::Anchor(_) => steps as u64 * values(false),
+            Attention::FirstAndPrevious => 3 * steps as u64 * values(true),
+            Attention::Stream(_) => 3 * values(false),
+        };
+        held * batch as u64 * model.dtype().size_in_bytes() as u64
     }
 
     /// After frame `index`'s denoising.
