@@ -16,7 +16,7 @@ impl std::fmt::Display for Stage {
         f.write_str(match self {
             Stage::Probe => "probing",
             Stage::LoadModels => "loading models",
-            Stage::WarmUp => "re-running the anchor frame",
+            Stage::WarmUp => "re-rendering the earlier frames this segment follows",
             Stage::Render => "rendering",
             Stage::Join => "joining",
         })
