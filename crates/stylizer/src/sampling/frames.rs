@@ -16,7 +16,7 @@ pub enum Across<'a> {
     Nothing,
     /// Frame 0, the anchor.
     Anchor(CrossFrameKeys),
-    /// The feature bank the frames before fed, merged in this order.
+    /// The feature bank the frames before fed, its merges drawn (or replayed) by these draws.
     Stream(BankSettings, &'a mut dyn BankDraws),
 }
 
@@ -45,9 +45,9 @@ pub fn img2img_frames(
             Across::Nothing => FrameAnchor::Independent,
             Across::Anchor(_) if f == 0 => FrameAnchor::Record(&mut bank),
             Across::Anchor(keys) => FrameAnchor::Attend(&bank, *keys),
-            Across::Stream(_, order) => FrameAnchor::Stream {
+            Across::Stream(_, draws) => FrameAnchor::Stream {
                 bank: &mut features,
-                order: &mut **order,
+                draws: &mut **draws,
                 frame: f as u64,
             },
         };

@@ -130,7 +130,7 @@ pub enum FrameAnchor<'a> {
     /// StreamV2V: the frame `frame` attends to the feature bank as well, and feeds it.
     Stream {
         bank: &'a mut FeatureBank,
-        order: &'a mut dyn BankDraws,
+        draws: &'a mut dyn BankDraws,
         frame: u64,
     },
 }
@@ -155,8 +155,8 @@ impl FrameAnchor<'_> {
                 record: record.start_step(i)?,
                 decoder: false,
             },
-            FrameAnchor::Stream { bank, order, frame } => {
-                SelfAttention::Stream(bank.call(*order, *frame, i))
+            FrameAnchor::Stream { bank, draws, frame } => {
+                SelfAttention::Stream(bank.call(*draws, *frame, i))
             }
             FrameAnchor::Attend(bank, keys) => match bank.steps.get(i) {
                 Some(layers) => SelfAttention::Attend {

@@ -173,7 +173,7 @@ pub struct FeatureBank {
     layers: Vec<VecDeque<Entry>>,
     /// UNet calls since the chain started.
     calls: u64,
-    /// Output tokens injected so far (over rows and layers), for logs and tests.
+    /// Output tokens injected so far (over rows and layers), for the logs.
     injected: u64,
 }
 
@@ -208,10 +208,10 @@ impl FeatureBank {
             .sum()
     }
 
-    /// A UNet call of frame `frame` at step `step`, merges ordered by `order`.
+    /// A UNet call of frame `frame` at step `step`, merges ordered by `draws`.
     pub fn call<'a>(
         &'a mut self,
-        order: &'a mut dyn BankDraws,
+        draws: &'a mut dyn BankDraws,
         frame: u64,
         step: usize,
     ) -> BankCall<'a> {
@@ -219,7 +219,7 @@ impl FeatureBank {
         self.calls += 1;
         BankCall {
             bank: self,
-            order,
+            draws,
             frame,
             step,
             update,
@@ -232,7 +232,7 @@ impl FeatureBank {
 /// One UNet call's use of the bank.
 pub struct BankCall<'a> {
     bank: &'a mut FeatureBank,
-    order: &'a mut dyn BankDraws,
+    draws: &'a mut dyn BankDraws,
     frame: u64,
     step: usize,
     /// Whether this call's tokens enter the bank.
@@ -292,7 +292,7 @@ impl BankCall<'_> {
                     layer,
                 };
                 let reference = self
-                    .order
+                    .draws
                     .reference(at, Choice::Nearest)
                     .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
                 let (nearest, count) = nearest_features(
@@ -322,7 +322,7 @@ impl BankCall<'_> {
             match self.bank.settings.keep {
                 Keep::Merged { ratio } => {
                     let merged = match held.pop_front() {
-                        Some(old) => merge(&old, &entry, ratio, at, self.order)?,
+                        Some(old) => merge(&old, &entry, ratio, at, self.draws)?,
                         None => entry,
                     };
                     held.push_back(merged);
@@ -399,7 +399,7 @@ fn merge(
     new: &Entry,
     ratio: f64,
     at: BankAt,
-    order: &mut dyn BankDraws,
+    draws: &mut dyn BankDraws,
 ) -> Result<Entry> {
     let both = |a: &Tensor, b: &Tensor| Tensor::cat(&[a, b], 1);
     let keys = both(&old.keys, &new.keys)?;
@@ -408,8 +408,8 @@ fn merge(
     let (rows, n, _) = keys.dims3()?;
     let r = (ratio * n as f64) as usize;
     let replay = |e: crate::Error| candle_core::Error::Msg(e.to_string());
-    let orders = order.order(at, rows, n).map_err(replay)?;
-    let reference = order.reference(at, Choice::Into).map_err(replay)?;
+    let orders = draws.order(at, rows, n).map_err(replay)?;
+    let reference = draws.reference(at, Choice::Into).map_err(replay)?;
     let device = keys.device();
     let mut merged: [Vec<Tensor>; 3] = Default::default();
     for (b, perm) in orders.iter().enumerate() {

@@ -124,10 +124,10 @@ impl AttentionState {
         Ok(match self.choice {
             Attention::Own => FrameAnchor::Independent,
             Attention::Stream(_) => {
-                let (bank, order) = self.stream.as_mut().expect("made with the choice");
+                let (bank, draws) = self.stream.as_mut().expect("made with the choice");
                 FrameAnchor::Stream {
                     bank,
-                    order,
+                    draws,
                     frame: index,
                 }
             }
