@@ -51,7 +51,6 @@ compared with the batched run.
 Usage: python golden_crossframe.py   (env: GOLDEN_MODELS=dir with tiny-sd/, tiny-sd2/; GOLDEN_OUT=out dir;
 CROSSFRAME_CLIP, CROSSFRAME_START, CROSSFRAME_FRAMES; GOLDEN_PROMPTS/GOLDEN_SIZES/GOLDEN_PARAMS as golden_sd.py)
 """
-import inspect
 import json
 import os
 import sys
@@ -87,27 +86,7 @@ NEG = ""
 CASES = ("crossframe_first", "crossframe_first_self", "independent", "crossframe_first_noguidance")
 
 # ---------------------------------------------------------------- RNG: record or replay every draw
-_ORIG = G._ORIG_RANDN
-DRAWS = []    # (caller file, tensor) of the current run, in call order
-REPLAY = []   # tensors to hand out instead of drawing (consumed in order)
-
-
-def _randn(*args, **kwargs):
-    shape = tuple(args[0] if args else kwargs["shape"])
-    caller = os.path.basename(inspect.stack()[1].filename)
-    if REPLAY:
-        t = REPLAY.pop(0)
-        assert tuple(t.shape) == shape, (t.shape, shape, caller)
-        out = t.to(dtype=kwargs.get("dtype") or t.dtype)
-    else:
-        out = _ORIG(*args, **kwargs)
-    DRAWS.append((caller, out.detach().clone()))
-    return out
-
-
-for _name, _mod in list(sys.modules.items()):
-    if _name.startswith("diffusers") and getattr(_mod, "randn_tensor", None) in (_ORIG, G._recording_randn):
-        setattr(_mod, "randn_tensor", _randn)
+DRAWS, REPLAY = G.replay_draws()  # (caller file, tensor) of the current run; tensors to hand out instead
 
 
 # ---------------------------------------------------------------- attention processors

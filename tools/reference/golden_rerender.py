@@ -84,11 +84,9 @@ import importlib.util
 import json
 import os
 import platform
-import shutil
 import subprocess
 import sys
 import types
-import urllib.request
 
 import numpy as np
 import torch
@@ -126,25 +124,11 @@ def obtain_reference():
     dst_dir = os.path.join(CACHE, "community")
     os.makedirs(dst_dir, exist_ok=True)
     dst = os.path.join(dst_dir, "rerender_a_video.py")
-    if os.environ.get("RERENDER_PY"):
-        shutil.copyfile(os.environ["RERENDER_PY"], dst)
-        source = f"RERENDER_PY={os.environ['RERENDER_PY']}"
-    else:
-        text = None
-        if os.path.isdir(MIRROR):
-            r = subprocess.run(["git", "-C", MIRROR, "show", f"{DIFFUSERS_COMMIT}:{COMMUNITY_PATH}"],
-                               capture_output=True)
-            if r.returncode == 0:
-                text, source = r.stdout, f"git mirror {MIRROR} @ {DIFFUSERS_COMMIT}"
-        if text is None:
-            url = f"https://raw.githubusercontent.com/huggingface/diffusers/{DIFFUSERS_COMMIT}/{COMMUNITY_PATH}"
-            with urllib.request.urlopen(url, timeout=60) as resp:
-                text, source = resp.read(), url
-        with open(dst, "wb") as fh:
-            fh.write(text)
-    with open(dst, "rb") as fh:
-        sha = hashlib.sha256(fh.read()).hexdigest()
-    return dst, source, sha
+    text, source = G.pinned_source("huggingface/diffusers", DIFFUSERS_COMMIT, COMMUNITY_PATH, MIRROR,
+                                   os.environ.get("RERENDER_PY"))
+    with open(dst, "wb") as fh:
+        fh.write(text)
+    return dst, source, hashlib.sha256(text).hexdigest()
 
 
 class FlowState:

@@ -121,14 +121,11 @@ GOLDEN_PROMPTS/GOLDEN_SIZES/GOLDEN_PARAMS as golden_sd.py)
 """
 import hashlib
 import importlib
-import inspect
 import json
 import os
 import re
-import subprocess
 import sys
 import types
-import urllib.request
 from collections import deque
 
 import numpy as np
@@ -186,21 +183,11 @@ def obtain_reference():
     with open(os.path.join(pkg, "__init__.py"), "w"):
         pass
     info = {}
+    local = os.environ.get("STREAMV2V_DIR")
     for fname, rel in REF_FILES.items():
         dst = os.path.join(pkg, fname)
-        text = None
-        if os.environ.get("STREAMV2V_DIR"):
-            src = os.path.join(os.environ["STREAMV2V_DIR"], rel)
-            with open(src, "rb") as fh:
-                text, source = fh.read(), f"STREAMV2V_DIR={src}"
-        if text is None and os.path.isdir(MIRROR):
-            r = subprocess.run(["git", "-C", MIRROR, "show", f"{STREAMV2V_COMMIT}:{rel}"], capture_output=True)
-            if r.returncode == 0:
-                text, source = r.stdout, f"git mirror {MIRROR} @ {STREAMV2V_COMMIT}:{rel}"
-        if text is None:
-            url = f"https://raw.githubusercontent.com/Jeff-LiangF/streamv2v/{STREAMV2V_COMMIT}/{rel}"
-            with urllib.request.urlopen(url, timeout=60) as resp:
-                text, source = resp.read(), url
+        text, source = G.pinned_source("Jeff-LiangF/streamv2v", STREAMV2V_COMMIT, rel, MIRROR,
+                                       local and os.path.join(local, rel))
         with open(dst, "wb") as fh:
             fh.write(text)
         info[rel] = {"sha256": hashlib.sha256(text).hexdigest(), "source": source,
@@ -240,27 +227,7 @@ AP, REF_INFO, SHIMS = import_reference()
 UT = sys.modules["streamv2v_models.utils"]
 
 # ---------------------------------------------------------------- RNG: record or replay every randn_tensor draw
-_ORIG_RANDN = G._ORIG_RANDN
-DRAWS = []    # (caller file, tensor) of the current pipeline call, in call order
-REPLAY = []   # tensors to hand out instead of drawing (consumed in order)
-
-
-def _randn(*args, **kwargs):
-    shape = tuple(args[0] if args else kwargs["shape"])
-    caller = os.path.basename(inspect.stack()[1].filename)
-    if REPLAY:
-        t = REPLAY.pop(0)
-        assert tuple(t.shape) == shape, (t.shape, shape, caller)
-        out = t.to(dtype=kwargs.get("dtype") or t.dtype)
-    else:
-        out = _ORIG_RANDN(*args, **kwargs)
-    DRAWS.append((caller, out.detach().clone()))
-    return out
-
-
-for _name, _mod in list(sys.modules.items()):
-    if _name.startswith("diffusers") and getattr(_mod, "randn_tensor", None) in (_ORIG_RANDN, G._recording_randn):
-        setattr(_mod, "randn_tensor", _randn)
+DRAWS, REPLAY = G.replay_draws()  # (caller file, tensor) of the current pipeline call; tensors to hand out instead
 
 
 # ---------------------------------------------------------------- instrumentation state
