@@ -324,7 +324,7 @@ impl FrameStage for StylizeStage {
 impl TemporalStage for StylizeStage {
     fn reset(&mut self) -> Result<()> {
         self.restart_chain();
-        if self.fusion.chains() || self.diffuser.attention.chains() {
+        if self.chains() {
             self.keyframes.restart_chain();
         }
         Ok(())
@@ -335,11 +335,12 @@ impl TemporalStage for StylizeStage {
             return windows.warm_up_frames(start);
         }
         let mut frames = Vec::new();
-        let look_back = self.keyframes.rendered_before(start);
-        self.diffuser
-            .attention
-            .warm_up_frames(start, look_back, &mut frames);
-        self.fusion.warm_up_frames(start, look_back, &mut frames);
+        self.diffuser.attention.warm_up_frames(start, &mut frames);
+        self.fusion.warm_up_frames(start, &mut frames);
+        if self.chains() {
+            // The frame the chain goes on from, rendered again as if it started the chain.
+            frames.extend(self.keyframes.rendered_before(start));
+        }
         self.keyframes.warm_up_frames(start, &mut frames);
         self.warm_up_roles = frames.clone();
         self.diffuser.noise.warm_up_frames(start, &mut frames);
@@ -397,6 +398,12 @@ impl TemporalStage for StylizeStage {
 }
 
 impl StylizeStage {
+    /// Whether a result depends on the frames rendered just before it (flow fusion,
+    /// Rerender-A-Video, StreamV2V's bank): a chain, started again at every segment.
+    fn chains(&self) -> bool {
+        self.fusion.chains() || self.diffuser.attention.chains()
+    }
+
     /// The next frame starts a chain of its own (follows the first frame, where that counts).
     fn restart_chain(&mut self) {
         self.fusion.restart();

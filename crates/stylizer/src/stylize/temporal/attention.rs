@@ -103,14 +103,10 @@ impl AttentionState {
         )
     }
 
-    /// The anchor, before a segment that starts after it, unless it is held; under a chain
-    /// the frame rendered last before the segment, `look_back`.
-    pub fn warm_up_frames(&self, start: u64, look_back: Option<u64>, frames: &mut Vec<u64>) {
+    /// The anchor, before a segment that starts after it, unless it is held.
+    pub fn warm_up_frames(&self, start: u64, frames: &mut Vec<u64>) {
         if self.anchored() && start > ANCHOR_FRAME && self.bank.is_empty() {
             frames.push(ANCHOR_FRAME);
-        }
-        if let Some(back) = look_back.filter(|b| self.chains() && !frames.contains(b)) {
-            frames.push(back);
         }
     }
 

@@ -101,14 +101,11 @@ impl FusionState {
         self.choice != Fusion::None
     }
 
-    /// The frame rendered last before a segment's first, `look_back`, which its first frame
-    /// is fused with (and the first frame, for Rerender-A-Video).
-    pub fn warm_up_frames(&self, start: u64, look_back: Option<u64>, frames: &mut Vec<u64>) {
+    /// The first frame, for Rerender-A-Video (the frame a chain continues from is the
+    /// stage's to add: [`super::keyframes::KeyframeState::rendered_before`]).
+    pub fn warm_up_frames(&self, start: u64, frames: &mut Vec<u64>) {
         if let Some(r) = &self.rerender {
             r.warm_up_frames(start, frames);
-        }
-        if let Some(back) = look_back.filter(|b| self.chains() && !frames.contains(b)) {
-            frames.push(back);
         }
     }
 
